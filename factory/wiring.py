@@ -1,0 +1,169 @@
+"""The composition root: build every service once, pass them explicitly, close what was opened."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from psycopg import AsyncConnection, OperationalError
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from factory import services
+from factory.errors import ServiceUnavailable
+from factory.migrations import migrate
+from factory.settings import Settings
+from hitl.postgres import PostgresEscalationQueue
+from memory.audit_pg import PostgresAuditLog
+from observability.events import FanOut, LocalEventBus
+from observability.redis_stream import RedisEventStream
+from routing import aliases
+from routing.base import ChatModel
+from routing.embedded import EmbeddedModel
+from routing.ledger import RecordingModel
+from routing.router import LiteLLMRouter
+from routing.scripted import ScriptedModel
+from teams.gate import GateLimits
+from teams.pipeline import PipelineDeps, PipelineEngine
+from teams.runner import TeamRunner
+from teams.schema import SchemaBounds
+from teams.store_pg import PostgresRunStore
+
+log = logging.getLogger(__name__)
+
+
+def _where(url: str) -> str:
+    """A URL without credentials, safe to print."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
+@dataclass(frozen=True)
+class Factory:
+    """Every service of one process, built once."""
+
+    settings: Settings
+    endpoints: services.Endpoints
+    pool: AsyncConnectionPool
+    redis: Redis
+    store: PostgresRunStore
+    audit: PostgresAuditLog
+    escalations: PostgresEscalationQueue
+    bus: LocalEventBus
+    stream: RedisEventStream
+    engine: PipelineEngine
+    model_description: str
+
+
+async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
+    try:
+        async with await AsyncConnection.connect(url, connect_timeout=max(1, int(timeout_s))) as conn:
+            await migrate(conn)
+    except OperationalError as exc:
+        raise ServiceUnavailable(
+            f"PostgreSQL at {_where(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
+            " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
+        ) from exc
+    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=timeout_s)
+    await pool.open(wait=True, timeout=timeout_s)
+    return pool
+
+
+async def _open_redis(url: str, timeout_s: float) -> Redis:
+    redis = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        raise ServiceUnavailable(
+            f"Redis at {_where(url)} is unreachable ({exc}); start it, fix FACTORY_REDIS_URL,"
+            " or unset it to use the embedded Redis"
+        ) from exc
+    return redis
+
+
+def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel | None]:
+    """The chat model for this configuration: (model, grammar-constrained?, description, embedded)."""
+    if settings.scripted_model is not None:
+        scripted = ScriptedModel.from_file(settings.scripted_model)
+        routes = aliases.plan(scripted=True)
+        return LiteLLMRouter(routes, scripted=scripted), False, "scripted (test only)", None
+    routes = aliases.plan(
+        openai=settings.openai_api_key is not None,
+        anthropic=settings.anthropic_api_key is not None,
+        ollama_base=settings.ollama_api_base,
+    )
+    embedded = EmbeddedModel(n_ctx=settings.local_model_ctx, n_threads=settings.local_model_threads)
+    first = routes["factory/coder"][0]
+    description = " -> ".join(d.model for d in routes["factory/coder"])
+    return LiteLLMRouter(routes, embedded=embedded), first.grammar, description, embedded
+
+
+@asynccontextmanager
+async def open_factory(settings: Settings, *, model: ChatModel | None = None) -> AsyncIterator[Factory]:
+    """Start or reach the services, migrate, and wire the engine; close everything on exit."""
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    endpoints = services.ensure(
+        settings.data_dir, database_url, redis_url, timeout_s=settings.service_start_timeout_s
+    )
+    pool = await _open_pool(endpoints.database_url, settings.connect_timeout_s)
+    embedded = None
+    try:
+        redis = await _open_redis(endpoints.redis_url, settings.connect_timeout_s)
+        try:
+            store = PostgresRunStore(pool)
+            if model is None:
+                model, compact, description, embedded = build_model(settings)
+            else:
+                compact, description = False, type(model).__name__
+            bus = LocalEventBus()
+            stream = RedisEventStream(redis, prefix=settings.redis_prefix)
+            runner = TeamRunner(
+                RecordingModel(model, store),
+                timeout_s=settings.model_timeout_s,
+                max_tokens=settings.local_max_tokens if compact else 4096,
+                bounds=SchemaBounds.compact() if compact else SchemaBounds(),
+                budget_chars=min(settings.context_budget_chars, 2400) if compact else settings.context_budget_chars,
+            )
+            audit = PostgresAuditLog(pool)
+            escalations = PostgresEscalationQueue(pool)
+            engine = PipelineEngine(
+                PipelineDeps(
+                    store=store,
+                    audit=audit,
+                    escalations=escalations,
+                    runner=runner,
+                    events=FanOut([bus, stream]),
+                    limits=GateLimits(
+                        confidence_floor=settings.confidence_floor,
+                        retry_budget=settings.retry_budget,
+                        iteration_cap=settings.iteration_cap,
+                    ),
+                    runs_dir=settings.runs_dir,
+                    max_requirement_bytes=settings.max_requirement_bytes,
+                )
+            )
+            yield Factory(
+                settings=settings,
+                endpoints=endpoints,
+                pool=pool,
+                redis=redis,
+                store=store,
+                audit=audit,
+                escalations=escalations,
+                bus=bus,
+                stream=stream,
+                engine=engine,
+                model_description=description,
+            )
+        finally:
+            await redis.aclose()
+    finally:
+        await pool.close()
+        if embedded is not None:
+            embedded.close()

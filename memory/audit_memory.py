@@ -1,0 +1,42 @@
+"""In-memory twin of the audit log, for unit tests. Entries are frozen copies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from memory.base import AuditEntry, AuditReport
+from memory.chain import GENESIS, canonical, link_hash, verify_chain
+
+
+class InMemoryAuditLog:
+    def __init__(self) -> None:
+        self._chains: dict[str, list[AuditEntry]] = {}
+
+    async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> AuditEntry:
+        chain = self._chains.setdefault(run_id, [])
+        for entry in chain:
+            if entry.key == key:
+                return entry.model_copy()
+        prev = chain[-1].sha256 if chain else GENESIS
+        text = canonical(payload)
+        entry = AuditEntry(
+            run_id=run_id,
+            seq=len(chain),
+            key=key,
+            kind=kind,
+            payload=text,
+            prev_sha256=prev,
+            sha256=link_hash(prev, run_id, len(chain), key, kind, text),
+            created_at=datetime.now(UTC),
+        )
+        chain.append(entry)
+        return entry.model_copy()
+
+    async def entries(self, run_id: str) -> list[AuditEntry]:
+        return [e.model_copy() for e in self._chains.get(run_id, [])]
+
+    async def verify(self, run_id: str) -> AuditReport:
+        chain = self._chains.get(run_id, [])
+        head = (len(chain), chain[-1].sha256) if chain else None
+        return verify_chain(run_id, chain, head)

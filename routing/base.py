@@ -1,0 +1,71 @@
+"""Contracts of the ``routing`` package: chat requests, the model Protocol and the usage ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+Alias = Literal["factory/architect", "factory/coder", "factory/fast", "factory/cheap"]
+CHAT_ALIASES: tuple[Alias, ...] = ("factory/architect", "factory/coder", "factory/fast", "factory/cheap")
+EMBED_ALIAS = "local/embed"
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """One model call, tagged with who made it for the ledger."""
+
+    alias: Alias
+    messages: list[Message]
+    json_schema: dict[str, Any] | None = None
+    max_tokens: int = Field(default=1024, ge=1, le=32768)
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    run_id: str | None = None
+    team: str | None = None
+    purpose: str = "objective"
+
+
+class ChatResponse(BaseModel):
+    """What a model answered and what it cost."""
+
+    text: str
+    alias: str
+    model: str  # the concrete deployment that answered
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+
+class UsageRecord(BaseModel):
+    """One row of the usage ledger."""
+
+    run_id: str | None
+    team: str | None
+    alias: str
+    model: str
+    purpose: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: float
+    ok: bool
+    error: str | None = None
+    created_at: datetime
+
+
+class ChatModel(Protocol):
+    """Anything that answers chat requests: the LiteLLM router, or a scripted model in tests."""
+
+    async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse: ...
+
+
+class UsageLedger(Protocol):
+    """Where every model call is recorded."""
+
+    async def record(self, usage: UsageRecord) -> None: ...

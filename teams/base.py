@@ -1,0 +1,116 @@
+"""Contracts of the ``teams`` package: objectives, runs, stage records and the stores behind them.
+
+Callers see Protocols; the Postgres store and the in-memory twin implement them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from teams.results import TaskResult
+from teams.slugs import TeamSlug
+
+
+class StageStatus(StrEnum):
+    """Where one stage of a run stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    NEEDS_CLARIFICATION = "needs_clarification"
+    BLOCKED = "blocked"
+    WAITING_HUMAN = "waiting_human"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class RunStatus(StrEnum):
+    """Where a run stands."""
+
+    RUNNING = "running"
+    WAITING_HUMAN = "waiting_human"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Objective(BaseModel):
+    """A bounded task with acceptance criteria, given to one team."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    run_id: str
+    team: TeamSlug
+    goal: str
+    acceptance_criteria: list[str]
+    attempt: int = 1
+    hop_depth: int = 0
+
+
+class StageRecord(BaseModel):
+    """One stage of one run, as stored."""
+
+    run_id: str
+    index: int
+    team: TeamSlug
+    status: StageStatus = StageStatus.PENDING
+    attempts: int = 0
+    clarifications: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    model: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: TaskResult | None = None
+
+
+class Run(BaseModel):
+    """One execution of a pipeline."""
+
+    id: str
+    requirement: str
+    pipeline: list[TeamSlug]
+    pipeline_name: str
+    status: RunStatus = RunStatus.RUNNING
+    artifacts_dir: str = ""
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredArtifact(BaseModel):
+    """An artifact written to the run's bundle."""
+
+    run_id: str
+    stage_index: int
+    team: TeamSlug
+    name: str
+    kind: str
+    sha256: str
+    bytes: int = Field(ge=0)
+
+
+class RunStore(Protocol):
+    """Durable state of runs, stages and artifacts."""
+
+    async def create_run(self, run: Run) -> None: ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def set_run_status(self, run_id: str, status: RunStatus) -> None: ...
+
+    async def save_stage(self, stage: StageRecord) -> None:
+        """Insert or replace the stage (idempotent by run id and index)."""
+        ...
+
+    async def stages(self, run_id: str) -> list[StageRecord]: ...
+
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None: ...
+
+    async def artifacts(self, run_id: str) -> list[StoredArtifact]: ...

@@ -1,0 +1,72 @@
+"""The confidence gate (DESIGN §5): what happens after a team's objective ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from teams.results import TaskResult, TaskStatus
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """Configurable bounds of one stage."""
+
+    confidence_floor: float = 0.6
+    retry_budget: int = 2
+    iteration_cap: int = 6
+
+
+class Verdict(StrEnum):
+    ADVANCE = "advance"
+    RETRY = "retry"
+    CLARIFY = "clarify"
+    ESCALATE = "escalate"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict; for ESCALATE, the kind and priority of the escalation to open."""
+
+    verdict: Verdict
+    reason: str
+    kind: str | None = None
+    priority: str | None = None
+
+
+def decide(
+    result: TaskResult, *, failures: int, executions: int, limits: GateLimits, system_blocked: bool
+) -> GateDecision:
+    """Decide one execution's outcome.
+
+    ``failures`` counts executions that ended in unusable output so far (this one included);
+    ``system_blocked`` marks a BLOCKED the factory produced because the output never validated.
+    """
+    if system_blocked:
+        if failures <= limits.retry_budget and executions < limits.iteration_cap:
+            return GateDecision(Verdict.RETRY, f"output unusable, retry {failures} of {limits.retry_budget}")
+        return GateDecision(
+            Verdict.ESCALATE,
+            f"output unusable after {failures} attempts: {'; '.join(result.blockers)}",
+            kind="blocked",
+            priority="high",
+        )
+    if result.status is TaskStatus.BLOCKED:
+        return GateDecision(Verdict.ESCALATE, "; ".join(result.blockers), kind="blocked", priority="high")
+    if result.status is TaskStatus.NEEDS_CLARIFICATION:
+        if executions >= limits.iteration_cap:
+            return GateDecision(
+                Verdict.ESCALATE,
+                f"iteration cap of {limits.iteration_cap} executions reached",
+                kind="blocked",
+                priority="high",
+            )
+        return GateDecision(Verdict.CLARIFY, "the team asked a question")
+    if result.confidence < limits.confidence_floor:
+        return GateDecision(
+            Verdict.ESCALATE,
+            f"confidence {result.confidence:.2f} is below the floor {limits.confidence_floor:.2f}",
+            kind="approval",
+            priority="medium",
+        )
+    return GateDecision(Verdict.ADVANCE, f"complete with confidence {result.confidence:.2f}")

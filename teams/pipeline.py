@@ -1,0 +1,374 @@
+"""The pipeline engine: stages in order, each gated (DESIGN §5), every step committed durably.
+
+Per stage: mark running → execute the objective (with repair) → gate → on ADVANCE write artifacts,
+record and audit; on ESCALATE open an escalation and leave the run ``waiting_human``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from factory.errors import FactoryError, InputError, RunNotFound
+from hitl.base import SLA, Escalation, EscalationKind, EscalationQueue, Priority
+from memory.base import AuditLog, AuditReport
+from observability.base import Event, EventSink
+from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
+from teams.bundle import sha256_text, write_artifact, write_manifest
+from teams.gate import GateDecision, GateLimits, Verdict, decide
+from teams.results import Artifact, TaskResult
+from teams.roster import resolve_pipeline, team
+from teams.runner import Execution, PriorArtifact, TeamRunner
+
+log = logging.getLogger(__name__)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def validate_requirement(text: str, max_bytes: int) -> str:
+    """A requirement worth running, or ``InputError`` saying what to fix."""
+    if not text or not text.strip():
+        raise InputError("the requirement is empty; describe what to build, e.g. 'a URL shortener with an API'")
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InputError(
+            f"the requirement is {size} bytes, over the {max_bytes}-byte limit;"
+            " shorten it or raise FACTORY_MAX_REQUIREMENT_BYTES"
+        )
+    if "\x00" in text:
+        raise InputError("the requirement contains a NUL byte; send plain text")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    """Everything the engine needs, built once in the composition root."""
+
+    store: RunStore
+    audit: AuditLog
+    escalations: EscalationQueue
+    runner: TeamRunner
+    events: EventSink
+    limits: GateLimits
+    runs_dir: Path
+    max_requirement_bytes: int = 64 * 1024
+
+
+@dataclass
+class StageTiming:
+    """Where one stage's time went: all of it, and the part spent waiting on the model."""
+
+    team: str
+    wall_s: float
+    model_s: float
+
+
+@dataclass
+class RunOutcome:
+    run: Run
+    stages: list[StageRecord]
+    escalations: list[Escalation]
+    audit: AuditReport
+    timings: list[StageTiming] = field(default_factory=list)
+    error: str | None = None
+
+
+class PipelineEngine:
+    """Runs pipelines; safe to call ``drive`` again on a run (completed stages are kept)."""
+
+    def __init__(self, deps: PipelineDeps) -> None:
+        self._d = deps
+
+    async def start(self, requirement: str, pipeline: str, out_dir: Path | None = None) -> RunOutcome:
+        """Validate everything, then create the run and drive it."""
+        requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
+        name, slugs = resolve_pipeline(pipeline)
+        run_id = f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+        bundle = (out_dir or self._d.runs_dir) / run_id
+        created = now()
+        run = Run(
+            id=run_id,
+            requirement=requirement,
+            pipeline=list(slugs),
+            pipeline_name=name,
+            artifacts_dir=str(bundle.resolve()),
+            created_at=created,
+            updated_at=created,
+        )
+        await self._d.store.create_run(run)
+        for index, slug in enumerate(slugs):
+            await self._d.store.save_stage(StageRecord(run_id=run_id, index=index, team=slug))
+        await self._d.audit.append(
+            run_id,
+            "run.created",
+            "run.created",
+            {"requirement": requirement, "pipeline": list(slugs), "pipeline_name": name},
+        )
+        await self._emit("run.started", run_id, pipeline=list(slugs), artifacts_dir=run.artifacts_dir)
+        return await self.drive(run_id)
+
+    async def drive(self, run_id: str) -> RunOutcome:
+        """Run every stage not yet complete, in order, until done or waiting on a human."""
+        run = await self._d.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r}; list runs with `factory audit show` or start one")
+        await self._d.store.set_run_status(run_id, RunStatus.RUNNING)
+        timings: list[StageTiming] = []
+        prior: list[PriorArtifact] = []
+        error = None
+        for stage in await self._d.store.stages(run_id):
+            if stage.status is StageStatus.COMPLETE and stage.result is not None:
+                prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
+                continue
+            try:
+                advanced = await self._run_stage(run, stage, prior, timings)
+            except FactoryError as exc:
+                error = str(exc)
+                await self._fail(run, stage, error)
+                break
+            if not advanced:
+                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN)
+                await self._emit("run.waiting_human", run_id, stage=stage.index, team=stage.team)
+                break
+            assert stage.result is not None
+            prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
+        else:
+            await self._finish(run)
+        outcome = await self.outcome(run_id)
+        outcome.timings, outcome.error = timings, error
+        return outcome
+
+    async def outcome(self, run_id: str) -> RunOutcome:
+        run = await self._d.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return RunOutcome(
+            run=run,
+            stages=await self._d.store.stages(run_id),
+            escalations=await self._d.escalations.list_open(run_id),
+            audit=await self._d.audit.verify(run_id),
+        )
+
+    async def _run_stage(
+        self, run: Run, stage: StageRecord, prior: list[PriorArtifact], timings: list[StageTiming]
+    ) -> bool:
+        started = time.perf_counter()
+        model_s = 0.0
+        member = team(stage.team)
+        wanted = set(member.reads)
+        context = [p for p in prior if p.team in wanted]
+        stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
+        await self._d.store.save_stage(stage)
+        await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
+        feedback: list[str] = []
+        failures = 0
+        while True:
+            stage.attempts += 1
+            objective = Objective(
+                id=f"{run.id}:{stage.index}",
+                run_id=run.id,
+                team=member.slug,
+                goal=member.goal,
+                acceptance_criteria=list(member.acceptance_criteria),
+                attempt=stage.attempts,
+            )
+            execution = await self._d.runner.execute(member, objective, run.requirement, context, feedback)
+            model_s += execution.model_s
+            self._account(stage, execution)
+            failures += execution.system_blocked
+            decision = decide(
+                execution.result,
+                failures=failures,
+                executions=stage.attempts,
+                limits=self._d.limits,
+                system_blocked=execution.system_blocked,
+            )
+            await self._audit_execution(run, stage, execution, decision)
+            if decision.verdict is Verdict.RETRY:
+                feedback = [f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly."]
+                await self._d.store.save_stage(stage)
+                continue
+            break
+        stage.result = execution.result
+        if decision.verdict is Verdict.ADVANCE:
+            await self._complete(run, stage, execution.result)
+            advanced = True
+        else:
+            await self._escalate(run, stage, execution.result, decision)
+            advanced = False
+        timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s))
+        return advanced
+
+    @staticmethod
+    def _account(stage: StageRecord, execution: Execution) -> None:
+        for response in execution.responses:
+            stage.tokens_in += response.tokens_in
+            stage.tokens_out += response.tokens_out
+            stage.cost_usd += response.cost_usd
+            stage.model = f"{response.alias} -> {response.model}"
+
+    async def _audit_execution(
+        self, run: Run, stage: StageRecord, execution: Execution, decision: GateDecision
+    ) -> None:
+        await self._d.audit.append(
+            run.id,
+            f"stage.{stage.index}.execution.{stage.attempts}",
+            "stage.execution",
+            {
+                "stage": stage.index,
+                "team": stage.team,
+                "attempt": stage.attempts,
+                "result": execution.result.model_dump(mode="json"),
+                "output_problem": execution.problem,
+                "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
+                "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
+            },
+        )
+
+    async def _complete(self, run: Run, stage: StageRecord, result: TaskResult) -> None:
+        root = Path(run.artifacts_dir)
+        stored = []
+        for artifact in result.artifacts:
+            write_artifact(root, artifact)
+            stored.append(self._stored(run, stage, artifact))
+        await self._d.store.save_artifacts(stored)
+        stage.status, stage.finished_at = StageStatus.COMPLETE, now()
+        await self._d.store.save_stage(stage)
+        await self._d.audit.append(
+            run.id,
+            f"stage.{stage.index}.complete",
+            "stage.complete",
+            {"stage": stage.index, "team": stage.team, "artifacts": {a.name: a.sha256 for a in stored}},
+        )
+        await self._emit(
+            "stage.completed",
+            run.id,
+            stage=stage.index,
+            team=stage.team,
+            tokens_in=stage.tokens_in,
+            tokens_out=stage.tokens_out,
+            confidence=result.confidence,
+        )
+
+    @staticmethod
+    def _stored(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
+        return StoredArtifact(
+            run_id=run.id,
+            stage_index=stage.index,
+            team=stage.team,
+            name=artifact.name,
+            kind=artifact.kind,
+            sha256=sha256_text(artifact.content),
+            bytes=len(artifact.content.encode("utf-8")),
+        )
+
+    async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
+        kind = EscalationKind(decision.kind or "blocked")
+        priority = Priority(decision.priority or "high")
+        question = (
+            result.clarification_needed.question
+            if kind is EscalationKind.CLARIFICATION and result.clarification_needed
+            else f"{stage.team}: {decision.reason}"
+        )
+        created = now()
+        escalation = await self._d.escalations.open(
+            Escalation(
+                id=f"esc-{run.id.removeprefix('run-')}-{stage.index}-{stage.attempts}",
+                run_id=run.id,
+                stage_index=stage.index,
+                team=stage.team,
+                kind=kind,
+                priority=priority,
+                question=question,
+                context=_escalation_context(result, decision, kind),
+                sla_deadline=created + SLA[priority],
+                created_at=created,
+            )
+        )
+        stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
+        await self._d.store.save_stage(stage)
+        await self._d.audit.append(
+            run.id,
+            f"escalation.{escalation.id}",
+            "escalation.opened",
+            escalation.model_dump(mode="json", exclude={"created_at", "sla_deadline"}),
+        )
+        await self._emit(
+            "escalation.opened",
+            run.id,
+            id=escalation.id,
+            kind=kind.value,
+            priority=priority.value,
+            team=stage.team,
+            question=question,
+        )
+
+    async def _fail(self, run: Run, stage: StageRecord, error: str) -> None:
+        stage.status, stage.finished_at = StageStatus.FAILED, now()
+        await self._d.store.save_stage(stage)
+        await self._d.store.set_run_status(run.id, RunStatus.FAILED)
+        await self._d.audit.append(
+            run.id,
+            f"stage.{stage.index}.failed.{stage.attempts}",
+            "stage.failed",
+            {"stage": stage.index, "team": stage.team, "error": error},
+        )
+        await self._emit("run.failed", run.id, stage=stage.index, team=stage.team, error=error)
+
+    async def _finish(self, run: Run) -> None:
+        stages = await self._d.store.stages(run.id)
+        artifacts = await self._d.store.artifacts(run.id)
+        report = await self._d.audit.verify(run.id)
+        snapshot = {
+            "requirement": run.requirement,
+            "pipeline": run.pipeline,
+            "results": {s.team: s.result.model_dump(mode="json") if s.result else None for s in stages},
+            "models": {s.team: s.model for s in stages},
+            "tokens": {s.team: [s.tokens_in, s.tokens_out] for s in stages},
+            "cost_usd": round(sum(s.cost_usd for s in stages), 6),
+            "artifacts": {a.name: a.sha256 for a in artifacts},
+            "audit_before_snapshot": {"entries": report.entries, "head_sha256": report.head_sha256},
+        }
+        entry = await self._d.audit.append(run.id, "run.snapshot", "run.snapshot", snapshot)
+        write_manifest(
+            Path(run.artifacts_dir),
+            {
+                "run_id": run.id,
+                "pipeline": run.pipeline,
+                "artifacts": [a.model_dump(exclude={"run_id"}) for a in artifacts],
+                "audit_head_sha256": entry.sha256,
+            },
+        )
+        await self._d.store.set_run_status(run.id, RunStatus.COMPLETE)
+        await self._emit("run.completed", run.id, artifacts=len(artifacts))
+
+    async def _emit(self, kind: str, run_id: str, **data: Any) -> None:
+        await self._d.events.emit(Event(type=kind, run_id=run_id, data=data, at=now()))
+
+
+def _escalation_context(result: TaskResult, decision: GateDecision, kind: EscalationKind) -> dict[str, Any]:
+    choices = {
+        EscalationKind.APPROVAL: "approve: the stage's artifacts are accepted and the run continues;"
+        " reject with a reason: the stage runs again with your reason as feedback",
+        EscalationKind.CLARIFICATION: "answer: your answer is added to the objective and the stage runs again",
+        EscalationKind.BLOCKED: "answer with what unblocks the team: the stage runs again with it",
+    }
+    return {
+        "reason": decision.reason,
+        "reasoning": result.reasoning[:2000],
+        "blockers": result.blockers,
+        "assumptions": result.assumptions_made,
+        "confidence": result.confidence,
+        "target_team": result.clarification_needed.target_team if result.clarification_needed else None,
+        "artifacts": {a.name: a.content[:500] for a in result.artifacts},
+        "choices": choices.get(kind, ""),
+    }
+
+

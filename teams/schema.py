@@ -1,0 +1,104 @@
+"""The JSON schema a team's model must answer with, tightened per team.
+
+The contract is ``TaskResult``; this schema is what the model is constrained to. For a small local
+model it pins the artifact names and kinds to the team's deliverables and bounds every string,
+so grammar-constrained decoding always ends in a complete, valid object within the token limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from teams.roster import Team
+from teams.slugs import ALL_TEAMS
+
+
+@dataclass(frozen=True)
+class SchemaBounds:
+    """Length limits that keep a model's answer inside its token budget."""
+
+    reasoning_chars: int = 4000
+    item_chars: int = 400
+    list_items: int = 8
+    content_chars: int = 20000
+    #: Grammar decoding cannot bound a number's range, so a small model picks from tenths.
+    confidence_steps: bool = False
+
+    @classmethod
+    def compact(cls) -> SchemaBounds:
+        """For a small embedded model at ~90 tokens/s."""
+        return cls(reasoning_chars=240, item_chars=100, list_items=2, content_chars=700, confidence_steps=True)
+
+
+def _text(max_chars: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_chars}
+
+
+def _list(bounds: SchemaBounds) -> dict[str, Any]:
+    return {"type": "array", "items": _text(bounds.item_chars), "maxItems": bounds.list_items}
+
+
+def response_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
+    """The schema of one team's answer: ``status`` first, then the rest in contract order."""
+    deliverables = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "const": d.name},
+                "kind": {"type": "string", "const": d.kind},
+                "content": _text(bounds.content_chars),
+            },
+            "required": ["name", "kind", "content"],
+            "additionalProperties": False,
+        }
+        for d in team.produces
+    ]
+    others = [slug for slug in ALL_TEAMS if slug != team.slug]
+    return {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["COMPLETE", "NEEDS_CLARIFICATION", "BLOCKED"]},
+            "reasoning": _text(bounds.reasoning_chars),
+            "blockers": _list(bounds),
+            "assumptions_made": _list(bounds),
+            "verified_facts": _list(bounds),
+            "clarification_needed": {
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "target_team": {"type": "string", "enum": others},
+                            "question": _text(bounds.item_chars * 2),
+                        },
+                        "required": ["target_team", "question"],
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+            "artifacts": {
+                "type": "array",
+                "prefixItems": deliverables,
+                "items": False,
+                "minItems": len(deliverables),
+                "maxItems": len(deliverables),
+            },
+            "confidence": (
+                {"enum": [round(i / 10, 1) for i in range(11)]}
+                if bounds.confidence_steps
+                else {"type": "number", "minimum": 0, "maximum": 1}
+            ),
+        },
+        "required": [
+            "status",
+            "reasoning",
+            "blockers",
+            "assumptions_made",
+            "verified_facts",
+            "clarification_needed",
+            "artifacts",
+            "confidence",
+        ],
+        "additionalProperties": False,
+    }

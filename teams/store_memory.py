@@ -1,0 +1,51 @@
+"""In-memory twin of the run store and usage ledger, for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from routing.base import UsageRecord
+from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+
+
+class InMemoryRunStore:
+    """``RunStore`` and ``UsageLedger`` in dictionaries; copies in and out like a database."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+        self._stages: dict[tuple[str, int], StageRecord] = {}
+        self._artifacts: dict[tuple[str, str], StoredArtifact] = {}
+        self.usage_rows: list[UsageRecord] = []
+
+    async def create_run(self, run: Run) -> None:
+        self._runs.setdefault(run.id, run.model_copy(deep=True))
+
+    async def get_run(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        return run.model_copy(deep=True) if run else None
+
+    async def set_run_status(self, run_id: str, status: RunStatus) -> None:
+        run = self._runs[run_id]
+        run.status, run.updated_at = status, datetime.now(UTC)
+
+    async def save_stage(self, stage: StageRecord) -> None:
+        self._stages[(stage.run_id, stage.index)] = stage.model_copy(deep=True)
+
+    async def stages(self, run_id: str) -> list[StageRecord]:
+        found = [s for (r, _i), s in self._stages.items() if r == run_id]
+        return [s.model_copy(deep=True) for s in sorted(found, key=lambda s: s.index)]
+
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None:
+        for a in artifacts:
+            self._artifacts[(a.run_id, a.name)] = a
+
+    async def artifacts(self, run_id: str) -> list[StoredArtifact]:
+        found = [a for (r, _n), a in self._artifacts.items() if r == run_id]
+        return sorted(found, key=lambda a: (a.stage_index, a.name))
+
+    async def record(self, usage: UsageRecord) -> None:
+        self.usage_rows.append(usage)
+
+    async def usage(self, run_id: str) -> list[UsageRecord]:
+        return [u for u in self.usage_rows if u.run_id == run_id]

@@ -1,0 +1,200 @@
+"""Runs, stages, artifacts and the usage ledger in PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from routing.base import UsageRecord
+from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+from teams.results import TaskResult
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_runs",
+        """
+        CREATE TABLE IF NOT EXISTS runs (
+            id text PRIMARY KEY,
+            requirement text NOT NULL,
+            pipeline text[] NOT NULL,
+            pipeline_name text NOT NULL,
+            status text NOT NULL,
+            artifacts_dir text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS stages (
+            run_id text NOT NULL REFERENCES runs(id),
+            idx int NOT NULL,
+            team text NOT NULL,
+            status text NOT NULL,
+            attempts int NOT NULL DEFAULT 0,
+            clarifications int NOT NULL DEFAULT 0,
+            tokens_in int NOT NULL DEFAULT 0,
+            tokens_out int NOT NULL DEFAULT 0,
+            cost_usd double precision NOT NULL DEFAULT 0,
+            model text NOT NULL DEFAULT '',
+            started_at timestamptz,
+            finished_at timestamptz,
+            result jsonb,
+            PRIMARY KEY (run_id, idx)
+        );
+        CREATE TABLE IF NOT EXISTS artifacts (
+            run_id text NOT NULL REFERENCES runs(id),
+            stage_index int NOT NULL,
+            team text NOT NULL,
+            name text NOT NULL,
+            kind text NOT NULL,
+            sha256 text NOT NULL,
+            bytes int NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        CREATE TABLE IF NOT EXISTS usage_ledger (
+            id bigserial PRIMARY KEY,
+            run_id text,
+            team text,
+            alias text NOT NULL,
+            model text NOT NULL,
+            purpose text NOT NULL,
+            tokens_in int NOT NULL,
+            tokens_out int NOT NULL,
+            cost_usd double precision NOT NULL,
+            latency_ms double precision NOT NULL,
+            ok boolean NOT NULL,
+            error text,
+            created_at timestamptz NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS usage_ledger_run ON usage_ledger (run_id, team);
+        """,
+    )
+]
+
+_STAGE_COLUMNS = (
+    "run_id, idx, team, status, attempts, clarifications, tokens_in, tokens_out, cost_usd, model,"
+    " started_at, finished_at, result"
+)
+
+
+class PostgresRunStore:
+    """``RunStore`` and ``UsageLedger`` on a psycopg connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def create_run(self, run: Run) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
+                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (
+                    run.id,
+                    run.requirement,
+                    list(run.pipeline),
+                    run.pipeline_name,
+                    run.status.value,
+                    run.artifacts_dir,
+                    run.created_at,
+                    run.updated_at,
+                ),
+            )
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute("SELECT * FROM runs WHERE id = %s", (run_id,))
+            row = await cur.fetchone()
+        return Run.model_validate(row) if row else None
+
+    async def set_run_status(self, run_id: str, status: RunStatus) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id)
+            )
+
+    async def save_stage(self, stage: StageRecord) -> None:
+        result = Jsonb(stage.result.model_dump(mode="json")) if stage.result else None
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
+                f" ON CONFLICT (run_id, idx) DO UPDATE SET {updates}",
+                (
+                    stage.run_id,
+                    stage.index,
+                    stage.team,
+                    stage.status.value,
+                    stage.attempts,
+                    stage.clarifications,
+                    stage.tokens_in,
+                    stage.tokens_out,
+                    stage.cost_usd,
+                    stage.model,
+                    stage.started_at,
+                    stage.finished_at,
+                    result,
+                ),
+            )
+
+    async def stages(self, run_id: str) -> list[StageRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"SELECT {_STAGE_COLUMNS} FROM stages WHERE run_id = %s ORDER BY idx", (run_id,)
+            )
+            rows = await cur.fetchall()
+        records = []
+        for row in rows:
+            row["index"] = row.pop("idx")
+            raw = row.pop("result")
+            records.append(StageRecord(**row, result=TaskResult.model_validate(raw) if raw else None))
+        return records
+
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None:
+        if not artifacts:
+            return
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name) DO UPDATE SET"
+                " stage_index = EXCLUDED.stage_index, team = EXCLUDED.team, kind = EXCLUDED.kind,"
+                " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes",
+                [(a.run_id, a.stage_index, a.team, a.name, a.kind, a.sha256, a.bytes) for a in artifacts],
+            )
+
+    async def artifacts(self, run_id: str) -> list[StoredArtifact]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM artifacts WHERE run_id = %s ORDER BY stage_index, name", (run_id,)
+            )
+            return [StoredArtifact.model_validate(r) for r in await cur.fetchall()]
+
+    async def record(self, usage: UsageRecord) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO usage_ledger (run_id, team, alias, model, purpose, tokens_in, tokens_out,"
+                " cost_usd, latency_ms, ok, error, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    usage.run_id,
+                    usage.team,
+                    usage.alias,
+                    usage.model,
+                    usage.purpose,
+                    usage.tokens_in,
+                    usage.tokens_out,
+                    usage.cost_usd,
+                    usage.latency_ms,
+                    usage.ok,
+                    usage.error,
+                    usage.created_at,
+                ),
+            )
+
+    async def usage(self, run_id: str) -> list[UsageRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM usage_ledger WHERE run_id = %s ORDER BY id", (run_id,)
+            )
+            return [UsageRecord.model_validate(r) for r in await cur.fetchall()]
