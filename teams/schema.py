@@ -70,7 +70,7 @@ def response_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
                         "type": "object",
                         "properties": {
                             "target_team": {"type": "string", "enum": others},
-                            "question": _text(bounds.item_chars * 2),
+                            "question": {**_text(bounds.item_chars * 2), "minLength": 1},
                         },
                         "required": ["target_team", "question"],
                         "additionalProperties": False,

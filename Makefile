@@ -1,0 +1,55 @@
+# Set-up contract: `make up` runs the factory on embedded defaults; `make test` runs every test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+REQUIREMENT ?= Build a URL shortener service with an HTTP API: create short links, redirect to the target, and count clicks.
+
+.PHONY: install up run down doctor test test-fast lint format typecheck bench lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check 'uv==0.13.9'
+	$(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+up: install  ## start the embedded services and run the sample requirement through Phase 1
+	$(VENV)/bin/factory up
+	$(VENV)/bin/factory run "$(REQUIREMENT)"
+
+run: install
+	$(VENV)/bin/factory run "$(REQUIREMENT)" --pipeline $(or $(PIPELINE),phase1)
+
+down: install
+	$(VENV)/bin/factory down
+
+doctor: install
+	$(VENV)/bin/factory doctor
+
+test: install  ## every test: unit, integration (real services), slow (real embedded model)
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: install
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker
+
+bench: install
+	$(PY) bench/pipeline_overhead.py
+
+lock:  ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,91 @@
+"""Shared fixtures: real PostgreSQL+pgvector (embedded, one fresh database per test), real Redis
+(the machine's server on a dedicated DB index, or an embedded one when none runs), in-memory twins."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from factory import services
+
+REDIS_TEST_DB = 13
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded PostgreSQL 18 with pgvector for the whole session."""
+    data = tmp_path_factory.mktemp("pg")
+    return services.start_postgres(data)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for folder in base.iterdir():
+        if (folder / "pg").exists() or (folder / "redis").exists():
+            services.stop(folder)
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The machine's Redis on a dedicated DB index, else an embedded one."""
+    if _tcp_open("127.0.0.1", 6379):
+        return f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+    return services.start_redis(tmp_path_factory.mktemp("redis"), timeout_s=30)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+async def redis(redis_base_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_base_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a `factory` subprocess: isolated data dir, no configured services or keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_", "OPENAI_", "ANTHROPIC_", "OLLAMA_"))}
+    env["FACTORY_DATA_DIR"] = str(tmp_path / "data")
+    return env
