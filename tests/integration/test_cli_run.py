@@ -1,0 +1,146 @@
+"""The `factory` CLI against real PostgreSQL+pgvector and real Redis, scripted model via LiteLLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.cli import factory, run_json
+
+pytestmark = pytest.mark.integration
+REQ = "Build a URL shortener service with an HTTP API: create links, redirect, count clicks."
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], pg_url: str, redis_base_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
+    script = tmp_path / "script.json"
+    script.write_text("{}")
+    return {
+        **cli_env,
+        "FACTORY_DATABASE_URL": pg_url,
+        "FACTORY_REDIS_URL": redis_base_url,
+        "FACTORY_REDIS_PREFIX": redis_prefix,
+        "FACTORY_SCRIPTED_MODEL": str(script),
+    }
+
+
+def _script(env: dict[str, str], script: dict[str, Any]) -> None:
+    Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(script))
+
+
+async def test_phase1_run_completes_on_real_services(env: dict[str, str], pg_url: str, redis: Redis, redis_prefix: str) -> None:
+    proc = factory("run", REQ, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = run_json(proc)
+    assert out["status"] == "complete" and out["escalations"] == [] and out["error"] is None
+    assert [s["team"] for s in out["stages"]] == [
+        "business-analysis", "solution-architecture", "backend-engineering", "qa-engineering", "documentation"
+    ]  # fmt: skip
+    for stage in out["stages"]:
+        assert stage["status"] == "complete" and stage["attempts"] == 1 and stage["tokens_in"] > 0
+        assert stage["model"].endswith("factory-local/scripted") and stage["duration_ms"] >= 0
+    bundle = Path(out["artifacts_dir"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert len(manifest["artifacts"]) == 9 and (bundle / "qa" / "test_app.py").is_file()
+    assert out["audit"]["entries"] == 12
+
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT team, alias, model, ok FROM usage_ledger WHERE run_id = %s", (out["run_id"],)).fetchall()
+        status = conn.execute("SELECT status FROM runs WHERE id = %s", (out["run_id"],)).fetchone()
+    assert len(rows) == 5 and all(r[3] and r[2] == "factory-local/scripted" for r in rows)
+    assert status == ("complete",)
+
+    events = await redis.xrange(f"{redis_prefix}events:{out['run_id']}")
+    types = [fields[b"type"].decode() for _id, fields in events]
+    assert types[0] == "run.started" and types[-1] == "run.completed" and types.count("stage.completed") == 5
+
+    verify = factory("audit", "verify", out["run_id"], env=env)
+    assert verify.returncode == 0 and "intact" in verify.stdout
+
+
+def test_blocked_team_exits_3_with_an_escalation_row(env: dict[str, str], pg_url: str) -> None:
+    blocked = {
+        "status": "BLOCKED", "reasoning": "cannot pick a store", "blockers": ["no database decision"],
+        "assumptions_made": [], "verified_facts": [], "clarification_needed": None, "artifacts": [], "confidence": 0.1,
+    }  # fmt: skip
+    _script(env, {"teams": {"backend-engineering": [blocked]}})
+    proc = factory("run", REQ, "--json", "--non-interactive", env=env)
+    assert proc.returncode == 3, proc.stderr
+    out = run_json(proc)
+    assert out["status"] == "waiting_human"
+    [esc] = out["escalations"]
+    assert (esc["kind"], esc["priority"], esc["team"]) == ("blocked", "high", "backend-engineering")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT status, kind, question FROM escalations WHERE id = %s", (esc["id"],)).fetchone()
+    assert row is not None and row[:2] == ("open", "blocked") and "no database decision" in row[2]
+    listed = json.loads(factory("hitl", "list", "--json", env=env).stdout)
+    assert [e["id"] for e in listed] == [esc["id"]]
+    assert {"id", "run_id", "kind", "priority", "status", "team", "question", "sla_deadline", "escalation_level"} <= set(listed[0])
+
+
+def test_audit_verify_exits_1_after_tampering(env: dict[str, str], pg_url: str) -> None:
+    out = run_json(factory("run", REQ, "--json", "--pipeline", "business-analysis,documentation", env=env))
+    assert factory("audit", "verify", out["run_id"], env=env).returncode == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the superuser turns the trigger off
+        conn.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_immutable")
+        conn.execute("UPDATE audit_entries SET payload = replace(payload, 'business', 'b') WHERE run_id = %s AND seq = 1", (out["run_id"],))
+        conn.execute("ALTER TABLE audit_entries ENABLE TRIGGER audit_entries_immutable")
+    verify = factory("audit", "verify", out["run_id"], env=env)
+    assert verify.returncode == 1 and "TAMPERED" in verify.stdout and "altered" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", ""], "requirement is empty"),
+        (["run", "  \n "], "requirement is empty"),
+        (["run", "x" * (64 * 1024 + 10)], "over the 65536-byte limit"),
+        (["run", REQ, "--pipeline", "phase9"], "unknown team 'phase9'"),
+        (["run", REQ, "--pipeline", "qa-engineering,nobody"], "unknown team 'nobody'"),
+        (["audit", "verify", "run-does-not-exist"], "no run"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    env: dict[str, str], pg_url: str, args: list[str], needle: str
+) -> None:
+    proc = factory(*args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not Path(env["FACTORY_DATA_DIR"], "runs").exists()
+    with psycopg.connect(pg_url) as conn:
+        exists = conn.execute("SELECT to_regclass('runs')").fetchone()
+        count = conn.execute("SELECT count(*) FROM runs").fetchone() if exists and exists[0] else (0,)
+    assert count == (0,)
+
+
+def test_requirement_from_stdin(env: dict[str, str]) -> None:
+    proc = factory("run", "-", "--json", "--pipeline", "documentation", env=env, stdin=REQ)
+    assert proc.returncode == 0, proc.stderr
+    assert run_json(proc)["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("FACTORY_DATABASE_URL", "postgresql://factory@127.0.0.1:1/nowhere", "PostgreSQL at postgresql://127.0.0.1:1/nowhere is unreachable"),
+        ("FACTORY_REDIS_URL", "redis://127.0.0.1:1/0", "Redis at redis://127.0.0.1:1/0 is unreachable"),
+    ],
+)
+def test_unreachable_configured_service_exits_1_and_says_which(
+    env: dict[str, str], variable: str, value: str, needle: str
+) -> None:
+    proc = factory("run", REQ, env={**env, variable: value, "FACTORY_CONNECT_TIMEOUT_S": "2"})
+    assert proc.returncode == 1
+    assert needle in proc.stderr and "unset it to use the embedded" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_teams_list_json_shows_the_roster(env: dict[str, str]) -> None:
+    teams = json.loads(factory("teams", "list", "--json", env=env).stdout)
+    assert len(teams) == 17 and teams[0]["slug"] == "product-management" and teams[-1]["slug"] == "documentation"
+    assert all(t["alias"].startswith("factory/") and t["produces"] and t["acceptance_criteria"] for t in teams)

@@ -1,0 +1,101 @@
+"""One contract suite, two implementations: the in-memory twins and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from factory.migrations import migrate
+from hitl.base import Escalation, EscalationKind, Priority
+from hitl.in_memory import InMemoryEscalationQueue
+from hitl.postgres import PostgresEscalationQueue
+from memory.audit_memory import InMemoryAuditLog
+from memory.audit_pg import PostgresAuditLog
+from teams.base import Run, StageRecord, StageStatus, StoredArtifact
+from teams.results import TaskResult
+from teams.store_memory import InMemoryRunStore
+from teams.store_pg import PostgresRunStore
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stores:
+    runs: Any
+    audit: Any
+    escalations: Any
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    if request.param == "memory":
+        yield Stores(InMemoryRunStore(), InMemoryAuditLog(), InMemoryEscalationQueue())
+        return
+    url = request.getfixturevalue("pg_url")
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        assert await migrate(conn)
+        assert await migrate(conn) == []  # idempotent
+    async with AsyncConnectionPool(url, min_size=1, max_size=2) as pool:
+        yield Stores(PostgresRunStore(pool), PostgresAuditLog(pool), PostgresEscalationQueue(pool))
+
+
+def _run(run_id: str = "run-1") -> Run:
+    now = datetime.now(UTC)
+    return Run(id=run_id, requirement="r", pipeline=["qa-engineering"], pipeline_name="custom", created_at=now, updated_at=now)
+
+
+async def test_stage_saves_are_idempotent(stores: Stores) -> None:
+    await stores.runs.create_run(_run())
+    await stores.runs.create_run(_run())
+    stage = StageRecord(run_id="run-1", index=0, team="qa-engineering")
+    await stores.runs.save_stage(stage)
+    stage.status, stage.attempts = StageStatus.COMPLETE, 2
+    stage.result = TaskResult.model_validate(
+        {"status": "COMPLETE", "reasoning": "x", "artifacts": [], "confidence": 0.7}
+    )
+    await stores.runs.save_stage(stage)
+    [saved] = await stores.runs.stages("run-1")
+    assert saved.status is StageStatus.COMPLETE and saved.attempts == 2 and saved.result == stage.result
+
+
+async def test_artifacts_are_keyed_by_name(stores: Stores) -> None:
+    await stores.runs.create_run(_run())
+    a = StoredArtifact(run_id="run-1", stage_index=0, team="qa-engineering", name="qa/t.py", kind="code", sha256="a", bytes=1)
+    await stores.runs.save_artifacts([a])
+    await stores.runs.save_artifacts([a.model_copy(update={"sha256": "b"})])
+    [saved] = await stores.runs.artifacts("run-1")
+    assert saved.sha256 == "b"
+
+
+async def test_audit_chain_appends_idempotently_and_verifies(stores: Stores) -> None:
+    first = await stores.audit.append("run-1", "k1", "created", {"a": 1})
+    again = await stores.audit.append("run-1", "k1", "created", {"a": 2})
+    assert again.sha256 == first.sha256 and again.payload == first.payload
+    second = await stores.audit.append("run-1", "k2", "next", {"b": "ü"})
+    assert second.prev_sha256 == first.sha256 and second.seq == 1
+    report = await stores.audit.verify("run-1")
+    assert report.intact and report.entries == 2 and report.head_sha256 == second.sha256
+    assert (await stores.audit.verify("other")).entries == 0
+
+
+async def test_escalations_list_by_priority_then_deadline(stores: Stores) -> None:
+    now = datetime.now(UTC)
+
+    def esc(i: str, priority: Priority, due_h: int) -> Escalation:
+        return Escalation(
+            id=i, run_id="run-1", stage_index=0, team="qa-engineering", kind=EscalationKind.BLOCKED,
+            priority=priority, question=f"q{i}", sla_deadline=now + timedelta(hours=due_h), created_at=now,
+        )  # fmt: skip
+
+    for e in [esc("a", Priority.LOW, 1), esc("b", Priority.CRITICAL, 5), esc("c", Priority.CRITICAL, 2), esc("d", Priority.MEDIUM, 1)]:
+        await stores.escalations.open(e)
+    again = await stores.escalations.open(esc("a", Priority.CRITICAL, 0))
+    assert again.priority is Priority.LOW  # opening twice keeps the first
+    assert [e.id for e in await stores.escalations.list_open()] == ["c", "b", "d", "a"]
+    assert await stores.escalations.list_open("run-2") == []
