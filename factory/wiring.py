@@ -97,7 +97,9 @@ def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel
         anthropic=settings.anthropic_api_key is not None,
         ollama_base=settings.ollama_api_base,
     )
-    embedded = EmbeddedModel(n_ctx=settings.local_model_ctx, n_threads=settings.local_model_threads)
+    embedded = EmbeddedModel(
+        n_ctx=settings.local_model_ctx, n_threads=settings.local_model_threads, seed=settings.local_model_seed
+    )
     first = routes["factory/coder"][0]
     description = " -> ".join(d.model for d in routes["factory/coder"])
     return LiteLLMRouter(routes, embedded=embedded), first.grammar, description, embedded

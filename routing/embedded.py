@@ -43,8 +43,11 @@ class Completion:
 class EmbeddedModel:
     """One llama.cpp model in this process."""
 
-    def __init__(self, model_path: Path | None = None, *, n_ctx: int = 8192, n_threads: int = 0) -> None:
+    def __init__(
+        self, model_path: Path | None = None, *, n_ctx: int = 8192, n_threads: int = 0, seed: int = 42
+    ) -> None:
         self._path = model_path
+        self._seed = seed
         self._n_ctx = n_ctx
         self._n_threads = n_threads or None
         self._llama: Any = None
@@ -56,7 +59,9 @@ class EmbeddedModel:
 
             path = self._path or default_model_path()
             log.info("loading embedded model %s", path)
-            self._llama = Llama(model_path=str(path), n_ctx=self._n_ctx, n_threads=self._n_threads, verbose=False)
+            self._llama = Llama(
+                model_path=str(path), n_ctx=self._n_ctx, n_threads=self._n_threads, seed=self._seed, verbose=False
+            )
         return self._llama
 
     def complete(
