@@ -68,7 +68,8 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
             f"PostgreSQL at {_where(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
             " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
         ) from exc
-    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=timeout_s)
+    # Autocommit: each store call is one round trip; multi-statement work opens a transaction.
+    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=timeout_s, kwargs={"autocommit": True})
     await pool.open(wait=True, timeout=timeout_s)
     return pool
 

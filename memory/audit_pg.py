@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from memory.base import AuditEntry, AuditReport
-from memory.chain import GENESIS, canonical, link_hash, verify_chain
+from memory.chain import canonical, verify_chain
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -42,7 +41,41 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE OR REPLACE TRIGGER audit_entries_no_truncate BEFORE TRUNCATE ON audit_entries
             FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
         """,
-    )
+    ),
+    (
+        "0202_audit_append",
+        r"""
+        -- One round trip per append. The hash is the same as memory.chain.link_hash, which
+        -- verification recomputes independently in Python.
+        CREATE OR REPLACE FUNCTION audit_append(p_run text, p_key text, p_kind text, p_payload text)
+        RETURNS SETOF audit_entries LANGUAGE plpgsql AS $$
+        DECLARE
+            h audit_heads;
+            e audit_entries;
+        BEGIN
+            -- Creating or touching the head row locks it: appends to one run are serialised.
+            INSERT INTO audit_heads (run_id, entries, head_sha256) VALUES (p_run, 0, repeat('0', 64))
+                ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING * INTO h;
+            SELECT * INTO e FROM audit_entries WHERE run_id = p_run AND key = p_key;
+            IF FOUND THEN
+                RETURN NEXT e;
+                RETURN;
+            END IF;
+            e.run_id := p_run;
+            e.seq := h.entries;
+            e.key := p_key;
+            e.kind := p_kind;
+            e.payload := p_payload;
+            e.prev_sha256 := h.head_sha256;
+            e.created_at := clock_timestamp();
+            e.sha256 := encode(sha256(convert_to(
+                concat_ws(E'\x1f', e.prev_sha256, p_run, e.seq::text, p_key, p_kind, p_payload), 'UTF8')), 'hex');
+            INSERT INTO audit_entries VALUES (e.*);
+            UPDATE audit_heads SET entries = e.seq + 1, head_sha256 = e.sha256 WHERE run_id = p_run;
+            RETURN NEXT e;
+        END $$;
+        """,
+    ),
 ]
 
 _COLUMNS = "run_id, seq, key, kind, payload, prev_sha256, sha256, created_at"
@@ -55,43 +88,13 @@ class PostgresAuditLog:
         self._pool = pool
 
     async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> AuditEntry:
-        text = canonical(payload)
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                "INSERT INTO audit_heads (run_id, entries, head_sha256) VALUES (%s, 0, %s)"
-                " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id"
-                " RETURNING entries, head_sha256",
-                (run_id, GENESIS),
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM audit_append(%s, %s, %s, %s)", (run_id, key, kind, canonical(payload))
             )
-            head = await cur.fetchone()
-            assert head is not None
-            await cur.execute(
-                f"SELECT {_COLUMNS} FROM audit_entries WHERE run_id = %s AND key = %s", (run_id, key)
-            )
-            existing = await cur.fetchone()
-            if existing:
-                return AuditEntry.model_validate(existing)
-            seq, prev = head["entries"], head["head_sha256"]
-            entry = AuditEntry(
-                run_id=run_id,
-                seq=seq,
-                key=key,
-                kind=kind,
-                payload=text,
-                prev_sha256=prev,
-                sha256=link_hash(prev, run_id, seq, key, kind, text),
-                created_at=datetime.now(UTC),
-            )
-            await cur.execute(
-                f"INSERT INTO audit_entries ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (run_id, seq, key, kind, text, prev, entry.sha256, entry.created_at),
-            )
-            await cur.execute(
-                "UPDATE audit_heads SET entries = %s, head_sha256 = %s WHERE run_id = %s",
-                (seq + 1, entry.sha256, run_id),
-            )
-            return entry
+            row = await cur.fetchone()
+        assert row is not None  # the function always returns the entry
+        return AuditEntry.model_validate(row)
 
     async def entries(self, run_id: str) -> list[AuditEntry]:
         async with self._pool.connection() as conn:

