@@ -28,7 +28,9 @@ down: install
 doctor: install
 	$(VENV)/bin/factory doctor
 
-test: install  ## every test: unit, integration (real services), slow (real embedded model)
+test: install  ## lint, types, then every test: unit, integration (real services), slow (real embedded model)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker
 	$(VENV)/bin/pytest
 
 test-fast: install

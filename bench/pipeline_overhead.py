@@ -94,7 +94,9 @@ async def main() -> None:
     parser.add_argument("--no-smollm2", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0)
+        settings = Settings(
+            data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0
+        )
         try:
             report: dict[str, object] = {"phase1_overhead_per_stage": await overhead(settings, args.runs, "phase1")}
             if not args.no_smollm2:

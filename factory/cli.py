@@ -249,7 +249,8 @@ def hitl_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if not items:
         typer.echo("nothing needs you")
     for e in items:
-        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} due {e.sla_deadline:%Y-%m-%d %H:%M}  {e.team}: {e.question}")
+        due = f"{e.sla_deadline:%Y-%m-%d %H:%M}"
+        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} due {due}  {e.team}: {e.question}")
 
 
 @app.command()

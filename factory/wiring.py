@@ -77,7 +77,7 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
 async def _open_redis(url: str, timeout_s: float) -> Redis:
     redis = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
-        await redis.ping()
+        await redis.ping()  # type: ignore[misc]  # redis-py types ping() for sync and async
     except (RedisError, OSError) as exc:
         await redis.aclose()
         raise ServiceUnavailable(
@@ -111,9 +111,7 @@ async def open_factory(settings: Settings, *, model: ChatModel | None = None) ->
     """Start or reach the services, migrate, and wire the engine; close everything on exit."""
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    endpoints = services.ensure(
-        settings.data_dir, database_url, redis_url, timeout_s=settings.service_start_timeout_s
-    )
+    endpoints = services.ensure(settings.data_dir, database_url, redis_url, timeout_s=settings.service_start_timeout_s)
     pool = await _open_pool(endpoints.database_url, settings.connect_timeout_s)
     embedded = None
     try:

@@ -56,8 +56,7 @@ class PostgresEscalationQueue:
         e = escalation
         async with self._pool.connection() as conn:
             await conn.execute(
-                f"INSERT INTO escalations ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})"
-                " ON CONFLICT (id) DO NOTHING",
+                f"INSERT INTO escalations ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)}) ON CONFLICT (id) DO NOTHING",
                 (
                     e.id,
                     e.run_id,

@@ -106,8 +106,6 @@ class PostgresAuditLog:
     async def verify(self, run_id: str) -> AuditReport:
         entries = await self.entries(run_id)
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT entries, head_sha256 FROM audit_heads WHERE run_id = %s", (run_id,)
-            )
+            cur = await conn.execute("SELECT entries, head_sha256 FROM audit_heads WHERE run_id = %s", (run_id,))
             head = await cur.fetchone()
         return verify_chain(run_id, entries, (head[0], head[1]) if head else None)

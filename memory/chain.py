@@ -23,9 +23,7 @@ def link_hash(prev_sha256: str, run_id: str, seq: int, key: str, kind: str, payl
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def verify_chain(
-    run_id: str, entries: Sequence[AuditEntry], expected_head: tuple[int, str] | None
-) -> AuditReport:
+def verify_chain(run_id: str, entries: Sequence[AuditEntry], expected_head: tuple[int, str] | None) -> AuditReport:
     """Check every link, the sequence and, when known, the head recorded outside the chain."""
     problems: list[str] = []
     prev = GENESIS
@@ -45,6 +43,4 @@ def verify_chain(
                 f"the run records {count} entries ending in {head[:12]}, the chain has"
                 f" {len(entries)} ending in {prev[:12]}: entries were removed or added"
             )
-    return AuditReport(
-        run_id=run_id, entries=len(entries), head_sha256=prev, intact=not problems, problems=problems
-    )
+    return AuditReport(run_id=run_id, entries=len(entries), head_sha256=prev, intact=not problems, problems=problems)

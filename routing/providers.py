@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from litellm import CustomLLM, ModelResponse
-from litellm.types.utils import Usage
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import ModelResponse, Usage
 
 from routing.embedded import Completion
 
@@ -39,20 +39,20 @@ class InProcessProvider(CustomLLM):
 
     @staticmethod
     def _fill(model_response: ModelResponse, model: str, done: Completion) -> ModelResponse:
-        model_response.choices[0].message.content = done.text  # type: ignore[union-attr]
+        model_response.choices[0].message.content = done.text
         model_response.model = model
-        model_response.usage = Usage(  # type: ignore[attr-defined]
+        model_response.usage = Usage(  # type: ignore[attr-defined]  # set dynamically by LiteLLM
             prompt_tokens=done.tokens_in,
             completion_tokens=done.tokens_out,
             total_tokens=done.tokens_in + done.tokens_out,
         )
         return model_response
 
-    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
+    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
         done = self._backend(model)(messages, _params(kwargs))
         return self._fill(kwargs["model_response"], model, done)
 
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
+    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
         backend = self._backend(model)
         done = await asyncio.to_thread(backend, messages, _params(kwargs))
         return self._fill(kwargs["model_response"], model, done)

@@ -64,7 +64,7 @@ class LiteLLMRouter:
         # No network beyond package registries: use the cost map LiteLLM ships.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
-        from litellm import Router
+        from litellm.router import Router
 
         from routing.providers import InProcessProvider
 

@@ -22,7 +22,7 @@ from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageSt
 from teams.bundle import sha256_text, write_artifact, write_manifest
 from teams.gate import GateDecision, GateLimits, Verdict, decide
 from teams.results import Artifact, TaskResult
-from teams.roster import resolve_pipeline, team
+from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Execution, PriorArtifact, TeamRunner
 
 log = logging.getLogger(__name__)
@@ -160,15 +160,34 @@ class PipelineEngine:
         self, run: Run, stage: StageRecord, prior: list[PriorArtifact], timings: list[StageTiming]
     ) -> bool:
         started = time.perf_counter()
-        model_s = 0.0
         member = team(stage.team)
         wanted = set(member.reads)
         context = [p for p in prior if p.team in wanted]
         stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
         await self._d.store.save_stage(stage)
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
+        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context)
+        stage.result = execution.result
+        if decision.verdict is Verdict.CLARIFY:
+            # No broker yet (DESIGN §6 lands later): the question goes to the human.
+            stage.clarifications += 1
+            decision = GateDecision(Verdict.ESCALATE, decision.reason, kind="clarification", priority="high")
+        if decision.verdict is Verdict.ADVANCE:
+            await self._complete(run, stage, execution.result)
+            advanced = True
+        else:
+            await self._escalate(run, stage, execution.result, decision)
+            advanced = False
+        timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s))
+        return advanced
+
+    async def _execute_until_decided(
+        self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact]
+    ) -> tuple[Execution, GateDecision, float]:
+        """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
         feedback: list[str] = []
         failures = 0
+        model_s = 0.0
         while True:
             stage.attempts += 1
             objective = Objective(
@@ -195,20 +214,7 @@ class PipelineEngine:
                 feedback = [f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly."]
                 await self._d.store.save_stage(stage)
                 continue
-            break
-        stage.result = execution.result
-        if decision.verdict is Verdict.CLARIFY:
-            # No broker yet (DESIGN §6 lands later): the question goes to the human.
-            stage.clarifications += 1
-            decision = GateDecision(Verdict.ESCALATE, decision.reason, kind="clarification", priority="high")
-        if decision.verdict is Verdict.ADVANCE:
-            await self._complete(run, stage, execution.result)
-            advanced = True
-        else:
-            await self._escalate(run, stage, execution.result, decision)
-            advanced = False
-        timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s))
-        return advanced
+            return execution, decision, model_s
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
@@ -374,5 +380,3 @@ def _escalation_context(result: TaskResult, decision: GateDecision, kind: Escala
         "artifacts": {a.name: a.content[:500] for a in result.artifacts},
         "choices": choices.get(kind, ""),
     }
-
-

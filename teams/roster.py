@@ -82,7 +82,7 @@ def team(slug: str) -> Team:
     teams = roster()
     if slug not in teams:
         raise UnknownTeam(f"unknown team {slug!r}; known teams: {', '.join(teams)}")
-    return teams[slug]  # type: ignore[index]
+    return teams[slug]
 
 
 def resolve_pipeline(spec: str) -> tuple[str, tuple[TeamSlug, ...]]:

@@ -110,9 +110,7 @@ class PostgresRunStore:
 
     async def set_run_status(self, run_id: str, status: RunStatus) -> None:
         async with self._pool.connection() as conn:
-            await conn.execute(
-                "UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id)
-            )
+            await conn.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
 
     async def save_stage(self, stage: StageRecord) -> None:
         result = Jsonb(stage.result.model_dump(mode="json")) if stage.result else None

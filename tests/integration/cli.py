@@ -11,7 +11,9 @@ from typing import Any
 FACTORY = str(Path(sys.executable).with_name("factory"))
 
 
-def factory(*args: str, env: dict[str, str], timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def factory(
+    *args: str, env: dict[str, str], timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [FACTORY, *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
     )

@@ -23,7 +23,9 @@ async def _log(url: str) -> tuple[AsyncConnectionPool, PostgresAuditLog]:
     return pool, log
 
 
-@pytest.mark.parametrize("statement", ["UPDATE audit_entries SET payload = '{}'", "DELETE FROM audit_entries", "TRUNCATE audit_entries"])
+@pytest.mark.parametrize(
+    "statement", ["UPDATE audit_entries SET payload = '{}'", "DELETE FROM audit_entries", "TRUNCATE audit_entries"]
+)
 async def test_update_delete_truncate_are_refused_by_the_database(pg_url: str, statement: str) -> None:
     pool, log = await _log(pg_url)
     async with pool:

@@ -33,7 +33,9 @@ def _script(env: dict[str, str], script: dict[str, Any]) -> None:
     Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(script))
 
 
-async def test_phase1_run_completes_on_real_services(env: dict[str, str], pg_url: str, redis: Redis, redis_prefix: str) -> None:
+async def test_phase1_run_completes_on_real_services(
+    env: dict[str, str], pg_url: str, redis: Redis, redis_prefix: str
+) -> None:
     proc = factory("run", REQ, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     out = run_json(proc)
@@ -50,7 +52,9 @@ async def test_phase1_run_completes_on_real_services(env: dict[str, str], pg_url
     assert out["audit"]["entries"] == 12
 
     with psycopg.connect(pg_url) as conn:
-        rows = conn.execute("SELECT team, alias, model, ok FROM usage_ledger WHERE run_id = %s", (out["run_id"],)).fetchall()
+        rows = conn.execute(
+            "SELECT team, alias, model, ok FROM usage_ledger WHERE run_id = %s", (out["run_id"],)
+        ).fetchall()
         status = conn.execute("SELECT status FROM runs WHERE id = %s", (out["run_id"],)).fetchone()
     assert len(rows) == 5 and all(r[3] and r[2] == "factory-local/scripted" for r in rows)
     assert status == ("complete",)
@@ -80,7 +84,17 @@ def test_blocked_team_exits_3_with_an_escalation_row(env: dict[str, str], pg_url
     assert row is not None and row[:2] == ("open", "blocked") and "no database decision" in row[2]
     listed = json.loads(factory("hitl", "list", "--json", env=env).stdout)
     assert [e["id"] for e in listed] == [esc["id"]]
-    assert {"id", "run_id", "kind", "priority", "status", "team", "question", "sla_deadline", "escalation_level"} <= set(listed[0])
+    assert {
+        "id",
+        "run_id",
+        "kind",
+        "priority",
+        "status",
+        "team",
+        "question",
+        "sla_deadline",
+        "escalation_level",
+    } <= set(listed[0])
 
 
 def test_audit_verify_exits_1_after_tampering(env: dict[str, str], pg_url: str) -> None:
@@ -88,7 +102,10 @@ def test_audit_verify_exits_1_after_tampering(env: dict[str, str], pg_url: str) 
     assert factory("audit", "verify", out["run_id"], env=env).returncode == 0
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the superuser turns the trigger off
         conn.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_immutable")
-        conn.execute("UPDATE audit_entries SET payload = replace(payload, 'business', 'b') WHERE run_id = %s AND seq = 1", (out["run_id"],))
+        conn.execute(
+            "UPDATE audit_entries SET payload = replace(payload, 'business', 'b') WHERE run_id = %s AND seq = 1",
+            (out["run_id"],),
+        )
         conn.execute("ALTER TABLE audit_entries ENABLE TRIGGER audit_entries_immutable")
     verify = factory("audit", "verify", out["run_id"], env=env)
     assert verify.returncode == 1 and "TAMPERED" in verify.stdout and "altered" in verify.stdout
@@ -127,7 +144,11 @@ def test_requirement_from_stdin(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "needle"),
     [
-        ("FACTORY_DATABASE_URL", "postgresql://factory@127.0.0.1:1/nowhere", "PostgreSQL at postgresql://127.0.0.1:1/nowhere is unreachable"),
+        (
+            "FACTORY_DATABASE_URL",
+            "postgresql://factory@127.0.0.1:1/nowhere",
+            "PostgreSQL at postgresql://127.0.0.1:1/nowhere is unreachable",
+        ),
         ("FACTORY_REDIS_URL", "redis://127.0.0.1:1/0", "Redis at redis://127.0.0.1:1/0 is unreachable"),
     ],
 )

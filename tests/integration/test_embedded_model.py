@@ -49,4 +49,7 @@ async def test_phase1_on_smollm2_gives_five_valid_results_and_a_verified_audit(
     assert outcome.audit.intact and outcome.audit.entries == len(entries)
     snapshot = json.loads(entries[-1].payload)
     assert entries[-1].kind == "run.snapshot" and len(snapshot["results"]) == 5
-    assert json.loads((Path(outcome.run.artifacts_dir) / "manifest.json").read_text())["audit_head_sha256"] == entries[-1].sha256
+    assert (
+        json.loads((Path(outcome.run.artifacts_dir) / "manifest.json").read_text())["audit_head_sha256"]
+        == entries[-1].sha256
+    )

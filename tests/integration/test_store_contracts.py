@@ -47,7 +47,9 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
 
 def _run(run_id: str = "run-1") -> Run:
     now = datetime.now(UTC)
-    return Run(id=run_id, requirement="r", pipeline=["qa-engineering"], pipeline_name="custom", created_at=now, updated_at=now)
+    return Run(
+        id=run_id, requirement="r", pipeline=["qa-engineering"], pipeline_name="custom", created_at=now, updated_at=now
+    )
 
 
 async def test_stage_saves_are_idempotent(stores: Stores) -> None:
@@ -66,7 +68,9 @@ async def test_stage_saves_are_idempotent(stores: Stores) -> None:
 
 async def test_artifacts_are_keyed_by_name(stores: Stores) -> None:
     await stores.runs.create_run(_run())
-    a = StoredArtifact(run_id="run-1", stage_index=0, team="qa-engineering", name="qa/t.py", kind="code", sha256="a", bytes=1)
+    a = StoredArtifact(
+        run_id="run-1", stage_index=0, team="qa-engineering", name="qa/t.py", kind="code", sha256="a", bytes=1
+    )
     await stores.runs.save_artifacts([a])
     await stores.runs.save_artifacts([a.model_copy(update={"sha256": "b"})])
     [saved] = await stores.runs.artifacts("run-1")
@@ -93,7 +97,12 @@ async def test_escalations_list_by_priority_then_deadline(stores: Stores) -> Non
             priority=priority, question=f"q{i}", sla_deadline=now + timedelta(hours=due_h), created_at=now,
         )  # fmt: skip
 
-    for e in [esc("a", Priority.LOW, 1), esc("b", Priority.CRITICAL, 5), esc("c", Priority.CRITICAL, 2), esc("d", Priority.MEDIUM, 1)]:
+    for e in [
+        esc("a", Priority.LOW, 1),
+        esc("b", Priority.CRITICAL, 5),
+        esc("c", Priority.CRITICAL, 2),
+        esc("d", Priority.MEDIUM, 1),
+    ]:
         await stores.escalations.open(e)
     again = await stores.escalations.open(esc("a", Priority.CRITICAL, 0))
     assert again.priority is Priority.LOW  # opening twice keeps the first

@@ -46,7 +46,18 @@ def test_confidence_must_be_between_zero_and_one(confidence: object) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../etc/passwd", "/abs/path.md", "a/../../b.md", "a\\b.md", "", ".hidden", "a/.git/config", "a//b", "a b.md", "x\x00.md"],
+    [
+        "../etc/passwd",
+        "/abs/path.md",
+        "a/../../b.md",
+        "a\\b.md",
+        "",
+        ".hidden",
+        "a/.git/config",
+        "a//b",
+        "a b.md",
+        "x\x00.md",
+    ],
 )
 def test_artifact_names_cannot_escape_the_bundle(name: str) -> None:
     with pytest.raises(ValidationError):
