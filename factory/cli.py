@@ -40,18 +40,18 @@ def _settings() -> Settings:
     from pydantic import ValidationError
 
     from factory.settings import Settings
+    from observability.logs import configure_logging
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         _err(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INPUT)
+    configure_logging(settings.log_level)
+    return settings
 
 
 def _run_async(coro: Any) -> Any:
-    from observability.logs import configure_logging
-
-    configure_logging()
     try:
         return asyncio.run(coro)
     except FactoryError as exc:

@@ -165,3 +165,31 @@ def test_teams_list_json_shows_the_roster(env: dict[str, str]) -> None:
     teams = json.loads(factory("teams", "list", "--json", env=env).stdout)
     assert len(teams) == 17 and teams[0]["slug"] == "product-management" and teams[-1]["slug"] == "documentation"
     assert all(t["alias"].startswith("factory/") and t["produces"] and t["acceptance_criteria"] for t in teams)
+
+
+def test_doctor_reports_services_model_and_limits(env: dict[str, str]) -> None:
+    proc = factory("doctor", "--json", env={**env, "FACTORY_RETRY_BUDGET": "4"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["usable"] and checks["postgres"]["ok"] and "pgvector 0.8.5" in checks["postgres"]["detail"]
+    assert checks["redis"]["ok"] and "configured" in checks["redis"]["detail"]
+    assert report["limits"]["retry_budget"] == 4 and report["limits"]["confidence_floor"] == 0.6
+
+
+def test_doctor_exits_1_when_a_service_is_unreachable(env: dict[str, str]) -> None:
+    proc = factory(
+        "doctor", env={**env, "FACTORY_REDIS_URL": "redis://127.0.0.1:1/0", "FACTORY_CONNECT_TIMEOUT_S": "1"}
+    )
+    assert proc.returncode == 1 and "BAD services" in proc.stdout and "redis://127.0.0.1:1/0" in proc.stdout
+
+
+def test_bad_setting_is_an_input_error(env: dict[str, str]) -> None:
+    proc = factory("doctor", env={**env, "FACTORY_RETRY_BUDGET": "many"})
+    assert proc.returncode == 2 and "invalid setting retry_budget" in proc.stderr
+
+
+def test_up_reports_where_the_services_are(env: dict[str, str]) -> None:
+    proc = factory("up", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "postgres: configured · redis: configured · models: scripted (test only)" in proc.stdout
