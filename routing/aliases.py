@@ -9,6 +9,7 @@ from routing.base import CHAT_ALIASES
 LOCAL_PROVIDER = "factory-local"
 EMBEDDED = f"{LOCAL_PROVIDER}/smollm2"
 SCRIPTED = f"{LOCAL_PROVIDER}/scripted"
+MINILM = f"{LOCAL_PROVIDER}/minilm"
 
 _OPENAI = {
     "factory/architect": "openai/gpt-4o",
@@ -64,3 +65,8 @@ def plan(
         chain.append(Deployment(EMBEDDED))
         routes[alias] = chain
     return routes
+
+
+def embedding_route() -> Deployment:
+    """The one deployment of ``local/embed``. No fallback: vectors of two models do not mix."""
+    return Deployment(MINILM)

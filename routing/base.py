@@ -65,6 +65,12 @@ class ChatModel(Protocol):
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse: ...
 
 
+class Embedder(Protocol):
+    """Anything that turns texts into vectors (alias ``local/embed``)."""
+
+    async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]: ...
+
+
 class UsageLedger(Protocol):
     """Where every model call is recorded."""
 

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import ModelResponse, Usage
+from litellm.types.utils import EmbeddingResponse, ModelResponse, Usage
 
 from routing.embedded import Completion
 
 #: A backend takes chat messages and call parameters and returns a completion (blocking).
 Backend = Callable[[list[dict[str, str]], dict[str, Any]], Completion]
+#: An embedding backend takes texts and returns one vector each (blocking).
+EmbedBackend = Callable[[list[str]], list[list[float]]]
 
 
 def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -27,9 +29,10 @@ def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
 class InProcessProvider(CustomLLM):
     """Serves ``<provider>/<model>`` deployments from backends living in this process."""
 
-    def __init__(self, backends: dict[str, Backend]) -> None:
+    def __init__(self, backends: dict[str, Backend], embedders: dict[str, EmbedBackend]) -> None:
         super().__init__()
         self._backends = backends
+        self._embedders = embedders
 
     def _backend(self, model: str) -> Backend:
         name = model.split("/", 1)[-1]
@@ -56,3 +59,26 @@ class InProcessProvider(CustomLLM):
         backend = self._backend(model)
         done = await asyncio.to_thread(backend, messages, _params(kwargs))
         return self._fill(kwargs["model_response"], model, done)
+
+    def _embedder(self, model: str) -> EmbedBackend:
+        name = model.split("/", 1)[-1]
+        if name not in self._embedders:
+            raise ValueError(f"no in-process embedding model named {name!r}; known: {', '.join(self._embedders)}")
+        return self._embedders[name]
+
+    @staticmethod
+    def _fill_embeddings(response: EmbeddingResponse, model: str, texts: list[str], vectors: list[list[float]]) -> EmbeddingResponse:
+        response.model = model
+        response.data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        tokens = sum(len(t.split()) for t in texts)
+        response.usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
+        return response
+
+    def embedding(self, model: str, input: list[Any], *args: Any, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        texts = [str(t) for t in input]
+        return self._fill_embeddings(kwargs["model_response"], model, texts, self._embedder(model)(texts))
+
+    async def aembedding(self, model: str, input: list[Any], *args: Any, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        texts = [str(t) for t in input]
+        vectors = await asyncio.to_thread(self._embedder(model), texts)
+        return self._fill_embeddings(kwargs["model_response"], model, texts, vectors)

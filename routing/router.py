@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from factory.errors import RoutingError
-from routing.aliases import LOCAL_PROVIDER, Deployment
-from routing.base import ChatRequest, ChatResponse
+from routing.aliases import LOCAL_PROVIDER, Deployment, embedding_route
+from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse
 from routing.embedded import Completion, EmbeddedModel
+from routing.embeddings import EmbeddedEmbedder
 from routing.scripted import ScriptedModel
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,13 @@ class LiteLLMRouter:
         *,
         embedded: EmbeddedModel | None = None,
         scripted: ScriptedModel | None = None,
+        embedder: EmbeddedEmbedder | None = None,
         num_retries: int = 1,
     ) -> None:
         self._routes = routes
         self._embedded = embedded
         self._scripted = scripted
+        self._embedder = embedder or EmbeddedEmbedder()
         self._num_retries = num_retries
         self._router: Any = None
 
@@ -68,7 +71,9 @@ class LiteLLMRouter:
 
         from routing.providers import InProcessProvider
 
-        provider = InProcessProvider({"smollm2": self._backend_embedded, "scripted": self._backend_scripted})
+        provider = InProcessProvider(
+            {"smollm2": self._backend_embedded, "scripted": self._backend_scripted}, {"minilm": self._embedder.embed}
+        )
         litellm.custom_provider_map = [{"provider": LOCAL_PROVIDER, "custom_handler": provider}]
         litellm.suppress_debug_info = True
         model_list, fallbacks = [], []
@@ -81,6 +86,7 @@ class LiteLLMRouter:
                 model_list.append({"model_name": name, "litellm_params": params})
             if len(names) > 1:
                 fallbacks.append({alias: names[1:]})
+        model_list.append({"model_name": EMBED_ALIAS, "litellm_params": {"model": embedding_route().model}})
         self._router = Router(model_list=model_list, fallbacks=fallbacks, num_retries=self._num_retries)
         return self._router
 
@@ -121,3 +127,14 @@ class LiteLLMRouter:
             cost_usd=float(hidden.get("response_cost") or 0.0),
             latency_ms=latency_ms,
         )
+
+    async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
+        """Vectors for ``texts`` through the ``local/embed`` alias."""
+        if not texts:
+            return []
+        router = self._ensure()
+        try:
+            response = await router.aembedding(model=EMBED_ALIAS, input=texts, timeout=timeout_s)
+        except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"
+            raise RoutingError(f"{EMBED_ALIAS} failed: {exc}. Check `factory doctor`.") from exc
+        return [list(item["embedding"]) for item in response.data]

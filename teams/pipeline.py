@@ -282,11 +282,12 @@ class PipelineEngine:
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
         kind = EscalationKind(decision.kind or "blocked")
         priority = Priority(decision.priority or "high")
-        question = (
-            result.clarification_needed.question
-            if kind is EscalationKind.CLARIFICATION and result.clarification_needed
-            else f"{stage.team}: {decision.reason}"
-        )
+        if kind is EscalationKind.CLARIFICATION and result.clarification_needed:
+            question = result.clarification_needed.question
+        elif kind is EscalationKind.APPROVAL:
+            question = f"Approve this stage's artifacts? {decision.reason}."
+        else:
+            question = f"The team is blocked: {decision.reason}. What unblocks it?"
         created = now()
         escalation = await self._d.escalations.open(
             Escalation(
@@ -313,6 +314,7 @@ class PipelineEngine:
         await self._emit(
             "escalation.opened",
             run.id,
+            stage=stage.index,
             id=escalation.id,
             kind=kind.value,
             priority=priority.value,

@@ -1,0 +1,49 @@
+"""The embedded embedding model, alone and through the LiteLLM alias local/embed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from routing.aliases import plan
+from routing.embeddings import DIMENSIONS, EmbeddedEmbedder
+from routing.router import LiteLLMRouter
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def embedder() -> EmbeddedEmbedder:
+    return EmbeddedEmbedder(batch_size=4)
+
+
+def test_vectors_are_unit_length_384_dims_and_batch_independent(embedder: EmbeddedEmbedder) -> None:
+    texts = ["short", "a much longer sentence about databases and indexes " * 3, "", "ünïcödé text"] * 2
+    vectors = embedder.embed(texts)
+    assert len(vectors) == len(texts) and all(len(v) == DIMENSIONS for v in vectors)
+    assert all(math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4) for v in vectors)
+    alone = embedder.embed([texts[1]])[0]
+    assert cosine(alone, vectors[1]) > 0.9999  # padding in a batch does not change a vector
+
+
+def test_similar_meaning_is_closer_than_unrelated(embedder: EmbeddedEmbedder) -> None:
+    query, near, far = embedder.embed(
+        ["How do I reset my password?", "Steps to recover a forgotten login password", "The recipe needs two eggs"]
+    )
+    assert cosine(query, near) > 0.5 > cosine(query, far)
+
+
+def test_overlong_text_is_truncated_not_refused(embedder: EmbeddedEmbedder) -> None:
+    [vector] = embedder.embed(["word " * 5000])
+    assert len(vector) == DIMENSIONS
+
+
+async def test_local_embed_alias_routes_through_litellm(embedder: EmbeddedEmbedder) -> None:
+    router = LiteLLMRouter(plan(scripted=True), embedder=embedder)
+    vectors = await router.embed(["hello world", "goodbye"], timeout_s=30)
+    assert len(vectors) == 2 and len(vectors[0]) == DIMENSIONS
+    assert cosine(vectors[0], embedder.embed(["hello world"])[0]) > 0.9999
+    assert await router.embed([], timeout_s=30) == []
