@@ -67,7 +67,9 @@ class InProcessProvider(CustomLLM):
         return self._embedders[name]
 
     @staticmethod
-    def _fill_embeddings(response: EmbeddingResponse, model: str, texts: list[str], vectors: list[list[float]]) -> EmbeddingResponse:
+    def _fill_embeddings(
+        response: EmbeddingResponse, model: str, texts: list[str], vectors: list[list[float]]
+    ) -> EmbeddingResponse:
         response.model = model
         response.data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         tokens = sum(len(t.split()) for t in texts)

@@ -30,18 +30,32 @@ def test_plans_put_cloud_first_and_the_embedded_model_last() -> None:
     assert all([d.model for d in chain] == [EMBEDDED] for chain in plan().values())
     full = plan(openai=True, anthropic=True, ollama_base="http://127.0.0.1:11434")
     assert set(full) == set(CHAT_ALIASES)
-    assert [d.model.split("/")[0] for d in full["factory/architect"]] == ["openai", "anthropic", "ollama_chat", "factory-local"]
+    assert [d.model.split("/")[0] for d in full["factory/architect"]] == [
+        "openai",
+        "anthropic",
+        "ollama_chat",
+        "factory-local",
+    ]
     assert all(chain == [Deployment(SCRIPTED)] for chain in plan(scripted=True, openai=True).values())
 
 
 async def test_an_unreachable_deployment_falls_back_to_the_local_one() -> None:
-    routes = {alias: [Deployment("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1"), Deployment(SCRIPTED)] for alias in CHAT_ALIASES}
+    routes = {
+        alias: [Deployment("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1"), Deployment(SCRIPTED)]
+        for alias in CHAT_ALIASES
+    }
     ledger = ListLedger()
     model = RecordingModel(LiteLLMRouter(routes, scripted=ScriptedModel(), num_retries=0), ledger)
     response = await model.complete(request(), timeout_s=20)
     assert response.model == SCRIPTED and '"status": "COMPLETE"' in response.text
     [row] = ledger.rows
-    assert (row.ok, row.model, row.alias, row.team, row.run_id) == (True, SCRIPTED, "factory/fast", "qa-engineering", "r1")
+    assert (row.ok, row.model, row.alias, row.team, row.run_id) == (
+        True,
+        SCRIPTED,
+        "factory/fast",
+        "qa-engineering",
+        "r1",
+    )
     assert isinstance(row.created_at, datetime)
 
 
