@@ -81,12 +81,3 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
-
-    def public(self) -> dict[str, object]:
-        """Settings safe to show (secrets masked)."""
-        shown: dict[str, object] = {}
-        for name, value in self.model_dump().items():
-            if isinstance(getattr(self, name), SecretStr):
-                value = "set" if value is not None else None
-            shown[name] = str(value) if isinstance(value, Path) else value
-        return shown
