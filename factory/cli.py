@@ -189,6 +189,28 @@ def _report(outcome: RunOutcome, as_json: bool) -> NoReturn:
     raise typer.Exit(code)
 
 
+@app.command()
+def resume(
+    run_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Continue a run from its last committed stage (after a crash, or once escalations are decided)."""
+
+    async def go() -> RunOutcome:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            run = await factory.store.get_run(run_id)
+            if run is None:
+                raise InputError(f"no run {run_id!r}; start one with `factory run`")
+            if sys.stderr.isatty() or not as_json:
+                factory.bus.subscribe(_progress(len(run.pipeline)))
+            return await factory.engine.drive(run_id)
+
+    settings = _settings()
+    _report(_run_async(go()), as_json)
+
+
 @audit_app.command("verify")
 def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check a run's audit chain: exit 0 intact, 1 tampered."""

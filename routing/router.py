@@ -58,6 +58,8 @@ class LiteLLMRouter:
         if self._scripted is None:
             raise RoutingError("the scripted model is not configured")
         request = params["metadata"]["factory_request"]
+        if self._scripted.latency_s:
+            time.sleep(self._scripted.latency_s)  # runs in LiteLLM's worker thread, like a real model
         text = self._scripted.answer_text(request)
         return Completion(text=text, tokens_in=sum(len(m["content"]) for m in messages) // 4, tokens_out=len(text) // 4)
 

@@ -53,6 +53,10 @@ class ScriptedModel:
         }
         self._latency_s = float(script.get("latency_s", latency_s))
 
+    @property
+    def latency_s(self) -> float:
+        return self._latency_s
+
     @classmethod
     def from_file(cls, path: Path) -> ScriptedModel:
         return cls(json.loads(path.read_text(encoding="utf-8")))

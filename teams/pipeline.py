@@ -118,7 +118,9 @@ class PipelineEngine:
         """Run every stage not yet complete, in order, until done or waiting on a human."""
         run = await self._d.store.get_run(run_id)
         if run is None:
-            raise RunNotFound(f"no run {run_id!r}; list runs with `factory audit show` or start one")
+            raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
+        if run.status in (RunStatus.COMPLETE, RunStatus.CANCELLED):
+            return await self.outcome(run_id)
         await self._d.store.set_run_status(run_id, RunStatus.RUNNING)
         timings: list[StageTiming] = []
         prior: list[PriorArtifact] = []
@@ -127,6 +129,10 @@ class PipelineEngine:
             if stage.status is StageStatus.COMPLETE and stage.result is not None:
                 prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
                 continue
+            if stage.status is StageStatus.WAITING_HUMAN:
+                # Only a decision on its escalation moves this stage (hitl); resuming does not.
+                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN)
+                break
             try:
                 advanced = await self._run_stage(run, stage, prior, timings)
             except FactoryError as exc:
@@ -163,6 +169,9 @@ class PipelineEngine:
         member = team(stage.team)
         wanted = set(member.reads)
         context = [p for p in prior if p.team in wanted]
+        # The attempt number is committed before the model is called: a re-run after a crash
+        # starts a new attempt, so no audit key or escalation id is ever reused.
+        stage.attempts += 1
         stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
         await self._d.store.save_stage(stage)
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
@@ -189,7 +198,6 @@ class PipelineEngine:
         failures = 0
         model_s = 0.0
         while True:
-            stage.attempts += 1
             objective = Objective(
                 id=f"{run.id}:{stage.index}",
                 run_id=run.id,
@@ -212,6 +220,7 @@ class PipelineEngine:
             await self._audit_execution(run, stage, execution, decision)
             if decision.verdict is Verdict.RETRY:
                 feedback = [f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly."]
+                stage.attempts += 1
                 await self._d.store.save_stage(stage)
                 continue
             return execution, decision, model_s
