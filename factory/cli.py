@@ -211,6 +211,33 @@ def resume(
     _report(_run_async(go()), as_json)
 
 
+@app.command()
+def revise(
+    run_id: str,
+    from_team: Annotated[str, typer.Option("--from", help="The first team to run again.")],
+    feedback: Annotated[str, typer.Option(help="What to change; anchored in every objective from that team on.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revision run's summary as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Where to write the revision's bundle.")] = None,
+) -> None:
+    """Re-run a run from one team with feedback, as a new run linked to it; the old run stays intact."""
+
+    async def go() -> RunOutcome:
+        from factory.wiring import open_factory
+        from teams.revision import revise as revise_run
+
+        async with open_factory(settings) as factory:
+            run = await factory.store.get_run(run_id)
+            if sys.stderr.isatty() or not as_json:
+                factory.bus.subscribe(_progress(len(run.pipeline) if run else 0))
+            return await revise_run(
+                factory.engine, factory.store, factory.audit, run_id, from_team, feedback, out_dir=out,
+                max_feedback_bytes=settings.max_requirement_bytes,
+            )  # fmt: skip
+
+    settings = _settings()
+    _report(_run_async(go()), as_json)
+
+
 @audit_app.command("verify")
 def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check a run's audit chain: exit 0 intact, 1 tampered."""

@@ -80,6 +80,8 @@ class Run(BaseModel):
     pipeline_name: str
     status: RunStatus = RunStatus.RUNNING
     artifacts_dir: str = ""
+    parent_run_id: str | None = None  # set on a revision: the run it revises
+    feedback: str | None = None  # the operator's revision feedback, anchored in every objective
     created_at: datetime
     updated_at: datetime
 

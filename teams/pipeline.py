@@ -9,21 +9,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from factory.errors import FactoryError, InputError, RunNotFound
-from hitl.base import SLA, Escalation, EscalationKind, EscalationQueue, Priority
+from hitl.base import Escalation, EscalationQueue
 from memory.base import AuditLog, AuditReport
 from observability.base import Event, EventSink
 from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
 from teams.bundle import sha256_text, write_artifact, write_manifest
+from teams.escalation import escalation_for
 from teams.gate import GateDecision, GateLimits, Verdict, decide
 from teams.results import Artifact, TaskResult
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Execution, PriorArtifact, TeamRunner
+from teams.slugs import TeamSlug
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +93,58 @@ class PipelineEngine:
         """Validate everything, then create the run and drive it."""
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
         name, slugs = resolve_pipeline(pipeline)
+        run = self.new_run(requirement, list(slugs), name, out_dir)
+        await self.create(run)
+        return await self.drive(run.id)
+
+    def new_run(
+        self,
+        requirement: str,
+        pipeline: list[TeamSlug],
+        name: str,
+        out_dir: Path | None,
+        *,
+        parent_run_id: str | None = None,
+        feedback: str | None = None,
+    ) -> Run:
+        """A new run record (not yet stored)."""
         run_id = f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-        bundle = (out_dir or self._d.runs_dir) / run_id
         created = now()
-        run = Run(
+        return Run(
             id=run_id,
             requirement=requirement,
-            pipeline=list(slugs),
+            pipeline=pipeline,
             pipeline_name=name,
-            artifacts_dir=str(bundle.resolve()),
+            artifacts_dir=str(((out_dir or self._d.runs_dir) / run_id).resolve()),
+            parent_run_id=parent_run_id,
+            feedback=feedback,
             created_at=created,
             updated_at=created,
         )
+
+    async def create(self, run: Run, reused: Sequence[StageRecord] = (), link: dict[str, Any] | None = None) -> None:
+        """Store the run and its stages; ``reused`` stages (of a revised run) count as complete."""
         await self._d.store.create_run(run)
-        for index, slug in enumerate(slugs):
-            await self._d.store.save_stage(StageRecord(run_id=run_id, index=index, team=slug))
+        for index, slug in enumerate(run.pipeline):
+            if index < len(reused):
+                stage = reused[index].model_copy(update={"run_id": run.id})
+            else:
+                stage = StageRecord(run_id=run.id, index=index, team=slug)
+            await self._d.store.save_stage(stage)
         await self._d.audit.append(
-            run_id,
+            run.id,
             "run.created",
             "run.created",
-            {"requirement": requirement, "pipeline": list(slugs), "pipeline_name": name},
+            {
+                "requirement": run.requirement,
+                "pipeline": run.pipeline,
+                "pipeline_name": run.pipeline_name,
+                "parent_run_id": run.parent_run_id,
+                "feedback": run.feedback,
+                **(link or {}),
+            },
         )
-        await self._emit("run.started", run_id, pipeline=list(slugs), artifacts_dir=run.artifacts_dir)
-        return await self.drive(run_id)
+        await self._emit("run.started", run.id, pipeline=run.pipeline, artifacts_dir=run.artifacts_dir)
 
     async def drive(self, run_id: str) -> RunOutcome:
         """Run every stage not yet complete, in order, until done or waiting on a human."""
@@ -194,7 +226,8 @@ class PipelineEngine:
         self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact]
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
-        feedback: list[str] = []
+        anchored = [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
+        feedback: list[str] = anchored if run.feedback else []
         failures = 0
         model_s = 0.0
         while True:
@@ -219,7 +252,10 @@ class PipelineEngine:
             )
             await self._audit_execution(run, stage, execution, decision)
             if decision.verdict is Verdict.RETRY:
-                feedback = [f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly."]
+                feedback = [
+                    *(anchored if run.feedback else []),
+                    f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly.",
+                ]
                 stage.attempts += 1
                 await self._d.store.save_stage(stage)
                 continue
@@ -256,7 +292,7 @@ class PipelineEngine:
         stored = []
         for artifact in result.artifacts:
             write_artifact(root, artifact)
-            stored.append(self._stored(run, stage, artifact))
+            stored.append(stored_artifact(run, stage, artifact))
         await self._d.store.save_artifacts(stored)
         stage.status, stage.finished_at = StageStatus.COMPLETE, now()
         await self._d.store.save_stage(stage)
@@ -276,42 +312,9 @@ class PipelineEngine:
             confidence=result.confidence,
         )
 
-    @staticmethod
-    def _stored(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
-        return StoredArtifact(
-            run_id=run.id,
-            stage_index=stage.index,
-            team=stage.team,
-            name=artifact.name,
-            kind=artifact.kind,
-            sha256=sha256_text(artifact.content),
-            bytes=len(artifact.content.encode("utf-8")),
-        )
-
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
-        kind = EscalationKind(decision.kind or "blocked")
-        priority = Priority(decision.priority or "high")
-        if kind is EscalationKind.CLARIFICATION and result.clarification_needed:
-            question = result.clarification_needed.question
-        elif kind is EscalationKind.APPROVAL:
-            question = f"Approve this stage's artifacts? {decision.reason}."
-        else:
-            question = f"The team is blocked: {decision.reason}. What unblocks it?"
-        created = now()
-        escalation = await self._d.escalations.open(
-            Escalation(
-                id=f"esc-{run.id.removeprefix('run-')}-{stage.index}-{stage.attempts}",
-                run_id=run.id,
-                stage_index=stage.index,
-                team=stage.team,
-                kind=kind,
-                priority=priority,
-                question=question,
-                context=_escalation_context(result, decision, kind),
-                sla_deadline=created + SLA[priority],
-                created_at=created,
-            )
-        )
+        escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now()))
+        kind, priority, question = escalation.kind, escalation.priority, escalation.question
         stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
         await self._d.store.save_stage(stage)
         await self._d.audit.append(
@@ -374,20 +377,14 @@ class PipelineEngine:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
 
 
-def _escalation_context(result: TaskResult, decision: GateDecision, kind: EscalationKind) -> dict[str, Any]:
-    choices = {
-        EscalationKind.APPROVAL: "approve: the stage's artifacts are accepted and the run continues;"
-        " reject with a reason: the stage runs again with your reason as feedback",
-        EscalationKind.CLARIFICATION: "answer: your answer is added to the objective and the stage runs again",
-        EscalationKind.BLOCKED: "answer with what unblocks the team: the stage runs again with it",
-    }
-    return {
-        "reason": decision.reason,
-        "reasoning": result.reasoning[:2000],
-        "blockers": result.blockers,
-        "assumptions": result.assumptions_made,
-        "confidence": result.confidence,
-        "target_team": result.clarification_needed.target_team if result.clarification_needed else None,
-        "artifacts": {a.name: a.content[:500] for a in result.artifacts},
-        "choices": choices.get(kind, ""),
-    }
+def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
+    """The store's record of an artifact written to the run's bundle."""
+    return StoredArtifact(
+        run_id=run.id,
+        stage_index=stage.index,
+        team=stage.team,
+        name=artifact.name,
+        kind=artifact.kind,
+        sha256=sha256_text(artifact.content),
+        bytes=len(artifact.content.encode("utf-8")),
+    )

@@ -74,7 +74,7 @@ def build_messages(
     """The prompt: identity, the requirement (always whole), earlier artifacts, the objective."""
     deliverables = "\n".join(f"- {d.name} ({d.kind}): {d.description}" for d in team.produces)
     criteria = "\n".join(f"- {c}" for c in objective.acceptance_criteria)
-    notes = "".join(f"Note from the factory: {f}\n" for f in feedback)
+    notes = "".join(f"Note: {f}\n" for f in feedback)
     user = (
         f"Requirement:\n{requirement}\n\n"
         f"{_context_block(prior, budget_chars)}"

@@ -69,7 +69,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX IF NOT EXISTS usage_ledger_run ON usage_ledger (run_id, team);
         """,
-    )
+    ),
+    (
+        "0002_run_revisions",
+        """
+        ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent_run_id text REFERENCES runs(id);
+        ALTER TABLE runs ADD COLUMN IF NOT EXISTS feedback text;
+        """,
+    ),
 ]
 
 _STAGE_COLUMNS = (
@@ -88,7 +95,7 @@ class PostgresRunStore:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
-                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " parent_run_id, feedback, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 (
                     run.id,
@@ -97,6 +104,8 @@ class PostgresRunStore:
                     run.pipeline_name,
                     run.status.value,
                     run.artifacts_dir,
+                    run.parent_run_id,
+                    run.feedback,
                     run.created_at,
                     run.updated_at,
                 ),
