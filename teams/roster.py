@@ -50,7 +50,9 @@ class Team:
             "alias": self.alias,
             "produces": [{"name": d.name, "kind": d.kind} for d in self.produces],
             "reads": list(self.reads),
+            "goal": self.goal,
             "acceptance_criteria": list(self.acceptance_criteria),
+            "identity": {"SOUL.md": self.soul, "AGENTS.md": self.agents, "TOOLS.md": self.tools},
         }
 
 

@@ -165,6 +165,11 @@ def test_teams_list_json_shows_the_roster(env: dict[str, str]) -> None:
     teams = json.loads(factory("teams", "list", "--json", env=env).stdout)
     assert len(teams) == 17 and teams[0]["slug"] == "product-management" and teams[-1]["slug"] == "documentation"
     assert all(t["alias"].startswith("factory/") and t["produces"] and t["acceptance_criteria"] for t in teams)
+    assert all(set(t["identity"]) == {"SOUL.md", "AGENTS.md", "TOOLS.md"} and t["goal"] for t in teams)
+    by_slug = {t["slug"]: t for t in teams}
+    assert {p["name"] for p in by_slug["api-design"]["produces"]} >= {"api/openapi.yaml"}
+    assert by_slug["solution-architecture"]["alias"] == "factory/architect"
+    assert all(set(t["reads"]) <= set(list(by_slug)[: list(by_slug).index(s)]) for s, t in by_slug.items())
 
 
 def test_doctor_reports_services_model_and_limits(env: dict[str, str]) -> None:
@@ -193,3 +198,21 @@ def test_up_reports_where_the_services_are(env: dict[str, str]) -> None:
     proc = factory("up", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "postgres: configured · redis: configured · models: scripted (test only)" in proc.stdout
+
+
+def test_full_pipeline_and_cli_revise(env: dict[str, str], pg_url: str) -> None:
+    full = run_json(factory("run", REQ, "--json", "--pipeline", "full", env=env))
+    assert full["status"] == "complete" and len(full["stages"]) == 17
+    proc = factory(
+        "revise", full["run_id"], "--from", "security-engineering", "--feedback", "Add rate limits.", "--json", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    rev = run_json(proc)
+    assert rev["status"] == "complete" and [s["attempts"] for s in rev["stages"]] == [0] * 13 + [1] * 4
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT parent_run_id FROM runs WHERE id = %s", (rev["run_id"],)).fetchone() == (
+            full["run_id"],
+        )
+    assert factory("audit", "verify", full["run_id"], env=env).returncode == 0
+    bad = factory("revise", full["run_id"], "--from", "nobody", "--feedback", "x", env=env)
+    assert bad.returncode == 2 and "not in run" in bad.stderr
