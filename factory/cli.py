@@ -136,6 +136,12 @@ def _progress(total: int) -> Any:
     return show
 
 
+def _show_progress(factory: Any, stages: int, as_json: bool) -> None:
+    """Live per-stage lines on stderr: always for human output, and on a terminal even with --json."""
+    if sys.stderr.isatty() or not as_json:
+        factory.bus.subscribe(_progress(stages))
+
+
 @app.command()
 def run(
     requirement: Annotated[str, typer.Argument(help="What to build, in plain words ('-' reads stdin).")],
@@ -163,8 +169,7 @@ def run(
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
-            if sys.stderr.isatty() or not as_json:
-                factory.bus.subscribe(_progress(len(slugs)))
+            _show_progress(factory, len(slugs), as_json)
             return await factory.engine.start(requirement, pipeline, out)
 
     outcome: RunOutcome = _run_async(go())
@@ -203,8 +208,7 @@ def resume(
             run = await factory.store.get_run(run_id)
             if run is None:
                 raise InputError(f"no run {run_id!r}; start one with `factory run`")
-            if sys.stderr.isatty() or not as_json:
-                factory.bus.subscribe(_progress(len(run.pipeline)))
+            _show_progress(factory, len(run.pipeline), as_json)
             return await factory.engine.drive(run_id)
 
     settings = _settings()
@@ -227,8 +231,7 @@ def revise(
 
         async with open_factory(settings) as factory:
             run = await factory.store.get_run(run_id)
-            if sys.stderr.isatty() or not as_json:
-                factory.bus.subscribe(_progress(len(run.pipeline) if run else 0))
+            _show_progress(factory, len(run.pipeline) if run else 0, as_json)
             return await revise_run(
                 factory.engine, factory.store, factory.audit, run_id, from_team, feedback, out_dir=out,
                 max_feedback_bytes=settings.max_requirement_bytes,

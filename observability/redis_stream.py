@@ -33,8 +33,3 @@ class RedisEventStream:
         except RedisError as exc:
             # Events are a view of the run, not its record (Postgres is): never fail the run.
             log.warning("live event %s for run %s not published: %s", event.type, event.run_id, exc)
-
-    async def read(self, run_id: str, count: int = 1000) -> list[Event]:
-        """The run's events, oldest first."""
-        entries = await self._redis.xrange(self.run_stream(run_id), count=count)
-        return [Event.model_validate_json(fields[b"json"]) for _id, fields in entries]

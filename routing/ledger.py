@@ -8,6 +8,23 @@ from datetime import UTC, datetime
 from routing.base import ChatModel, ChatRequest, ChatResponse, UsageLedger, UsageRecord
 
 
+def _row(request: ChatRequest, response: ChatResponse | None, latency_ms: float, error: str | None) -> UsageRecord:
+    return UsageRecord(
+        run_id=request.run_id,
+        team=request.team,
+        alias=request.alias,
+        model=response.model if response else "",
+        purpose=request.purpose,
+        tokens_in=response.tokens_in if response else 0,
+        tokens_out=response.tokens_out if response else 0,
+        cost_usd=response.cost_usd if response else 0.0,
+        latency_ms=latency_ms,
+        ok=error is None,
+        error=error,
+        created_at=datetime.now(UTC),
+    )
+
+
 class RecordingModel:
     """Wraps a ``ChatModel``; each call, failed or not, becomes one ledger row."""
 
@@ -20,36 +37,8 @@ class RecordingModel:
         try:
             response = await self._inner.complete(request, timeout_s=timeout_s)
         except Exception as exc:
-            await self._ledger.record(
-                UsageRecord(
-                    run_id=request.run_id,
-                    team=request.team,
-                    alias=request.alias,
-                    model="",
-                    purpose=request.purpose,
-                    tokens_in=0,
-                    tokens_out=0,
-                    cost_usd=0.0,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    ok=False,
-                    error=str(exc)[:500],
-                    created_at=datetime.now(UTC),
-                )
-            )
+            await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc)[:500]))
             raise
-        await self._ledger.record(
-            UsageRecord(
-                run_id=request.run_id,
-                team=request.team,
-                alias=request.alias,
-                model=response.model,
-                purpose=request.purpose,
-                tokens_in=response.tokens_in,
-                tokens_out=response.tokens_out,
-                cost_usd=response.cost_usd,
-                latency_ms=response.latency_ms or (time.perf_counter() - started) * 1000,
-                ok=True,
-                created_at=datetime.now(UTC),
-            )
-        )
+        latency_ms = response.latency_ms or (time.perf_counter() - started) * 1000
+        await self._ledger.record(_row(request, response, latency_ms, None))
         return response

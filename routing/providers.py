@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import EmbeddingResponse, ModelResponse, Usage
@@ -16,6 +16,7 @@ from routing.embedded import Completion
 
 #: A backend takes chat messages and call parameters and returns a completion (blocking).
 Backend = Callable[[list[dict[str, str]], dict[str, Any]], Completion]
+T = TypeVar("T")
 #: An embedding backend takes texts and returns one vector each (blocking).
 EmbedBackend = Callable[[list[str]], list[list[float]]]
 
@@ -24,6 +25,14 @@ def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Call parameters plus the caller's metadata (LiteLLM keeps them apart)."""
     metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
     return {**(kwargs.get("optional_params") or {}), "metadata": metadata}
+
+
+def _pick(table: dict[str, T], model: str, what: str) -> T:
+    """The backend named by ``<provider>/<name>``."""
+    name = model.split("/", 1)[-1]
+    if name not in table:
+        raise ValueError(f"no in-process {what} named {name!r}; known: {', '.join(table)}")
+    return table[name]
 
 
 class InProcessProvider(CustomLLM):
@@ -35,10 +44,7 @@ class InProcessProvider(CustomLLM):
         self._embedders = embedders
 
     def _backend(self, model: str) -> Backend:
-        name = model.split("/", 1)[-1]
-        if name not in self._backends:
-            raise ValueError(f"no in-process model named {name!r}; known: {', '.join(self._backends)}")
-        return self._backends[name]
+        return _pick(self._backends, model, "model")
 
     @staticmethod
     def _fill(model_response: ModelResponse, model: str, done: Completion) -> ModelResponse:
@@ -61,10 +67,7 @@ class InProcessProvider(CustomLLM):
         return self._fill(kwargs["model_response"], model, done)
 
     def _embedder(self, model: str) -> EmbedBackend:
-        name = model.split("/", 1)[-1]
-        if name not in self._embedders:
-            raise ValueError(f"no in-process embedding model named {name!r}; known: {', '.join(self._embedders)}")
-        return self._embedders[name]
+        return _pick(self._embedders, model, "embedding model")
 
     @staticmethod
     def _fill_embeddings(

@@ -60,8 +60,7 @@ class LiteLLMRouter:
         request = params["metadata"]["factory_request"]
         if self._scripted.latency_s:
             time.sleep(self._scripted.latency_s)  # runs in LiteLLM's worker thread, like a real model
-        text = self._scripted.answer_text(request)
-        return Completion(text=text, tokens_in=sum(len(m["content"]) for m in messages) // 4, tokens_out=len(text) // 4)
+        return self._scripted.answer(request)
 
     def _ensure(self) -> Any:
         if self._router is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from routing.base import ChatRequest, ChatResponse
+from routing.embedded import Completion
 
 MODEL_NAME = "scripted/v1"
 
@@ -61,21 +62,23 @@ class ScriptedModel:
     def from_file(cls, path: Path) -> ScriptedModel:
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
-    def answer_text(self, request: ChatRequest) -> str:
+    def answer(self, request: ChatRequest) -> Completion:
+        """The next answer for the request's team, with token counts estimated at 4 characters a token."""
         queue = self._queues.get(request.team or "")
         answer = queue.popleft() if queue else complete_answer(request)
-        return answer if isinstance(answer, str) else json.dumps(answer)
+        text = answer if isinstance(answer, str) else json.dumps(answer)
+        tokens_in = sum(len(m.content) for m in request.messages) // 4
+        return Completion(text=text, tokens_in=tokens_in, tokens_out=len(text) // 4)
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         if self._latency_s:
             await asyncio.sleep(min(self._latency_s, timeout_s))
-        text = self.answer_text(request)
-        tokens_in = sum(len(m.content) for m in request.messages) // 4
+        done = self.answer(request)
         return ChatResponse(
-            text=text,
+            text=done.text,
             alias=request.alias,
             model=MODEL_NAME,
-            tokens_in=tokens_in,
-            tokens_out=len(text) // 4,
+            tokens_in=done.tokens_in,
+            tokens_out=done.tokens_out,
             latency_ms=self._latency_s * 1000,
         )

@@ -349,7 +349,6 @@ class PipelineEngine:
     async def _finish(self, run: Run) -> None:
         stages = await self._d.store.stages(run.id)
         artifacts = await self._d.store.artifacts(run.id)
-        report = await self._d.audit.verify(run.id)
         snapshot = {
             "requirement": run.requirement,
             "pipeline": run.pipeline,
@@ -358,7 +357,6 @@ class PipelineEngine:
             "tokens": {s.team: [s.tokens_in, s.tokens_out] for s in stages},
             "cost_usd": round(sum(s.cost_usd for s in stages), 6),
             "artifacts": {a.name: a.sha256 for a in artifacts},
-            "audit_before_snapshot": {"entries": report.entries, "head_sha256": report.head_sha256},
         }
         entry = await self._d.audit.append(run.id, "run.snapshot", "run.snapshot", snapshot)
         write_manifest(
