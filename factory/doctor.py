@@ -92,6 +92,7 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
             "confidence_floor": settings.confidence_floor,
             "retry_budget": settings.retry_budget,
             "iteration_cap": settings.iteration_cap,
+            "tool_rounds": settings.tool_rounds,
             "max_requirement_bytes": settings.max_requirement_bytes,
             "model_timeout_s": settings.model_timeout_s,
         },

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     confidence_floor: float = Field(default=0.6, ge=0.0)
     retry_budget: int = Field(default=2, ge=0, le=10)
     iteration_cap: int = Field(default=6, ge=1, le=50)
+    tool_rounds: int = Field(default=3, ge=0, le=10)  # tool calls a team may make per execution
 
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)

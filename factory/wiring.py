@@ -130,6 +130,8 @@ async def open_factory(settings: Settings, *, model: ChatModel | None = None) ->
                 max_tokens=settings.local_max_tokens if compact else 4096,
                 bounds=SchemaBounds.compact() if compact else SchemaBounds(),
                 budget_chars=min(settings.context_budget_chars, 2400) if compact else settings.context_budget_chars,
+                # A 135M model spends every round it is given on tools; one is what helps it.
+                tool_rounds=min(settings.tool_rounds, 1) if compact else settings.tool_rounds,
             )
             audit = PostgresAuditLog(pool)
             escalations = PostgresEscalationQueue(pool)

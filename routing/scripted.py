@@ -21,8 +21,12 @@ MODEL_NAME = "scripted/v1"
 
 
 def _deliverables(schema: dict[str, Any] | None) -> list[tuple[str, str]]:
-    items = ((schema or {}).get("properties", {}).get("artifacts", {}) or {}).get("prefixItems", [])
-    return [(i["properties"]["name"]["const"], i["properties"]["kind"]["const"]) for i in items]
+    """The pinned deliverables of the result schema (or of the result branch when tools are offered)."""
+    for branch in (schema or {}).get("anyOf", [schema or {}]):
+        items = (branch.get("properties", {}).get("artifacts", {}) or {}).get("prefixItems", [])
+        if items:
+            return [(i["properties"]["name"]["const"], i["properties"]["kind"]["const"]) for i in items]
+    return []
 
 
 def complete_answer(request: ChatRequest) -> dict[str, Any]:

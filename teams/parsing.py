@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,6 +30,11 @@ def _json_text(text: str) -> str:
 
 def parse_task_result(text: str) -> TaskResult:
     """Parse and validate; raise ``OutputProblem`` with a short, actionable reason."""
+    return validate_task_result(json_object(text))
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """The one JSON object in a model's answer, or ``OutputProblem``."""
     if not text or not text.strip():
         raise OutputProblem("the answer was empty; reply with one JSON object")
     if len(text) > MAX_OUTPUT_CHARS:
@@ -42,11 +48,20 @@ def parse_task_result(text: str) -> TaskResult:
         raise OutputProblem("the JSON is nested too deeply") from exc
     if not isinstance(data, dict):
         raise OutputProblem("the JSON must be an object with the TaskResult fields")
+    return data
+
+
+def validate_task_result(data: dict[str, Any]) -> TaskResult:
+    """``TaskResult`` from parsed JSON, or ``OutputProblem`` listing the first problems."""
     try:
         return TaskResult.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'result'}: {err['msg']}"
-            for err in exc.errors(include_url=False)[:8]
-        )
-        raise OutputProblem(f"the JSON does not match TaskResult: {problems}") from exc
+        raise OutputProblem(f"the JSON does not match TaskResult: {describe_errors(exc, 8)}") from exc
+
+
+def describe_errors(exc: ValidationError, limit: int) -> str:
+    """The first ``limit`` validation errors as one line: ``where: what``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+        for err in exc.errors(include_url=False)[:limit]
+    )

@@ -27,6 +27,7 @@ from teams.results import Artifact, TaskResult
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Execution, PriorArtifact, TeamRunner
 from teams.slugs import TeamSlug
+from teams.tools import ArtifactRecall, Recall
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,9 @@ class PipelineEngine:
         stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
         await self._d.store.save_stage(stage)
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
-        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context)
+        # recall(query) searches every earlier artifact of the run, not only those the team reads.
+        recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
+        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context, recall)
         stage.result = execution.result
         if decision.verdict is Verdict.CLARIFY:
             # No broker yet (DESIGN §6 lands later): the question goes to the human.
@@ -223,7 +226,7 @@ class PipelineEngine:
         return advanced
 
     async def _execute_until_decided(
-        self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact]
+        self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact], recall: Recall
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
         anchored = [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
@@ -239,7 +242,7 @@ class PipelineEngine:
                 acceptance_criteria=list(member.acceptance_criteria),
                 attempt=stage.attempts,
             )
-            execution = await self._d.runner.execute(member, objective, run.requirement, context, feedback)
+            execution = await self._d.runner.execute(member, objective, run.requirement, context, feedback, recall)
             model_s += execution.model_s
             self._account(stage, execution)
             failures += execution.system_blocked
@@ -282,6 +285,7 @@ class PipelineEngine:
                 "attempt": stage.attempts,
                 "result": execution.result.model_dump(mode="json"),
                 "output_problem": execution.problem,
+                "tool_calls": [t.as_dict() for t in execution.tool_calls],
                 "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
                 "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
             },

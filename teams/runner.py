@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 from routing.base import ChatModel, ChatRequest, ChatResponse, Message
 from teams.base import Objective
-from teams.parsing import OutputProblem, parse_task_result
+from teams.parsing import OutputProblem, json_object, validate_task_result
 from teams.results import Artifact, TaskResult, blocked
 from teams.roster import Team
 from teams.schema import SchemaBounds, response_schema
+from teams.tools import AnyToolCall, ArtifactRecall, Recall, Toolbox, ToolProblem, ToolRecord
 
 _BAD_OUTPUT_ECHO_CHARS = 2000
 
@@ -31,12 +32,29 @@ class Execution:
 
     result: TaskResult
     responses: list[ChatResponse] = field(default_factory=list)
+    tool_calls: list[ToolRecord] = field(default_factory=list)
     system_blocked: bool = False
     problem: str | None = None
     model_s: float = 0.0
 
 
-def _system_prompt(team: Team) -> str:
+_TOOL_HELP = {
+    "recall": "recall(query) searches earlier artifacts",
+    "write_artifact": "write_artifact(name, content) writes an extra file",
+    "request_clarification": "request_clarification(target_team, question) asks another team and ends your turn",
+}
+
+
+def _tools_prompt(tools: Sequence[str], rounds: int) -> str:
+    if rounds <= 0 or not tools:
+        return ""
+    return (
+        f"\nBefore your result you may make up to {rounds} tool calls, one per answer, as"
+        ' {"tool": NAME, "arguments": {...}}: ' + "; ".join(_TOOL_HELP[t] for t in tools) + "."
+    )
+
+
+def _system_prompt(team: Team, tools: Sequence[str], tool_rounds: int) -> str:
     return (
         f"You are the {team.name} team of an AI software factory.\n\n{team.soul}\n{team.agents}\n"
         "Answer with one JSON object and nothing else. Fields: status (COMPLETE when the"
@@ -45,7 +63,7 @@ def _system_prompt(team: Team) -> str:
         " reasoning, blockers, assumptions_made, verified_facts, clarification_needed (or null),"
         " artifacts (each with name, kind and its full content) and confidence: how sure you are,"
         " from 0.0 to 1.0, that the artifacts meet the acceptance criteria (e.g. 0.85)."
-    )
+    ) + _tools_prompt(tools, tool_rounds)
 
 
 def _context_block(prior: Sequence[PriorArtifact], budget_chars: int) -> str:
@@ -70,6 +88,8 @@ def build_messages(
     *,
     feedback: Sequence[str],
     budget_chars: int,
+    tools: Sequence[str] = (),
+    tool_rounds: int = 0,
 ) -> list[Message]:
     """The prompt: identity, the requirement (always whole), earlier artifacts, the objective."""
     deliverables = "\n".join(f"- {d.name} ({d.kind}): {d.description}" for d in team.produces)
@@ -81,20 +101,36 @@ def build_messages(
         f"Objective (attempt {objective.attempt}): {objective.goal}\n\n"
         f"Acceptance criteria:\n{criteria}\n\nDeliverables:\n{deliverables}\n\n{notes}"
     )
-    return [Message(role="system", content=_system_prompt(team)), Message(role="user", content=user)]
+    return [
+        Message(role="system", content=_system_prompt(team, tools, tool_rounds)),
+        Message(role="user", content=user),
+    ]
 
 
 class TeamRunner:
-    """Runs objectives against a chat model; malformed output gets one repair, then BLOCKED."""
+    """Runs objectives against a chat model.
+
+    The model may make up to ``tool_rounds`` tool calls (teams.tools) before its result; malformed
+    output gets one repair, then the objective ends BLOCKED. So one execution makes at most
+    ``tool_rounds + 2`` model calls.
+    """
 
     def __init__(
-        self, model: ChatModel, *, timeout_s: float, max_tokens: int, bounds: SchemaBounds, budget_chars: int
+        self,
+        model: ChatModel,
+        *,
+        timeout_s: float,
+        max_tokens: int,
+        bounds: SchemaBounds,
+        budget_chars: int,
+        tool_rounds: int = 3,
     ) -> None:
         self._model = model
         self._timeout_s = timeout_s
         self._max_tokens = max_tokens
         self._bounds = bounds
         self._budget_chars = budget_chars
+        self._tool_rounds = tool_rounds
 
     async def execute(
         self,
@@ -103,36 +139,57 @@ class TeamRunner:
         requirement: str,
         prior: Sequence[PriorArtifact],
         feedback: Sequence[str] = (),
+        recall: Recall | None = None,
     ) -> Execution:
+        """One execution of the objective; ``recall`` defaults to searching ``prior``."""
+        toolbox = Toolbox(team, recall or ArtifactRecall([(p.team, p.artifact) for p in prior]))
         messages = build_messages(
-            team, objective, requirement, prior, feedback=feedback, budget_chars=self._budget_chars
+            team,
+            objective,
+            requirement,
+            prior,
+            feedback=feedback,
+            budget_chars=self._budget_chars,
+            tools=toolbox.offered,
+            tool_rounds=self._tool_rounds,
         )
-        schema = response_schema(team, self._bounds)
         execution = Execution(result=blocked("not executed"))
-        first = await self._call(team, objective, messages, schema, execution, "objective")
-        try:
-            execution.result = parse_task_result(first.text)
-            return execution
-        except OutputProblem as problem:
-            repair = [
-                *messages,
-                Message(role="assistant", content=first.text[:_BAD_OUTPUT_ECHO_CHARS]),
-                Message(
-                    role="user",
-                    content=f"That answer is invalid: {problem}. Reply with the corrected JSON object only.",
-                ),
-            ]
-        second = await self._call(team, objective, repair, schema, execution, "repair")
-        try:
-            execution.result = parse_task_result(second.text)
-        except OutputProblem as problem:
-            execution.problem = str(problem)
-            execution.system_blocked = True
-            execution.result = blocked(
-                f"model output failed validation twice: {problem}",
-                reasoning=f"The {team.name} model's answer could not be repaired.",
-            )
-        return execution
+        repaired = False
+        purpose = "objective"
+        rounds_left = self._tool_rounds
+        for _ in range(self._tool_rounds + 2):
+            offered = toolbox.offered if rounds_left > 0 else ()
+            schema = response_schema(team, self._bounds, tools=offered)
+            text = (await self._call(team, objective, messages, schema, execution, purpose)).text
+            echo = Message(role="assistant", content=text[:_BAD_OUTPUT_ECHO_CHARS])
+            try:
+                answer = _answer(text, toolbox, tools_open=bool(offered))
+            except ToolProblem as problem:
+                execution.tool_calls.append(ToolRecord(_tool_name(text), {}, str(problem), ok=False))
+                rounds_left = 0 if problem.final else rounds_left - 1
+                messages += [echo, Message(role="user", content=f"Tool call rejected: {problem}.{_NEXT}")]
+                purpose = "tool"
+                continue
+            except OutputProblem as problem:
+                if repaired:
+                    return _unrepairable(execution, team, problem)
+                repaired = True
+                fix = f"That answer is invalid: {problem}. Reply with the corrected JSON object only."
+                messages += [echo, Message(role="user", content=fix)]
+                purpose = "repair"
+                continue
+            if isinstance(answer, TaskResult):
+                execution.result = toolbox.merge(answer)
+                return execution
+            told, final = await toolbox.run(answer)
+            rounds_left -= 1
+            execution.tool_calls.append(ToolRecord(answer.tool, answer.arguments.model_dump(), told, ok=True))
+            if final is not None:
+                execution.result = final
+                return execution
+            messages += [echo, Message(role="user", content=f"{told}{_NEXT}")]
+            purpose = "tool"
+        return _unrepairable(execution, team, OutputProblem(f"no result after {self._tool_rounds + 2} model calls"))
 
     async def _call(
         self,
@@ -159,6 +216,36 @@ class TeamRunner:
             execution.model_s += time.perf_counter() - started
         execution.responses.append(response)
         return response
+
+
+_NEXT = "\nCall another tool, or answer with your TaskResult JSON object."
+
+
+def _answer(text: str, toolbox: Toolbox, *, tools_open: bool) -> TaskResult | AnyToolCall:
+    """The model's answer as a result or a validated tool call."""
+    data = json_object(text)
+    if "tool" in data and "status" not in data:
+        if not tools_open:
+            raise OutputProblem("no tool calls are left; answer with the TaskResult JSON object")
+        return toolbox.check(data)
+    return validate_task_result(data)
+
+
+def _tool_name(text: str) -> str:
+    try:
+        return str(json_object(text).get("tool"))[:60]
+    except OutputProblem:
+        return "?"
+
+
+def _unrepairable(execution: Execution, team: Team, problem: OutputProblem) -> Execution:
+    execution.problem = str(problem)
+    execution.system_blocked = True
+    execution.result = blocked(
+        f"model output failed validation twice: {problem}",
+        reasoning=f"The {team.name} model's answer could not be repaired.",
+    )
+    return execution
 
 
 def result_json(result: TaskResult) -> str:

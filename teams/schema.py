@@ -7,6 +7,7 @@ so grammar-constrained decoding always ends in a complete, valid object within t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,53 @@ def _list(bounds: SchemaBounds) -> dict[str, Any]:
     return {"type": "array", "items": _text(bounds.item_chars), "maxItems": bounds.list_items}
 
 
-def response_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
-    """The schema of one team's answer: ``status`` first, then the rest in contract order."""
+def _call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string", "const": tool},
+            "arguments": {
+                "type": "object",
+                "properties": arguments,
+                "required": list(arguments),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["tool", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_call_schemas(team: Team, bounds: SchemaBounds, tools: Sequence[str]) -> list[dict[str, Any]]:
+    """One schema per named tool (teams.tools): ``{"tool": NAME, "arguments": {...}}``."""
+    others = [slug for slug in ALL_TEAMS if slug != team.slug]
+    schemas = [
+        _call("recall", {"query": {**_text(bounds.item_chars), "minLength": 1}}),
+        _call(
+            "write_artifact",
+            {"name": {**_text(120), "minLength": 1}, "content": _text(bounds.content_chars)},
+        ),
+        _call(
+            "request_clarification",
+            {
+                "target_team": {"type": "string", "enum": others},
+                "question": {**_text(bounds.item_chars * 2), "minLength": 1},
+            },
+        ),
+    ]
+    return [s for s in schemas if s["properties"]["tool"]["const"] in tools]
+
+
+def response_schema(team: Team, bounds: SchemaBounds, *, tools: Sequence[str] = ()) -> dict[str, Any]:
+    """The schema of one team's answer; a call of one of ``tools`` is allowed instead."""
+    result = result_schema(team, bounds)
+    if not tools:
+        return result
+    return {"anyOf": [*tool_call_schemas(team, bounds, tools), result]}
+
+
+def result_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
+    """The schema of one team's ``TaskResult``: ``status`` first, then the rest in contract order."""
     deliverables = [
         {
             "type": "object",

@@ -98,7 +98,28 @@ def oversized(draw: st.DrawFn) -> str:
     return json.dumps(data)
 
 
+@st.composite
+def tool_calls(draw: st.DrawFn) -> str:
+    """Tool calls, valid and not: unknown tools, traversal paths, self-targets, wrong shapes, injections."""
+    tool = draw(st.sampled_from(["recall", "write_artifact", "request_clarification", "rm_rf", "", None, 7]))
+    arguments = draw(
+        st.sampled_from(
+            [
+                {"query": draw(st.sampled_from(["api", "", " ", "x" * 500, INJECTIONS[0]]))},
+                {"name": draw(st.sampled_from(["ok.md", "../../etc/passwd", "/abs", ".hidden", ""])), "content": "c"},
+                {"target_team": draw(st.sampled_from([TEAM.slug, "qa-engineering", "nobody"])), "question": "why?"},
+                {},
+                None,
+                [1, 2],
+            ]
+        )
+    )
+    extra = draw(st.sampled_from([{}, {"status": "COMPLETE"}, {"system": INJECTIONS[1]}]))
+    return json.dumps({"tool": tool, "arguments": arguments, **extra})
+
+
 hostile = st.one_of(
+    tool_calls(),
     st.text(max_size=300),
     st.binary(max_size=200).map(lambda b: b.decode("utf-8", "replace")),
     json_values.map(json.dumps),
@@ -134,6 +155,7 @@ def test_no_output_crashes_the_gate(text: str) -> None:
     objective = Objective(id="o", run_id="r", team=TEAM.slug, goal=TEAM.goal, acceptance_criteria=["c"])
     execution = asyncio.run(runner.execute(TEAM, objective, "a requirement", []))
     _check(execution.result, execution.system_blocked)
+    assert len(execution.responses) <= 3 + 2  # default tool rounds, the answer and its one repair
     decision = decide(
         execution.result, failures=1, executions=1, limits=GateLimits(), system_blocked=execution.system_blocked
     )

@@ -1,0 +1,277 @@
+"""The tools every team has (issue 3): validated tool calls a model may make before its result.
+
+A model answers either with its ``TaskResult`` or with one tool call
+``{"tool": NAME, "arguments": {...}}``:
+
+- ``recall(query)`` searches what the factory remembers (``Recall``; until the memory bank lands,
+  the run's own earlier artifacts) and returns bounded excerpts;
+- ``write_artifact(name, content)`` writes a file into the objective's workspace; it joins the
+  result's artifacts unless the result itself carries a file of that name;
+- ``request_clarification(target_team, question)`` ends the objective as ``NEEDS_CLARIFICATION``,
+  which the gate hands on (to the broker, or to the human until it lands).
+
+Every call is validated; a rejected call is answered with the reason, never executed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from teams.parsing import describe_errors
+from teams.results import MAX_ARTIFACTS, Artifact, ArtifactKind, Clarification, TaskResult, TaskStatus
+from teams.roster import Team
+from teams.slugs import TeamSlug
+
+TOOL_NAMES = ("recall", "write_artifact", "request_clarification")
+RECALL_LIMIT = 3
+MAX_WRITTEN = 8
+_WORD = re.compile(r"[a-z0-9]{3,}")
+_KIND_BY_SUFFIX: dict[str, ArtifactKind] = {
+    ".md": "markdown",
+    ".json": "json",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".sql": "sql",
+    ".mmd": "diagram",
+    ".puml": "diagram",
+    ".toml": "config",
+    ".ini": "config",
+    ".cfg": "config",
+    ".env": "config",
+    ".txt": "text",
+}
+_CODE_SUFFIXES = {".py", ".ts", ".tsx", ".js", ".jsx", ".go", ".rs", ".java", ".sh", ".css", ".html", ".tf"}
+
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400)]
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecallArgs(_Strict):
+    query: Query
+
+
+class WriteArtifactArgs(_Strict):
+    name: str = Field(max_length=200)
+    content: str = Field(max_length=512 * 1024)
+
+
+class ClarificationArgs(_Strict):
+    target_team: TeamSlug
+    question: Question
+
+
+class RecallCall(_Strict):
+    tool: Literal["recall"]
+    arguments: RecallArgs
+
+
+class WriteArtifactCall(_Strict):
+    tool: Literal["write_artifact"]
+    arguments: WriteArtifactArgs
+
+
+class ClarificationCall(_Strict):
+    tool: Literal["request_clarification"]
+    arguments: ClarificationArgs
+
+
+AnyToolCall = RecallCall | WriteArtifactCall | ClarificationCall
+_TOOL_CALL: TypeAdapter[AnyToolCall] = TypeAdapter(Annotated[AnyToolCall, Field(discriminator="tool")])
+
+
+class ToolProblem(ValueError):
+    """A tool call that cannot be executed; the message is what the model is told.
+
+    ``final`` closes the tools for the rest of the objective (e.g. a call repeated verbatim).
+    """
+
+    def __init__(self, message: str, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+def validate_tool_call(data: dict[str, Any], team: Team) -> AnyToolCall:
+    """A well-formed call this team may make, or ``ToolProblem`` saying what is wrong."""
+    try:
+        call = _TOOL_CALL.validate_python(data)
+    except ValidationError as exc:
+        tool = str(data.get("tool"))[:40]
+        raise ToolProblem(
+            f"invalid call of {tool!r} (tools: {', '.join(TOOL_NAMES)}): {describe_errors(exc, 6)}"
+        ) from exc
+    if isinstance(call, ClarificationCall) and call.arguments.target_team == team.slug:
+        raise ToolProblem(f"request_clarification cannot target your own team ({team.slug}); ask another team")
+    if isinstance(call, WriteArtifactCall):
+        try:
+            Artifact(name=call.arguments.name, kind="text", content="")
+        except ValidationError as exc:
+            raise ToolProblem(f"write_artifact: {exc.errors(include_url=False)[0]['msg']}") from exc
+    return call
+
+
+@dataclass(frozen=True)
+class RecallHit:
+    """One excerpt found by ``recall``: where it is from, the text, and how well it matched (0..1)."""
+
+    source: str
+    excerpt: str
+    score: float
+
+
+class Recall(Protocol):
+    """What ``recall(query)`` searches; the memory bank replaces the run-local search later."""
+
+    def available(self) -> bool:
+        """Whether there is anything to search (``recall`` is offered only then)."""
+        ...
+
+    async def recall(self, query: str, *, limit: int) -> list[RecallHit]: ...
+
+
+def _terms(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+@dataclass(frozen=True)
+class ArtifactRecall:
+    """``Recall`` over the run's own earlier artifacts: chunks scored by the query terms they hold.
+
+    Ties go to the later stage (the more recent decision).
+    """
+
+    artifacts: Sequence[tuple[str, Artifact]]  # (team, artifact), in stage order
+    chunk_chars: int = 600
+
+    def available(self) -> bool:
+        return any(artifact.content.strip() for _, artifact in self.artifacts)
+
+    async def recall(self, query: str, *, limit: int) -> list[RecallHit]:
+        wanted = _terms(query)
+        if not wanted:
+            return []
+        scored: list[tuple[float, int, RecallHit]] = []
+        for order, (team, artifact) in enumerate(self.artifacts):
+            for chunk in _chunks(artifact.content, self.chunk_chars):
+                score = len(wanted & _terms(chunk)) / len(wanted)
+                if score > 0:
+                    hit = RecallHit(f"{team}/{artifact.name}", chunk, round(score, 3))
+                    scored.append((score, order, hit))
+        scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return [hit for _, _, hit in scored[:limit]]
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """Paragraph-aligned pieces of at most ``size`` characters."""
+    chunks: list[str] = []
+    current = ""
+    for paragraph in text.split("\n\n"):
+        while len(paragraph) > size:
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(paragraph[:size])
+            paragraph = paragraph[size:]
+        if current and len(current) + len(paragraph) + 2 > size:
+            chunks.append(current)
+            current = ""
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current.strip():
+        chunks.append(current)
+    return [c for c in chunks if c.strip()]
+
+
+def kind_for(team: Team, name: str) -> ArtifactKind:
+    """The kind of a written file: the deliverable's if it is one, else from its suffix."""
+    for deliverable in team.produces:
+        if deliverable.name == name:
+            return deliverable.kind  # type: ignore[return-value]
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in _CODE_SUFFIXES:
+        return "code"
+    return _KIND_BY_SUFFIX.get(suffix, "text")
+
+
+@dataclass(frozen=True)
+class ToolRecord:
+    """One tool call of an objective, as audited."""
+
+    tool: str
+    arguments: dict[str, Any]
+    outcome: str
+    ok: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tool": self.tool, "arguments": self.arguments, "outcome": self.outcome, "ok": self.ok}
+
+
+@dataclass
+class Toolbox:
+    """The tools of one objective: executes validated calls, keeps the files written."""
+
+    team: Team
+    recall_source: Recall
+    excerpt_chars: int = 500
+    written: dict[str, Artifact] = field(default_factory=dict)
+    _calls: set[str] = field(default_factory=set)
+
+    @property
+    def offered(self) -> tuple[str, ...]:
+        """The tools on offer: all of them, but ``recall`` only when there is something to search."""
+        return tuple(t for t in TOOL_NAMES if t != "recall" or self.recall_source.available())
+
+    def check(self, data: dict[str, Any]) -> AnyToolCall:
+        """A valid call of an offered tool, not a verbatim repeat; else ``ToolProblem``."""
+        call = validate_tool_call(data, self.team)
+        if call.tool not in self.offered:
+            raise ToolProblem(f"{call.tool} is not available now (available: {', '.join(self.offered)})")
+        key = call.model_dump_json()
+        if key in self._calls:
+            raise ToolProblem(f"{call.tool} was already called with these arguments; use its result", final=True)
+        self._calls.add(key)
+        return call
+
+    async def run(self, call: AnyToolCall) -> tuple[str, TaskResult | None]:
+        """Execute a call: the text the model is told, and the result if the call ends the objective."""
+        if isinstance(call, RecallCall):
+            hits = await self.recall_source.recall(call.arguments.query, limit=RECALL_LIMIT)
+            if not hits:
+                return f"recall({call.arguments.query!r}): nothing found.", None
+            lines = [f"[{h.source}, score {h.score}]\n{h.excerpt[: self.excerpt_chars]}" for h in hits]
+            return f"recall({call.arguments.query!r}) found {len(hits)}:\n" + "\n".join(lines), None
+        if isinstance(call, WriteArtifactCall):
+            name, content = call.arguments.name, call.arguments.content
+            if name not in self.written and len(self.written) >= MAX_WRITTEN:
+                return (
+                    f"write_artifact: refused, {MAX_WRITTEN} files already written; put the rest in the result.",
+                    None,
+                )
+            self.written[name] = Artifact(name=name, kind=kind_for(self.team, name), content=content)
+            return f"write_artifact: wrote {name} ({len(content.encode('utf-8'))} bytes).", None
+        question = call.arguments.question
+        result = TaskResult(
+            status=TaskStatus.NEEDS_CLARIFICATION,
+            reasoning=f"Asked {call.arguments.target_team} through request_clarification.",
+            clarification_needed=Clarification(target_team=call.arguments.target_team, question=question),
+            artifacts=list(self.written.values()),
+            confidence=0.0,
+        )
+        return f"request_clarification: asked {call.arguments.target_team}.", result
+
+    def merge(self, result: TaskResult) -> TaskResult:
+        """The result with the written files it does not itself carry (its own version wins)."""
+        own = {a.name for a in result.artifacts}
+        room = MAX_ARTIFACTS - len(result.artifacts)
+        extra = [a for name, a in self.written.items() if name not in own][: max(room, 0)]
+        if not extra:
+            return result
+        return TaskResult.model_validate({**result.model_dump(), "artifacts": [*result.artifacts, *extra]})
