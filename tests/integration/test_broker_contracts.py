@@ -14,13 +14,22 @@ from redis.asyncio import Redis
 from broker.base import BrokerLimits, ClarificationBroker, ClarificationReply, ClarificationRequest, Refusal
 from broker.in_memory import InMemoryBroker
 from broker.redis_streams import RedisBroker
+from teams.slugs import TeamSlug
 
 LIMITS = BrokerLimits(reply_timeout_s=2.0, claim_idle_s=0.3, max_depth=2, max_per_objective=3)
-A, B, C, D = "business-analysis", "api-design", "database-engineering", "qa-engineering"
+A: TeamSlug = "business-analysis"
+B: TeamSlug = "api-design"
+C: TeamSlug = "database-engineering"
+D: TeamSlug = "qa-engineering"
 
 
 def ask(
-    target: str, chain: Sequence[str] = (A,), *, ident: str = "r1", objective: str = "run:0", question: str = "why?"
+    target: TeamSlug,
+    chain: Sequence[TeamSlug] = (A,),
+    *,
+    ident: str = "r1",
+    objective: str = "run:0",
+    question: str = "why?",
 ) -> ClarificationRequest:
     return ClarificationRequest(
         id=ident,
@@ -38,6 +47,9 @@ def reply_to(request: ClarificationRequest, text: str, *, ok: bool = True) -> Cl
     return ClarificationReply(
         request_id=request.id, team=request.target_team, ok=ok, answer=text, answered_at=datetime.now(UTC)
     )
+
+
+AnswerFn = Callable[[ClarificationRequest], Awaitable[ClarificationReply]]
 
 
 @dataclass
@@ -76,8 +88,8 @@ async def broker(
 
 @contextlib.asynccontextmanager
 async def serving(
-    broker: ClarificationBroker, answerers: dict[str, Callable[[ClarificationRequest], Awaitable[ClarificationReply]]]
-) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
+    broker: ClarificationBroker, answerers: dict[TeamSlug, AnswerFn]
+) -> AsyncIterator[dict[TeamSlug, asyncio.Task[None]]]:
     stop = asyncio.Event()
     tasks = {
         team: asyncio.create_task(broker.serve(team, answerer, consumer=f"c-{team}", stop=stop))  # type: ignore[arg-type]
@@ -108,9 +120,9 @@ async def test_self_routing_is_refused_without_sending(broker: ClarificationBrok
 
 
 @pytest.mark.parametrize("chain", [(A, B), (A, C, B), (B, C, D)])
-async def test_cycles_are_refused_at_any_depth(broker: ClarificationBroker, chain: tuple[str, ...]) -> None:
+async def test_cycles_are_refused_at_any_depth(broker: ClarificationBroker, chain: tuple[TeamSlug, ...]) -> None:
     deep = BrokerLimits(**{**LIMITS.__dict__, "max_depth": 5})
-    broker.limits = deep  # type: ignore[misc]
+    broker.limits = deep
     outcome = await broker.request(ask(chain[0], chain))
     assert outcome.refusal is Refusal.CYCLE and chain[0] in outcome.detail
 
@@ -156,7 +168,7 @@ async def test_the_cap_per_objective_is_enforced(broker: ClarificationBroker) ->
 
 
 async def test_no_responder_times_out(broker: ClarificationBroker) -> None:
-    broker.limits = BrokerLimits(**{**LIMITS.__dict__, "reply_timeout_s": 0.3})  # type: ignore[misc]
+    broker.limits = BrokerLimits(**{**LIMITS.__dict__, "reply_timeout_s": 0.3})
     started = asyncio.get_running_loop().time()
     outcome = await broker.request(ask(B))
     assert outcome.refusal is Refusal.TIMEOUT and B in outcome.detail
