@@ -166,9 +166,9 @@ def run(
         _err(str(exc), EXIT_INPUT)
 
     async def go() -> RunOutcome:
-        from factory.wiring import open_factory
+        from factory.wiring import open_factory, responders_for_run
 
-        async with open_factory(settings) as factory:
+        async with open_factory(settings, serve=responders_for_run(settings)) as factory:
             _show_progress(factory, len(slugs), as_json)
             return await factory.engine.start(requirement, pipeline, out)
 
@@ -202,9 +202,9 @@ def resume(
     """Continue a run from its last committed stage (after a crash, or once escalations are decided)."""
 
     async def go() -> RunOutcome:
-        from factory.wiring import open_factory
+        from factory.wiring import open_factory, responders_for_run
 
-        async with open_factory(settings) as factory:
+        async with open_factory(settings, serve=responders_for_run(settings)) as factory:
             run = await factory.store.get_run(run_id)
             if run is None:
                 raise InputError(f"no run {run_id!r}; start one with `factory run`")
@@ -226,10 +226,10 @@ def revise(
     """Re-run a run from one team with feedback, as a new run linked to it; the old run stays intact."""
 
     async def go() -> RunOutcome:
-        from factory.wiring import open_factory
+        from factory.wiring import open_factory, responders_for_run
         from teams.revision import revise as revise_run
 
-        async with open_factory(settings) as factory:
+        async with open_factory(settings, serve=responders_for_run(settings)) as factory:
             run = await factory.store.get_run(run_id)
             _show_progress(factory, len(run.pipeline) if run else 0, as_json)
             return await revise_run(
@@ -239,6 +239,39 @@ def revise(
 
     settings = _settings()
     _report(_run_async(go()), as_json)
+
+
+@app.command()
+def responders(
+    teams: Annotated[
+        list[str] | None, typer.Option("--team", help="A team to answer for (repeatable); default: all 17.")
+    ] = None,
+) -> None:
+    """Answer clarification requests until stopped (SIGINT/SIGTERM); run any number, anywhere."""
+    import signal
+
+    from broker.responders import consumer_name
+    from teams.roster import resolve_pipeline
+
+    try:
+        slugs = resolve_pipeline(",".join(teams))[1] if teams else resolve_pipeline("full")[1]
+    except InputError as exc:
+        _err(str(exc), EXIT_INPUT)
+    settings = _settings()
+
+    async def go() -> None:
+        from factory.wiring import open_factory
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_factory(settings, serve=slugs):
+            typer.echo(f"answering clarifications for {len(slugs)} teams as {consumer_name()}", err=True)
+            await stop.wait()
+        typer.echo("responders stopped", err=True)
+
+    _run_async(go())
 
 
 @audit_app.command("verify")

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     retry_budget: int = Field(default=2, ge=0, le=10)
     iteration_cap: int = Field(default=6, ge=1, le=50)
     tool_rounds: int = Field(default=3, ge=0, le=10)  # tool calls a team may make per execution
+    # Clarification broker (DESIGN §6)
+    clarify_max_per_objective: int = Field(default=3, ge=0, le=20)
+    clarify_max_depth: int = Field(default=2, ge=1, le=5)
+    clarify_reply_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    clarify_reply_ttl_s: int = Field(default=600, ge=10, le=86400)
+    clarify_claim_idle_s: float = Field(default=30.0, gt=0, le=3600)
+    clarify_responders: bool = True  # serve every team's clarifications inside `factory run`
 
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)

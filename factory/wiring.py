@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -13,6 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from broker.base import BrokerLimits
+from broker.redis_streams import RedisBroker
+from broker.responders import responding
 from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
@@ -27,13 +30,30 @@ from routing.embedded import EmbeddedModel
 from routing.ledger import RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
+from teams.clarify import TeamAnswerer
 from teams.gate import GateLimits
 from teams.pipeline import PipelineDeps, PipelineEngine
 from teams.runner import TeamRunner
 from teams.schema import SchemaBounds
+from teams.slugs import ALL_TEAMS, TeamSlug
 from teams.store_pg import PostgresRunStore
 
 log = logging.getLogger(__name__)
+
+
+def responders_for_run(settings: Settings) -> tuple[TeamSlug, ...]:
+    """The teams a process driving a run serves itself: all of them unless configured off."""
+    return ALL_TEAMS if settings.clarify_responders else ()
+
+
+def broker_limits(settings: Settings) -> BrokerLimits:
+    return BrokerLimits(
+        max_per_objective=settings.clarify_max_per_objective,
+        max_depth=settings.clarify_max_depth,
+        reply_timeout_s=settings.clarify_reply_timeout_s,
+        reply_ttl_s=settings.clarify_reply_ttl_s,
+        claim_idle_s=settings.clarify_claim_idle_s,
+    )
 
 
 def _where(url: str) -> str:
@@ -56,6 +76,8 @@ class Factory:
     bus: LocalEventBus
     stream: RedisEventStream
     engine: PipelineEngine
+    broker: RedisBroker
+    answerer: TeamAnswerer
     model_description: str
 
 
@@ -107,8 +129,13 @@ def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel
 
 
 @asynccontextmanager
-async def open_factory(settings: Settings, *, model: ChatModel | None = None) -> AsyncIterator[Factory]:
-    """Start or reach the services, migrate, and wire the engine; close everything on exit."""
+async def open_factory(
+    settings: Settings, *, model: ChatModel | None = None, serve: Sequence[TeamSlug] = ()
+) -> AsyncIterator[Factory]:
+    """Start or reach the services, migrate, and wire the engine; close everything on exit.
+
+    ``serve``: teams whose clarification requests this process answers while the block runs.
+    """
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     endpoints = services.ensure(settings.data_dir, database_url, redis_url, timeout_s=settings.service_start_timeout_s)
@@ -133,6 +160,7 @@ async def open_factory(settings: Settings, *, model: ChatModel | None = None) ->
                 # A 135M model spends every round it is given on tools; one is what helps it.
                 tool_rounds=min(settings.tool_rounds, 1) if compact else settings.tool_rounds,
             )
+            broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             audit = PostgresAuditLog(pool)
             escalations = PostgresEscalationQueue(pool)
             engine = PipelineEngine(
@@ -149,21 +177,26 @@ async def open_factory(settings: Settings, *, model: ChatModel | None = None) ->
                     ),
                     runs_dir=settings.runs_dir,
                     max_requirement_bytes=settings.max_requirement_bytes,
+                    broker=broker,
                 )
             )
-            yield Factory(
-                settings=settings,
-                endpoints=endpoints,
-                pool=pool,
-                redis=redis,
-                store=store,
-                audit=audit,
-                escalations=escalations,
-                bus=bus,
-                stream=stream,
-                engine=engine,
-                model_description=description,
-            )
+            answerer = TeamAnswerer(runner, store, broker)
+            async with responding(broker, answerer, serve):
+                yield Factory(
+                    settings=settings,
+                    endpoints=endpoints,
+                    pool=pool,
+                    redis=redis,
+                    store=store,
+                    audit=audit,
+                    escalations=escalations,
+                    bus=bus,
+                    stream=stream,
+                    engine=engine,
+                    broker=broker,
+                    answerer=answerer,
+                    model_description=description,
+                )
         finally:
             await redis.aclose()
     finally:

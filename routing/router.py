@@ -5,6 +5,7 @@ LiteLLM is imported on the first model call, not before: a command that calls no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -43,6 +44,7 @@ class LiteLLMRouter:
         self._embedder = embedder or EmbeddedEmbedder()
         self._num_retries = num_retries
         self._router: Any = None
+        self._building = asyncio.Lock()
 
     def _backend_embedded(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         if self._embedded is None:
@@ -61,6 +63,15 @@ class LiteLLMRouter:
         if self._scripted.latency_s:
             time.sleep(self._scripted.latency_s)  # runs in LiteLLM's worker thread, like a real model
         return self._scripted.answer(request)
+
+    async def _ready(self) -> Any:
+        """The router, built on first use in a worker thread: importing LiteLLM takes seconds and
+        must not stall the event loop (responders and the live stream share it)."""
+        if self._router is None:
+            async with self._building:
+                if self._router is None:
+                    await asyncio.to_thread(self._ensure)
+        return self._router
 
     def _ensure(self) -> Any:
         if self._router is not None:
@@ -92,7 +103,7 @@ class LiteLLMRouter:
         return self._router
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
-        router = self._ensure()
+        router = await self._ready()
         kwargs: dict[str, Any] = {}
         if request.json_schema is not None:
             kwargs["response_format"] = {
@@ -133,7 +144,7 @@ class LiteLLMRouter:
         """Vectors for ``texts`` through the ``local/embed`` alias."""
         if not texts:
             return []
-        router = self._ensure()
+        router = await self._ready()
         try:
             response = await router.aembedding(model=EMBED_ALIAS, input=texts, timeout=timeout_s)
         except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"

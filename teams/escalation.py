@@ -54,4 +54,5 @@ def _context(result: TaskResult, decision: GateDecision, kind: EscalationKind) -
         "target_team": result.clarification_needed.target_team if result.clarification_needed else None,
         "artifacts": {a.name: a.content[:500] for a in result.artifacts},
         "choices": _CHOICES.get(kind, ""),
+        **decision.context,
     }

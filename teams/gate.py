@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from teams.results import TaskResult, TaskStatus
 
@@ -32,6 +33,7 @@ class GateDecision:
     reason: str
     kind: str | None = None
     priority: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)  # more for the operator (e.g. a hop chain)
 
 
 def decide(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest, Refusal
 from factory.errors import FactoryError, InputError, RunNotFound
 from hitl.base import Escalation, EscalationQueue
 from memory.base import AuditLog, AuditReport
@@ -63,6 +64,8 @@ class PipelineDeps:
     limits: GateLimits
     runs_dir: Path
     max_requirement_bytes: int = 64 * 1024
+    #: Routes NEEDS_CLARIFICATION to the target team; without one, the question goes to the human.
+    broker: ClarificationBroker | None = None
 
 
 @dataclass
@@ -212,10 +215,6 @@ class PipelineEngine:
         recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
         execution, decision, model_s = await self._execute_until_decided(run, stage, member, context, recall)
         stage.result = execution.result
-        if decision.verdict is Verdict.CLARIFY:
-            # No broker yet (DESIGN §6 lands later): the question goes to the human.
-            stage.clarifications += 1
-            decision = GateDecision(Verdict.ESCALATE, decision.reason, kind="clarification", priority="high")
         if decision.verdict is Verdict.ADVANCE:
             await self._complete(run, stage, execution.result)
             advanced = True
@@ -231,6 +230,7 @@ class PipelineEngine:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
         anchored = [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
         feedback: list[str] = anchored if run.feedback else []
+        answers: list[str] = []  # clarifications answered so far, kept across re-executions
         failures = 0
         model_s = 0.0
         while True:
@@ -257,12 +257,69 @@ class PipelineEngine:
             if decision.verdict is Verdict.RETRY:
                 feedback = [
                     *(anchored if run.feedback else []),
+                    *answers,
                     f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly.",
                 ]
-                stage.attempts += 1
-                await self._d.store.save_stage(stage)
-                continue
-            return execution, decision, model_s
+            elif decision.verdict is Verdict.CLARIFY:
+                outcome = await self._clarify(run, stage, member, execution.result)
+                if not outcome.answered or outcome.reply is None:
+                    return execution, _unanswered(decision, outcome), model_s
+                target = outcome.request.target_team
+                answers.append(
+                    f"Answer from {target} to your question {outcome.request.question!r}: {outcome.reply.answer}"
+                )
+                feedback = [*(anchored if run.feedback else []), *answers]
+            else:
+                return execution, decision, model_s
+            stage.attempts += 1
+            await self._d.store.save_stage(stage)
+
+    async def _clarify(self, run: Run, stage: StageRecord, member: Team, result: TaskResult) -> BrokerOutcome:
+        """Ask the target team through the broker; audited and announced whatever comes of it."""
+        assert result.clarification_needed is not None
+        stage.clarifications += 1
+        await self._d.store.save_stage(stage)
+        request = ClarificationRequest(
+            id=f"{run.id}:{stage.index}:{stage.attempts}:q{stage.clarifications}",
+            run_id=run.id,
+            objective_id=f"{run.id}:{stage.index}",
+            from_team=member.slug,
+            target_team=result.clarification_needed.target_team,
+            question=result.clarification_needed.question,
+            hop_chain=[member.slug],
+            context=member.goal[:8000],
+            created_at=now(),
+        )
+        where = {"stage": stage.index, "team": stage.team, "request_id": request.id}
+        await self._emit(
+            "clarification.requested", run.id, **where, target=request.target_team, question=request.question
+        )
+        if self._d.broker is None:
+            outcome = BrokerOutcome(
+                request=request, refusal=Refusal.UNAVAILABLE, detail="no clarification broker is running"
+            )
+        else:
+            outcome = await self._d.broker.request(request)
+        status = "answered" if outcome.answered else (outcome.refusal.value if outcome.refusal else "unanswered")
+        await self._d.audit.append(
+            run.id,
+            f"clarification.{request.id}",
+            "clarification",
+            {
+                **where,
+                "question": request.question,
+                "hop_chain": [*request.hop_chain, request.target_team],
+                "outcome": status,
+                "detail": outcome.detail,
+                "answer": outcome.reply.answer if outcome.reply else None,
+                "answered_by": outcome.reply.responder if outcome.reply else None,
+            },
+        )
+        if outcome.answered:
+            await self._emit("clarification.answered", run.id, **where, target=request.target_team)
+        else:
+            await self._emit("clarification.refused", run.id, **where, reason=status, detail=outcome.detail)
+        return outcome
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
@@ -377,6 +434,18 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
+
+
+def _unanswered(decision: GateDecision, outcome: BrokerOutcome) -> GateDecision:
+    """A clarification no team answered goes to the human, with the route it took and why it stopped."""
+    reason = outcome.refusal.value if outcome.refusal else "unanswered"
+    return GateDecision(
+        Verdict.ESCALATE,
+        f"clarification {reason}: {outcome.detail}" if outcome.detail else f"clarification {reason}",
+        kind="clarification",
+        priority="high",
+        context={"hop_chain": [*outcome.request.hop_chain, outcome.request.target_team], "broker_outcome": reason},
+    )
 
 
 def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:

@@ -11,6 +11,7 @@ from factory.settings import Settings
 from factory.wiring import open_factory
 from teams.base import RunStatus
 from teams.results import TaskResult
+from teams.slugs import ALL_TEAMS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +32,7 @@ async def test_phase1_on_smollm2_gives_five_valid_results_and_a_verified_audit(
         anthropic_api_key=None,
         ollama_api_base=None,
     )
-    async with open_factory(settings) as factory:
+    async with open_factory(settings, serve=ALL_TEAMS) as factory:  # its questions are answered by teams
         assert "smollm2" in factory.model_description
         outcome = await factory.engine.start(
             "Build a URL shortener service with an HTTP API: create short links, redirect, count clicks.", "phase1"

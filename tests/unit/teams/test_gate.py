@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from factory.errors import InputError, UnknownTeam
+from broker.in_memory import InMemoryBroker
 from hitl.in_memory import InMemoryEscalationQueue
 from memory.audit_memory import InMemoryAuditLog
 from observability.events import LocalEventBus
@@ -39,14 +40,21 @@ def result(status: str = "COMPLETE", confidence: float = 0.9, **extra: Any) -> d
 
 
 class Harness:
-    def __init__(self, tmp: Path, script: dict[str, Any], limits: GateLimits | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        script: dict[str, Any],
+        limits: GateLimits | None = None,
+        broker: InMemoryBroker | None = None,
+    ) -> None:
         self.store = InMemoryRunStore()
         self.audit = InMemoryAuditLog()
         self.escalations = InMemoryEscalationQueue()
         self.bus = LocalEventBus()
         self.events: list[str] = []
         self.bus.subscribe(lambda e: self.events.append(e.type))
-        runner = TeamRunner(
+        self.broker = broker
+        self.runner = runner = TeamRunner(
             RecordingModel(ScriptedModel(script), self.store),
             timeout_s=5,
             max_tokens=512,
@@ -62,6 +70,7 @@ class Harness:
                 events=self.bus,
                 limits=limits or GateLimits(),
                 runs_dir=tmp,
+                broker=broker,
             )
         )
 
