@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from factory.errors import InputError, UnknownTeam
 from broker.in_memory import InMemoryBroker
+from factory.errors import InputError, UnknownTeam
 from hitl.in_memory import InMemoryEscalationQueue
 from memory.audit_memory import InMemoryAuditLog
 from observability.events import LocalEventBus
