@@ -82,7 +82,7 @@ def response_schema(team: Team, bounds: SchemaBounds, *, tools: Sequence[str] = 
     result = result_schema(team, bounds)
     if not tools:
         return result
-    return {"anyOf": [*tool_call_schemas(team, bounds, tools), result]}
+    return {"anyOf": [*tool_call_schemas(team, bounds, tools), *result["anyOf"]]}
 
 
 def result_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
@@ -101,28 +101,38 @@ def result_schema(team: Team, bounds: SchemaBounds) -> dict[str, Any]:
         for d in team.produces
     ]
     others = [slug for slug in ALL_TEAMS if slug != team.slug]
+    question = {
+        "type": "object",
+        "properties": {
+            "target_team": {"type": "string", "enum": others},
+            "question": {**_text(bounds.item_chars * 2), "minLength": 1},
+        },
+        "required": ["target_team", "question"],
+        "additionalProperties": False,
+    }
+    reasons = {**_list(bounds), "items": {**_text(bounds.item_chars), "minLength": 1}, "minItems": 1}
+    # One branch per status, so the grammar itself keeps TaskResult's rules: a question needs a
+    # target, a blocked result needs a blocker (the status comes first and picks the branch).
+    variants = {
+        "COMPLETE": {"blockers": _list(bounds), "clarification_needed": {"type": "null"}},
+        "NEEDS_CLARIFICATION": {"blockers": _list(bounds), "clarification_needed": question},
+        "BLOCKED": {"blockers": reasons, "clarification_needed": {"type": "null"}},
+    }
+    return {"anyOf": [_result_variant(status, extra, deliverables, bounds) for status, extra in variants.items()]}
+
+
+def _result_variant(
+    status: str, extra: dict[str, Any], deliverables: list[dict[str, Any]], bounds: SchemaBounds
+) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "status": {"type": "string", "enum": ["COMPLETE", "NEEDS_CLARIFICATION", "BLOCKED"]},
+            "status": {"type": "string", "const": status},
             "reasoning": _text(bounds.reasoning_chars),
-            "blockers": _list(bounds),
+            "blockers": extra["blockers"],
             "assumptions_made": _list(bounds),
             "verified_facts": _list(bounds),
-            "clarification_needed": {
-                "anyOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "properties": {
-                            "target_team": {"type": "string", "enum": others},
-                            "question": {**_text(bounds.item_chars * 2), "minLength": 1},
-                        },
-                        "required": ["target_team", "question"],
-                        "additionalProperties": False,
-                    },
-                ]
-            },
+            "clarification_needed": extra["clarification_needed"],
             "artifacts": {
                 "type": "array",
                 "prefixItems": deliverables,

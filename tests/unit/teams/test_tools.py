@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from routing.base import ChatRequest, ChatResponse
 from teams.base import Objective, RunStatus, StageStatus
 from teams.results import Artifact, TaskStatus
@@ -178,3 +180,32 @@ async def test_pipeline_tools_end_to_end(tmp_path: Path) -> None:
     assert "business-analysis/analysis/scope.md" in tools["solution-architecture"][0]["outcome"]
     assert tools["backend-engineering"][0]["arguments"]["name"] == "backend/models.py"
     assert tools["qa-engineering"][0]["tool"] == "request_clarification"
+
+
+def test_the_result_schema_keeps_taskresults_rules() -> None:
+    """A grammar built from it cannot produce BLOCKED without a blocker or a question without a target."""
+    import jsonschema
+
+    schema = response_schema(BACKEND, SchemaBounds.compact(), tools=TOOL_NAMES)
+    artifacts = [{"name": d.name, "kind": d.kind, "content": "x"} for d in BACKEND.produces]
+    done = {**result(artifacts=artifacts), "confidence": 0.8}
+    question = {"target_team": "api-design", "question": "Which port?"}
+    valid = [
+        done,
+        {**done, "status": "BLOCKED", "blockers": ["no database chosen"]},
+        {**done, "status": "NEEDS_CLARIFICATION", "clarification_needed": question},
+        call("recall", query="links"),
+    ]
+    invalid = [
+        {**done, "status": "BLOCKED"},
+        {**done, "status": "BLOCKED", "blockers": [""]},
+        {**done, "status": "NEEDS_CLARIFICATION"},
+        {**done, "clarification_needed": {**question, "target_team": BACKEND.slug}},
+        {**done, "artifacts": artifacts[:1]},
+        call("recall", query=""),
+    ]
+    for data in valid:
+        jsonschema.validate(data, schema)
+    for data in invalid:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, schema)
