@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.base import (
@@ -48,16 +48,23 @@ log = logging.getLogger(__name__)
 GROUP = "responders"
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# KEYS: count, stream, counters, answer · ARGV: max per objective, ttl, maxlen, request json, request id
-# Returns 0 when the request was answered already, else its number within the objective.
+# KEYS: count, stream, counters, answer, reply · ARGV: max per objective, ttl, maxlen, request json, id
+# Returns 0 when the request was answered already, else its number within the objective. Either
+# way something is on the reply list at once unless the request went out, so the asker can send
+# and wait in one round trip (a pipeline of this script and BLPOP).
 _SEND = """
-if redis.call('EXISTS', KEYS[4]) == 1 then
+local answer = redis.call('GET', KEYS[4])
+if answer then
+  redis.call('LPUSH', KEYS[5], answer)
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
   return 0
 end
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if n > tonumber(ARGV[1]) then
   redis.call('HINCRBY', KEYS[3], 'refused.cap', 1)
+  redis.call('LPUSH', KEYS[5], 'refused:cap')
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
   return n
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4])
@@ -96,6 +103,8 @@ class RedisBroker:
         self._prefix = prefix
         self.limits = limits or BrokerLimits()
         self._send = redis.register_script(_SEND)
+        self._loaded = False
+        self._answer_loaded = False
         self._answer = redis.register_script(_ANSWER)
 
     def stream(self, team: str) -> str:
@@ -130,15 +139,6 @@ class RedisBroker:
         failures = 0
         while True:
             try:
-                if not sent:
-                    count = await self._send_once(request, payload)
-                    if count == 0:  # asked and answered before: the same answer again
-                        sent = await self._recover(request, payload, reply_key)
-                        continue
-                    capped = cap_refusal(request, count, self.limits)
-                    if capped is not None:
-                        return BrokerOutcome(request=request, refusal=capped[0], detail=capped[1])
-                    sent = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     await self._count("timeouts")
@@ -147,7 +147,15 @@ class RedisBroker:
                         refusal=Refusal.TIMEOUT,
                         detail=f"{request.target_team} did not answer within {self.limits.reply_timeout_s:g} s",
                     )
-                popped = await self._redis.blpop([reply_key], timeout=max(0.01, min(remaining, 1.0)))  # type: ignore[misc]
+                wait_s = max(0.01, min(remaining, 1.0))
+                if sent:
+                    popped = await self._redis.blpop([reply_key], timeout=wait_s)  # type: ignore[misc]
+                else:
+                    count, popped = await self._send_and_wait(request, payload, reply_key, wait_s)
+                    capped = cap_refusal(request, count, self.limits)
+                    if capped is not None:
+                        return BrokerOutcome(request=request, refusal=capped[0], detail=capped[1])
+                    sent = True
                 if popped is not None:
                     reply = ClarificationReply.model_validate_json(popped[1])
                     return BrokerOutcome(request=request, reply=reply, detail="" if reply.ok else reply.answer)
@@ -163,12 +171,16 @@ class RedisBroker:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0, max(0.0, deadline - time.monotonic())))
                 sent = await self._recover(request, payload, reply_key)
 
-    async def _send_once(self, request: ClarificationRequest, payload: str) -> int:
+    async def _send_and_wait(
+        self, request: ClarificationRequest, payload: str, reply_key: str, wait_s: float
+    ) -> tuple[int, Any]:
+        """The send script and the first wait, pipelined into one round trip."""
         keys = [
             self._key("clarify:count", request.objective_id),
             self.stream(request.target_team),
             self._counters,
             self._key("clarify:answer", request.id),
+            reply_key,
         ]
         limits = self.limits
         args: list[str | int] = [
@@ -178,7 +190,18 @@ class RedisBroker:
             payload,
             request.id,
         ]
-        return int(await self._send(keys=keys, args=args))
+        if not self._loaded:
+            await self._redis.script_load(_SEND)
+            self._loaded = True
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.evalsha(self._send.sha, len(keys), *keys, *args)
+        pipe.blpop([reply_key], timeout=wait_s)
+        try:
+            count, popped = await pipe.execute()
+        except NoScriptError:  # Redis restarted and lost its script cache
+            self._loaded = False
+            raise RedisConnectionError("the send script is gone (Redis restarted)") from None
+        return int(count), popped
 
     async def _recover(self, request: ClarificationRequest, payload: str, reply_key: str) -> bool:
         """After a lost connection: deliver an answer given meanwhile, else re-send (deduplicated by id)."""
@@ -230,7 +253,7 @@ class RedisBroker:
                     entries = [e for _, batch in read for e in batch]
                 failures = 0
                 if entries:
-                    await asyncio.gather(*(self._handle(stream, consumer, eid, f, answerer) for eid, f in entries))
+                    await self._handle_batch(stream, consumer, entries, answerer)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -244,22 +267,45 @@ class RedisBroker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=min(0.05 * 2**failures, 2.0))
 
-    async def _handle(
-        self, stream: str, consumer: str, entry_id: Any, fields: dict[Any, Any], answerer: Answerer
+    async def _handle_batch(
+        self, stream: str, consumer: str, entries: list[tuple[Any, dict[Any, Any]]], answerer: Answerer
     ) -> None:
-        raw = fields.get(b"request") or fields.get("request")
+        """Answer a batch: one round trip to skip what is answered already, the answers run
+        concurrently, one round trip to deliver them all (each once) and acknowledge."""
+        requests: list[tuple[Any, ClarificationRequest]] = []
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            try:
+                requests.append((entry_id, ClarificationRequest.model_validate_json(fields.get(b"request") or b"")))
+            except ValidationError:
+                log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.hincrby(self._counters, "malformed", 1)
+        for _, request in requests:
+            pipe.exists(self._key("clarify:answer", request.id))
+        seen = (await pipe.execute())[-len(requests) :] if requests else []
+        fresh = [(eid, req) for (eid, req), done in zip(requests, seen, strict=True) if not done]
+        replies = await asyncio.gather(*(self._answer_one(stream, consumer, eid, req, answerer) for eid, req in fresh))
+        pipe = self._redis.pipeline(transaction=False)
+        for (entry_id, _), done in zip(requests, seen, strict=True):
+            if done:
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.hincrby(self._counters, "duplicates", 1)
+        if fresh and not self._answer_loaded:
+            await self._redis.script_load(_ANSWER)
+            self._answer_loaded = True
+        for (entry_id, request), reply in zip(fresh, replies, strict=True):
+            keys = [self._key("clarify:answer", request.id), self._key("reply", request.id), stream, self._counters]
+            pipe.evalsha(self._answer.sha, len(keys), *keys, reply.model_dump_json(), self.limits.reply_ttl_s, entry_id)
         try:
-            request = ClarificationRequest.model_validate_json(raw or b"")
-        except ValidationError:
-            log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
-            await self._redis.xack(stream, GROUP, entry_id)
-            await self._count("malformed")
-            return
-        answer_key = self._key("clarify:answer", request.id)
-        if await self._redis.exists(answer_key):
-            await self._redis.xack(stream, GROUP, entry_id)
-            await self._count("duplicates")
-            return
+            await pipe.execute()
+        except NoScriptError:  # Redis restarted: the entries stay pending and are answered again
+            self._answer_loaded = False
+            raise RedisConnectionError("the answer script is gone (Redis restarted)") from None
+
+    async def _answer_one(
+        self, stream: str, consumer: str, entry_id: Any, request: ClarificationRequest, answerer: Answerer
+    ) -> ClarificationReply:
         heartbeat = asyncio.create_task(self._keep_claimed(stream, consumer, entry_id))
         try:
             reply = await answerer(request)
@@ -274,11 +320,7 @@ class RedisBroker:
             )
         finally:
             heartbeat.cancel()
-        reply = reply.model_copy(update={"responder": consumer})
-        await self._answer(
-            keys=[answer_key, self._key("reply", request.id), stream, self._counters],
-            args=[reply.model_dump_json(), self.limits.reply_ttl_s, entry_id],
-        )
+        return reply.model_copy(update={"responder": consumer})
 
     async def _keep_claimed(self, stream: str, consumer: str, entry_id: Any) -> None:
         """Reset the entry's idle time while it is being answered, so no live work is reclaimed."""
