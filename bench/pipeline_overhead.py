@@ -26,7 +26,7 @@ from pathlib import Path
 
 from factory import services
 from factory.settings import Settings
-from factory.wiring import open_factory
+from factory.wiring import open_factory, responders_for_run
 from routing.base import ChatRequest, ChatResponse
 from routing.scripted import ScriptedModel
 from teams.revision import revise
@@ -80,7 +80,7 @@ async def smollm2_run(settings: Settings, pipeline: str, revisions: int = 0) -> 
     started = time.perf_counter()
     stopped_at: list[str] = []
     timings = []
-    async with open_factory(settings) as factory:
+    async with open_factory(settings, serve=responders_for_run(settings)) as factory:  # as `factory run` does
         outcome = await factory.engine.start(REQ, pipeline)
         timings += outcome.timings
         while outcome.run.status.value == "waiting_human" and len(stopped_at) < revisions:
