@@ -96,6 +96,13 @@ class BrokerOutcome(BaseModel):
     def answered(self) -> bool:
         return self.reply is not None and self.reply.ok and self.refusal is None
 
+    @property
+    def status(self) -> str:
+        """``answered``, the refusal reason, or ``unanswered`` (the target team could not answer)."""
+        if self.answered:
+            return "answered"
+        return self.refusal.value if self.refusal else "unanswered"
+
 
 class Answerer(Protocol):
     """Runs the target team on a focused objective and words its answer."""

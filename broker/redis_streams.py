@@ -103,9 +103,8 @@ class RedisBroker:
         self._prefix = prefix
         self.limits = limits or BrokerLimits()
         self._send = redis.register_script(_SEND)
-        self._loaded = False
-        self._answer_loaded = False
         self._answer = redis.register_script(_ANSWER)
+        self._scripts_loaded = False
 
     def stream(self, team: str) -> str:
         return f"{self._prefix}clarify:{team}"
@@ -190,18 +189,27 @@ class RedisBroker:
             payload,
             request.id,
         ]
-        if not self._loaded:
-            await self._redis.script_load(_SEND)
-            self._loaded = True
+        await self._load_scripts()
         pipe = self._redis.pipeline(transaction=False)
         pipe.evalsha(self._send.sha, len(keys), *keys, *args)
         pipe.blpop([reply_key], timeout=wait_s)
         try:
             count, popped = await pipe.execute()
-        except NoScriptError:  # Redis restarted and lost its script cache
-            self._loaded = False
-            raise RedisConnectionError("the send script is gone (Redis restarted)") from None
+        except NoScriptError:
+            raise self._scripts_gone() from None
         return int(count), popped
+
+    async def _load_scripts(self) -> None:
+        """Load both scripts once, so pipelines can call them by hash (EVALSHA) in one round trip."""
+        if not self._scripts_loaded:
+            for script in (_SEND, _ANSWER):
+                await self._redis.script_load(script)
+            self._scripts_loaded = True
+
+    def _scripts_gone(self) -> RedisConnectionError:
+        """Redis restarted and lost its script cache: reload on the retry that follows."""
+        self._scripts_loaded = False
+        return RedisConnectionError("the broker's scripts are gone (Redis restarted)")
 
     async def _recover(self, request: ClarificationRequest, payload: str, reply_key: str) -> bool:
         """After a lost connection: deliver an answer given meanwhile, else re-send (deduplicated by id)."""
@@ -291,17 +299,15 @@ class RedisBroker:
             if done:
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.hincrby(self._counters, "duplicates", 1)
-        if fresh and not self._answer_loaded:
-            await self._redis.script_load(_ANSWER)
-            self._answer_loaded = True
+        if fresh:
+            await self._load_scripts()
         for (entry_id, request), reply in zip(fresh, replies, strict=True):
             keys = [self._key("clarify:answer", request.id), self._key("reply", request.id), stream, self._counters]
             pipe.evalsha(self._answer.sha, len(keys), *keys, reply.model_dump_json(), self.limits.reply_ttl_s, entry_id)
         try:
             await pipe.execute()
-        except NoScriptError:  # Redis restarted: the entries stay pending and are answered again
-            self._answer_loaded = False
-            raise RedisConnectionError("the answer script is gone (Redis restarted)") from None
+        except NoScriptError:  # the entries stay pending and are answered again
+            raise self._scripts_gone() from None
 
     async def _answer_one(
         self, stream: str, consumer: str, entry_id: Any, request: ClarificationRequest, answerer: Answerer

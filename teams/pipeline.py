@@ -228,8 +228,12 @@ class PipelineEngine:
         self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact], recall: Recall
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
-        anchored = [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
-        feedback: list[str] = anchored if run.feedback else []
+        anchored = (
+            [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
+            if run.feedback
+            else []
+        )
+        feedback = list(anchored)
         answers: list[str] = []  # clarifications answered so far, kept across re-executions
         failures = 0
         model_s = 0.0
@@ -256,7 +260,7 @@ class PipelineEngine:
             await self._audit_execution(run, stage, execution, decision)
             if decision.verdict is Verdict.RETRY:
                 feedback = [
-                    *(anchored if run.feedback else []),
+                    *anchored,
                     *answers,
                     f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly.",
                 ]
@@ -268,7 +272,7 @@ class PipelineEngine:
                 answers.append(
                     f"Answer from {target} to your question {outcome.request.question!r}: {outcome.reply.answer}"
                 )
-                feedback = [*(anchored if run.feedback else []), *answers]
+                feedback = [*anchored, *answers]
             else:
                 return execution, decision, model_s
             stage.attempts += 1
@@ -300,7 +304,7 @@ class PipelineEngine:
             )
         else:
             outcome = await self._d.broker.request(request)
-        status = "answered" if outcome.answered else (outcome.refusal.value if outcome.refusal else "unanswered")
+        status = outcome.status
         await self._d.audit.append(
             run.id,
             f"clarification.{request.id}",
@@ -438,7 +442,7 @@ class PipelineEngine:
 
 def _unanswered(decision: GateDecision, outcome: BrokerOutcome) -> GateDecision:
     """A clarification no team answered goes to the human, with the route it took and why it stopped."""
-    reason = outcome.refusal.value if outcome.refusal else "unanswered"
+    reason = outcome.status
     return GateDecision(
         Verdict.ESCALATE,
         f"clarification {reason}: {outcome.detail}" if outcome.detail else f"clarification {reason}",

@@ -165,7 +165,7 @@ class TeamRunner:
             try:
                 answer = _answer(text, toolbox, tools_open=bool(offered))
             except ToolProblem as problem:
-                execution.tool_calls.append(ToolRecord(_tool_name(text), {}, str(problem), ok=False))
+                execution.tool_calls.append(ToolRecord(problem.tool, {}, str(problem), ok=False))
                 rounds_left = 0 if problem.final else rounds_left - 1
                 messages += [echo, Message(role="user", content=f"Tool call rejected: {problem}.{_NEXT}")]
                 purpose = "tool"
@@ -229,13 +229,6 @@ def _answer(text: str, toolbox: Toolbox, *, tools_open: bool) -> TaskResult | An
             raise OutputProblem("no tool calls are left; answer with the TaskResult JSON object")
         return toolbox.check(data)
     return validate_task_result(data)
-
-
-def _tool_name(text: str) -> str:
-    try:
-        return str(json_object(text).get("tool"))[:60]
-    except OutputProblem:
-        return "?"
 
 
 def _unrepairable(execution: Execution, team: Team, problem: OutputProblem) -> Execution:

@@ -92,11 +92,13 @@ _TOOL_CALL: TypeAdapter[AnyToolCall] = TypeAdapter(Annotated[AnyToolCall, Field(
 class ToolProblem(ValueError):
     """A tool call that cannot be executed; the message is what the model is told.
 
-    ``final`` closes the tools for the rest of the objective (e.g. a call repeated verbatim).
+    ``tool`` is the name the model used; ``final`` closes the tools for the rest of the objective
+    (e.g. a call repeated verbatim).
     """
 
-    def __init__(self, message: str, *, final: bool = False) -> None:
+    def __init__(self, message: str, *, tool: str, final: bool = False) -> None:
         super().__init__(message)
+        self.tool = tool
         self.final = final
 
 
@@ -107,15 +109,17 @@ def validate_tool_call(data: dict[str, Any], team: Team) -> AnyToolCall:
     except ValidationError as exc:
         tool = str(data.get("tool"))[:40]
         raise ToolProblem(
-            f"invalid call of {tool!r} (tools: {', '.join(TOOL_NAMES)}): {describe_errors(exc, 6)}"
+            f"invalid call of {tool!r} (tools: {', '.join(TOOL_NAMES)}): {describe_errors(exc, 6)}", tool=tool
         ) from exc
     if isinstance(call, ClarificationCall) and call.arguments.target_team == team.slug:
-        raise ToolProblem(f"request_clarification cannot target your own team ({team.slug}); ask another team")
+        raise ToolProblem(
+            f"request_clarification cannot target your own team ({team.slug}); ask another team", tool=call.tool
+        )
     if isinstance(call, WriteArtifactCall):
         try:
             Artifact(name=call.arguments.name, kind="text", content="")
         except ValidationError as exc:
-            raise ToolProblem(f"write_artifact: {exc.errors(include_url=False)[0]['msg']}") from exc
+            raise ToolProblem(f"write_artifact: {exc.errors(include_url=False)[0]['msg']}", tool=call.tool) from exc
     return call
 
 
@@ -233,10 +237,13 @@ class Toolbox:
         """A valid call of an offered tool, not a verbatim repeat; else ``ToolProblem``."""
         call = validate_tool_call(data, self.team)
         if call.tool not in self.offered:
-            raise ToolProblem(f"{call.tool} is not available now (available: {', '.join(self.offered)})")
+            available = ", ".join(self.offered)
+            raise ToolProblem(f"{call.tool} is not available now (available: {available})", tool=call.tool)
         key = call.model_dump_json()
         if key in self._calls:
-            raise ToolProblem(f"{call.tool} was already called with these arguments; use its result", final=True)
+            raise ToolProblem(
+                f"{call.tool} was already called with these arguments; use its result", tool=call.tool, final=True
+            )
         self._calls.add(key)
         return call
 
