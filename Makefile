@@ -17,7 +17,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 up: install  ## start the embedded services and run the sample requirement through Phase 1
 	$(VENV)/bin/factory up
-	$(VENV)/bin/factory run "$(REQUIREMENT)"
+	@# exit 3 is a designed outcome (a stage waits on the operator), not a failed start-up
+	$(VENV)/bin/factory run "$(REQUIREMENT)" || { code=$$?; [ $$code -eq 3 ] && \
+	  echo "make up: the run waits on you; see 'factory hitl list', then 'factory resume' or 'factory revise'"; \
+	  [ $$code -eq 3 ]; }
 
 run: install
 	$(VENV)/bin/factory run "$(REQUIREMENT)" --pipeline $(or $(PIPELINE),phase1)
