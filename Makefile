@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
+# llama-cpp-python compiles from source: build for a portable x86-64 baseline (AVX2/FMA), not
+# -march=native, whose AMX/AVX-512 kernels crashed (SIGSEGV in decode) on a VM that reports AMX.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 REQUIREMENT ?= Build a URL shortener service with an HTTP API: create short links, redirect to the target, and count clicks.
 
 .PHONY: install up run down doctor test test-fast lint format typecheck bench lock clean
@@ -13,6 +16,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check 'uv==0.13.9'
 	$(UV) pip install -q --python $(PY) -r requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@# a llama.cpp build cached from another CPU can crash on this one: check it decodes, else rebuild
+	$(PY) -m routing.embedded || $(UV) pip install -q --python $(PY) -r requirements.lock \
+	  --refresh-package llama-cpp-python --reinstall-package llama-cpp-python
+	$(PY) -m routing.embedded
 	touch $@
 
 up: install  ## start the embedded services and run the sample requirement through Phase 1

@@ -95,3 +95,21 @@ class EmbeddedModel:
             if self._llama is not None:
                 self._llama.close()
                 self._llama = None
+
+
+def smoke() -> None:
+    """Decode a few tokens in this process: a broken llama.cpp build crashes here, not in a run.
+
+    ``make install`` runs it in a subprocess and rebuilds llama-cpp-python when it fails.
+    """
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(default_model_path()), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        llama.create_completion("The factory turns a requirement into", max_tokens=2)
+    finally:
+        llama.close()
+
+
+if __name__ == "__main__":
+    smoke()
