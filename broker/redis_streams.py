@@ -2,18 +2,23 @@
 
 Keys, under the prefix (``factory:`` by default):
 
-- ``clarify:{team}``: the team's request stream, read by consumer group ``responders``;
+- ``clarify:{team}``: the team's request stream, read by consumer group ``responders``, trimmed
+  to about ``stream_maxlen`` entries;
 - ``clarify:count:{objective_id}``: requests per objective (the cap), expiring with the replies;
+- ``clarify:sent:{request_id}``: the request is out (one entry, counted once) while its asker may wait;
 - ``clarify:answer:{request_id}``: the one accepted answer (``SET NX``): duplicates are answered once;
 - ``reply:{request_id}``: where the asker waits (``BLPOP``), with a TTL;
 - ``clarify:counters``: a hash of counters shared by every process.
 
-Sending is one script call (cap + ``XADD``), answering is one script call (answer once + reply +
-``XACK``), so a round trip costs the asker two commands and the responder two. A responder that
-dies mid-request leaves the entry pending; a live one reclaims it with ``XAUTOCLAIM`` once it has
-been idle for ``claim_idle_s`` (a working responder keeps its entries fresh with a heartbeat).
-A lost connection (e.g. Redis restarted) is retried with backoff; the asker then re-sends the
-request (responders deduplicate by id) or, past its deadline, reports it unavailable.
+Sending is one script call (cap + ``XADD``) pipelined with the first wait, answering is one script
+call (answer once + reply + ``XACK``). A responder that dies mid-request leaves the entry pending;
+a live one reclaims it with ``XAUTOCLAIM`` once it has been idle for ``claim_idle_s`` (a working
+responder keeps its entries fresh with a heartbeat). A lost connection (e.g. Redis restarted) is
+retried with backoff and the request re-sent through the same script, which adds an entry marked
+``resent`` only if the request is still unanswered; an asker also re-sends when Redis no longer
+knows its request (restarted without its data, the client having reconnected by itself). Re-sent
+and reclaimed entries are checked against the answers first, so each request is answered once.
+Past its deadline the asker reports the request unavailable (Redis away) or timed out.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -47,11 +53,13 @@ log = logging.getLogger(__name__)
 
 GROUP = "responders"
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+_GRACE_S = 0.5  # beyond the reply timeout, for the last round trip; and the bound on a counter update
 
-# KEYS: count, stream, counters, answer, reply · ARGV: max per objective, ttl, maxlen, request json, id
-# Returns 0 when the request was answered already, else its number within the objective. Either
-# way something is on the reply list at once unless the request went out, so the asker can send
-# and wait in one round trip (a pipeline of this script and BLPOP).
+# KEYS: count, stream, counters, answer, reply, sent · ARGV: max per objective, ttl, maxlen, request json,
+# id, resend (1 after a lost connection). Returns the request's number within its objective, or 0 when
+# it needs no new entry: answered already (the answer goes on the reply list again) or sent already
+# (``sent`` holds while the asker may wait; a re-send adds an entry marked ``resent``). Something is on
+# the reply list at once unless the request is out, so the asker sends and waits in one round trip.
 _SEND = """
 local answer = redis.call('GET', KEYS[4])
 if answer then
@@ -59,16 +67,28 @@ if answer then
   redis.call('EXPIRE', KEYS[5], ARGV[2])
   return 0
 end
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then
-  redis.call('HINCRBY', KEYS[3], 'refused.cap', 1)
-  redis.call('LPUSH', KEYS[5], 'refused:cap')
-  redis.call('EXPIRE', KEYS[5], ARGV[2])
-  return n
+local resend = ARGV[6] == '1'
+local n = 0
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  n = redis.call('INCR', KEYS[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if n > tonumber(ARGV[1]) then
+    redis.call('HINCRBY', KEYS[3], 'refused.cap', 1)
+    redis.call('LPUSH', KEYS[5], 'refused:cap')
+    redis.call('EXPIRE', KEYS[5], ARGV[2])
+    return n
+  end
+  redis.call('SET', KEYS[6], '1', 'EX', ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'requests', 1)
+elseif not resend then
+  return 0
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4])
-redis.call('HINCRBY', KEYS[3], 'requests', 1)
+if resend then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4], 'resent', '1')
+  redis.call('HINCRBY', KEYS[3], 'resent', 1)
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4])
+end
 return n
 """
 
@@ -117,12 +137,18 @@ class RedisBroker:
         return f"{self._prefix}clarify:counters"
 
     async def _count(self, name: str, by: int = 1) -> None:
-        with contextlib.suppress(*_LOST):
-            await self._redis.hincrby(self._counters, name, by)  # type: ignore[misc]
+        """Best effort, and bounded: a counter is never worth waiting on a Redis that is away."""
+        with contextlib.suppress(TimeoutError, *_LOST):
+            async with asyncio.timeout(_GRACE_S):
+                await self._redis.hincrby(self._counters, name, by)  # type: ignore[misc]
 
     async def counters(self) -> dict[str, int]:
         raw = await self._redis.hgetall(self._counters)  # type: ignore[misc]
         return {_text(k): int(v) for k, v in raw.items()}
+
+    def _hold_s(self) -> int:
+        """How long a request's keys live: the reply TTL, and never shorter than the asker may wait."""
+        return max(self.limits.reply_ttl_s, math.ceil(self.limits.reply_timeout_s))
 
     # -- asking ---------------------------------------------------------------------------------
 
@@ -131,73 +157,114 @@ class RedisBroker:
         if refused is not None:
             await self._count(f"refused.{refused[0].value}")
             return BrokerOutcome(request=request, refusal=refused[0], detail=refused[1])
-        deadline = time.monotonic() + self.limits.reply_timeout_s
+        lost: list[BaseException] = []  # connection losses not yet recovered from
+        deadline = asyncio.get_running_loop().time() + self.limits.reply_timeout_s
+        try:
+            # The loop keeps its own deadline; this bounds what it cannot see, such as a client
+            # that retries a lost connection by itself for longer than the asker may wait.
+            async with asyncio.timeout_at(deadline + _GRACE_S):
+                return await self._ask(request, deadline, lost)
+        except TimeoutError:
+            pass
+        if lost:
+            await self._count(f"refused.{Refusal.UNAVAILABLE.value}")
+            return BrokerOutcome(
+                request=request,
+                refusal=Refusal.UNAVAILABLE,
+                detail=f"Redis unreachable while waiting for {request.target_team} ({lost[-1]})",
+            )
+        await self._count("timeouts")
+        return BrokerOutcome(
+            request=request,
+            refusal=Refusal.TIMEOUT,
+            detail=f"{request.target_team} did not answer within {self.limits.reply_timeout_s:g} s",
+        )
+
+    async def _ask(self, request: ClarificationRequest, deadline: float, lost: list[BaseException]) -> BrokerOutcome:
+        """Send, then wait in slices; after a lost connection, or if Redis forgot the request
+        (restarted without its data), send it again: the send script and responders deduplicate by id."""
+        loop = asyncio.get_running_loop()
+        keys = self._request_keys(request)
         payload = request.model_dump_json()
-        reply_key = self._key("reply", request.id)
-        sent = False
-        failures = 0
+        sent = resend = False
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            wait_s = max(0.01, min(remaining, 1.0))
             try:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    await self._count("timeouts")
-                    return BrokerOutcome(
-                        request=request,
-                        refusal=Refusal.TIMEOUT,
-                        detail=f"{request.target_team} did not answer within {self.limits.reply_timeout_s:g} s",
-                    )
-                wait_s = max(0.01, min(remaining, 1.0))
-                if sent:
-                    popped = await self._redis.blpop([reply_key], timeout=wait_s)  # type: ignore[misc]
-                else:
-                    count, popped = await self._send_and_wait(request, payload, reply_key, wait_s)
+                if not sent:
+                    count, popped = await self._send_and_wait(keys, payload, request.id, wait_s, resend=resend)
                     capped = cap_refusal(request, count, self.limits)
                     if capped is not None:
                         return BrokerOutcome(request=request, refusal=capped[0], detail=capped[1])
                     sent = True
+                else:
+                    popped, alive = await self._wait(keys, wait_s)
+                    if popped is None and not alive:
+                        log.warning("Redis no longer holds clarification %s; sending it again", request.id)
+                        sent = False
+                        resend = True
+                lost.clear()
                 if popped is not None:
-                    reply = ClarificationReply.model_validate_json(popped[1])
+                    reply = ClarificationReply.model_validate_json(popped)
                     return BrokerOutcome(request=request, reply=reply, detail="" if reply.ok else reply.answer)
             except _LOST as exc:
-                failures += 1
-                if failures > self.limits.reconnect_attempts or time.monotonic() >= deadline:
-                    return BrokerOutcome(
-                        request=request,
-                        refusal=Refusal.UNAVAILABLE,
-                        detail=f"Redis unreachable while waiting for {request.target_team} ({exc})",
-                    )
-                log.warning("broker lost Redis (%s); retry %d", exc, failures)
-                await asyncio.sleep(min(0.05 * 2**failures, 2.0, max(0.0, deadline - time.monotonic())))
-                sent = await self._recover(request, payload, reply_key)
+                lost.append(exc)
+                if len(lost) > self.limits.reconnect_attempts:
+                    raise TimeoutError from exc  # reported as unavailable
+                log.warning("broker lost Redis (%s); retry %d", exc, len(lost))
+                await asyncio.sleep(min(0.05 * 2 ** len(lost), 2.0, max(0.0, deadline - loop.time())))
+                sent = False
+                resend = True
 
-    async def _send_and_wait(
-        self, request: ClarificationRequest, payload: str, reply_key: str, wait_s: float
-    ) -> tuple[int, Any]:
-        """The send script and the first wait, pipelined into one round trip."""
-        keys = [
+    def _request_keys(self, request: ClarificationRequest) -> list[str]:
+        """The send script's keys; the last three are also what the asker waits on."""
+        return [
             self._key("clarify:count", request.objective_id),
             self.stream(request.target_team),
             self._counters,
             self._key("clarify:answer", request.id),
-            reply_key,
+            self._key("reply", request.id),
+            self._key("clarify:sent", request.id),
         ]
+
+    async def _send_and_wait(
+        self, keys: list[str], payload: str, ident: str, wait_s: float, *, resend: bool
+    ) -> tuple[int, bytes | None]:
+        """The send script and the first wait, pipelined into one round trip."""
         limits = self.limits
         args: list[str | int] = [
             limits.max_per_objective,
-            limits.reply_ttl_s,
+            self._hold_s(),
             limits.stream_maxlen,
             payload,
-            request.id,
+            ident,
+            int(resend),
         ]
         await self._load_scripts()
         pipe = self._redis.pipeline(transaction=False)
         pipe.evalsha(self._send.sha, len(keys), *keys, *args)
-        pipe.blpop([reply_key], timeout=wait_s)
+        pipe.blpop([keys[4]], timeout=wait_s)
         try:
             count, popped = await pipe.execute()
         except NoScriptError:
             raise self._scripts_gone() from None
-        return int(count), popped
+        return int(count), popped[1] if popped else None
+
+    async def _wait(self, keys: list[str], wait_s: float) -> tuple[bytes | None, bool]:
+        """Wait once more: (the reply if one came, is the request still known to Redis?).
+
+        The answer key also serves a second asker of the same id, whose reply the first one popped."""
+        answer_key, reply_key, sent_key = keys[3:]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(answer_key)
+        pipe.exists(sent_key)
+        pipe.blpop([reply_key], timeout=wait_s)
+        answer, sent, popped = await pipe.execute()
+        if popped:
+            return popped[1], True
+        return answer, answer is not None or bool(sent)
 
     async def _load_scripts(self) -> None:
         """Load both scripts once, so pipelines can call them by hash (EVALSHA) in one round trip."""
@@ -210,24 +277,6 @@ class RedisBroker:
         """Redis restarted and lost its script cache: reload on the retry that follows."""
         self._scripts_loaded = False
         return RedisConnectionError("the broker's scripts are gone (Redis restarted)")
-
-    async def _recover(self, request: ClarificationRequest, payload: str, reply_key: str) -> bool:
-        """After a lost connection: deliver an answer given meanwhile, else re-send (deduplicated by id)."""
-        try:
-            answer = await self._redis.get(self._key("clarify:answer", request.id))
-            if answer is not None:
-                await self._redis.rpush(reply_key, answer)  # type: ignore[misc]
-                return True
-            await self._redis.xadd(
-                self.stream(request.target_team),
-                {"id": request.id, "request": payload},
-                maxlen=self.limits.stream_maxlen,
-                approximate=True,
-            )
-            await self._count("resent")
-            return True
-        except _LOST:
-            return True  # still down; the next wait fails again and backs off
 
     # -- answering ------------------------------------------------------------------------------
 
@@ -289,25 +338,59 @@ class RedisBroker:
                 log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.hincrby(self._counters, "malformed", 1)
+        skipped = len(pipe)
         for _, request in requests:
             pipe.exists(self._key("clarify:answer", request.id))
-        seen = (await pipe.execute())[-len(requests) :] if requests else []
-        fresh = [(eid, req) for (eid, req), done in zip(requests, seen, strict=True) if not done]
+        seen = (await pipe.execute())[skipped:] if len(pipe) else []
+        fresh: list[tuple[Any, ClarificationRequest]] = []
+        duplicates: list[Any] = []
+        taken: set[str] = set()
+        for (entry_id, request), done in zip(requests, seen, strict=True):
+            if done or request.id in taken:  # answered already, or twice in this batch (a re-send)
+                duplicates.append(entry_id)
+            else:
+                taken.add(request.id)
+                fresh.append((entry_id, request))
         replies = await asyncio.gather(*(self._answer_one(stream, consumer, eid, req, answerer) for eid, req in fresh))
+        await self._deliver(stream, list(zip(fresh, replies, strict=True)), duplicates)
+
+    async def _deliver(
+        self,
+        stream: str,
+        answered: list[tuple[tuple[Any, ClarificationRequest], ClarificationReply]],
+        duplicates: list[Any],
+    ) -> None:
+        """One round trip: each reply delivered once (``SET NX``), every entry acknowledged. If Redis
+        restarted meanwhile and lost the script, load it again rather than answer again."""
+        calls: list[tuple[list[str], list[Any]]] = [
+            (
+                [self._key("clarify:answer", request.id), self._key("reply", request.id), stream, self._counters],
+                [reply.model_dump_json(), self.limits.reply_ttl_s, entry_id],
+            )
+            for (entry_id, request), reply in answered
+        ]
         pipe = self._redis.pipeline(transaction=False)
-        for (entry_id, _), done in zip(requests, seen, strict=True):
-            if done:
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.hincrby(self._counters, "duplicates", 1)
-        if fresh:
+        for entry_id in duplicates:
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.hincrby(self._counters, "duplicates", 1)
+        if calls:
             await self._load_scripts()
-        for (entry_id, request), reply in zip(fresh, replies, strict=True):
-            keys = [self._key("clarify:answer", request.id), self._key("reply", request.id), stream, self._counters]
-            pipe.evalsha(self._answer.sha, len(keys), *keys, reply.model_dump_json(), self.limits.reply_ttl_s, entry_id)
-        try:
-            await pipe.execute()
-        except NoScriptError:  # the entries stay pending and are answered again
-            raise self._scripts_gone() from None
+        for keys, args in calls:
+            pipe.evalsha(self._answer.sha, len(keys), *keys, *args)
+        results = (await pipe.execute(raise_on_error=False))[2 * len(duplicates) :] if len(pipe) else []
+        retry = [call for call, result in zip(calls, results, strict=True) if isinstance(result, NoScriptError)]
+        if retry:
+            self._scripts_loaded = False
+            await self._load_scripts()
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in retry:
+                pipe.evalsha(self._answer.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, NoScriptError):  # lost again: the entries stay pending and are reclaimed
+                raise self._scripts_gone() from result
+            if isinstance(result, Exception):
+                raise result
 
     async def _answer_one(
         self, stream: str, consumer: str, entry_id: Any, request: ClarificationRequest, answerer: Answerer
