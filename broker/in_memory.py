@@ -45,15 +45,17 @@ class InMemoryBroker:
         if request.id in self._answers:  # asked and answered before: the same answer again
             return BrokerOutcome(request=request, reply=self._answers[request.id])
         refused = refusal_for(request, self.limits)
-        if refused is None:
+        waiter = self._waiters.get(request.id)
+        if refused is None and waiter is None:  # a request already out is counted once, and waited on again
             self._per_objective[request.objective_id] += 1
             refused = cap_refusal(request, self._per_objective[request.objective_id], self.limits)
         if refused is not None:
             self._counters[f"refused.{refused[0].value}"] += 1
             return BrokerOutcome(request=request, refusal=refused[0], detail=refused[1])
-        self._counters["requests"] += 1
-        waiter = self._waiters.setdefault(request.id, asyncio.get_running_loop().create_future())
-        self.deliver(request)
+        if waiter is None:
+            self._counters["requests"] += 1
+            waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
+            self.deliver(request)
         try:
             reply = await asyncio.wait_for(asyncio.shield(waiter), timeout=self.limits.reply_timeout_s)
         except TimeoutError:

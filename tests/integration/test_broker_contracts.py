@@ -208,6 +208,19 @@ async def test_duplicate_deliveries_are_answered_once(broker: ClarificationBroke
     assert (await broker.counters())["duplicates"] >= 1
 
 
+async def test_the_same_request_asked_twice_at_once_is_sent_and_counted_once(broker: ClarificationBroker) -> None:
+    echo = Echo(delay=0.2)
+    request = ask(B)
+    async with serving(broker, {B: echo}):
+        first, second = await asyncio.wait_for(
+            asyncio.gather(broker.request(request), broker.request(request)), timeout=LIMITS.reply_timeout_s + 1
+        )
+    assert first.answered and second.answered and first.reply == second.reply
+    assert echo.calls == ["r1"]
+    counters = await broker.counters()
+    assert counters["requests"] == 1 and counters["replies"] == 1
+
+
 async def test_a_killed_responders_request_is_reclaimed_and_answered_once(broker: ClarificationBroker) -> None:
     hung = Echo(delay=3600)
     live = Echo()
