@@ -26,7 +26,7 @@ from pathlib import Path
 
 from factory import services
 from factory.settings import Settings
-from factory.wiring import open_factory, responders_for_run
+from factory.wiring import Factory, open_factory, responders_for_run
 from routing.base import ChatRequest, ChatResponse
 from routing.scripted import ScriptedModel
 from teams.revision import revise
@@ -80,9 +80,11 @@ async def smollm2_run(settings: Settings, pipeline: str, revisions: int = 0) -> 
     started = time.perf_counter()
     stopped_at: list[str] = []
     timings = []
+    run_ids: list[str] = []
     async with open_factory(settings, serve=responders_for_run(settings)) as factory:  # as `factory run` does
         outcome = await factory.engine.start(REQ, pipeline)
         timings += outcome.timings
+        run_ids.append(outcome.run.id)
         while outcome.run.status.value == "waiting_human" and len(stopped_at) < revisions:
             waiting = next(s.team for s in outcome.stages if s.status.value == "waiting_human")
             stopped_at.append(waiting)
@@ -90,6 +92,8 @@ async def smollm2_run(settings: Settings, pipeline: str, revisions: int = 0) -> 
                 factory.engine, factory.store, factory.audit, outcome.run.id, waiting, OPERATOR_FEEDBACK
             )
             timings += outcome.timings
+            run_ids.append(outcome.run.id)
+        calls = await model_calls(factory, run_ids)
     stage_s = [t.wall_s for t in timings]
     return {
         "wall_s": round(time.perf_counter() - started, 2),
@@ -101,6 +105,22 @@ async def smollm2_run(settings: Settings, pipeline: str, revisions: int = 0) -> 
         "stage_wall_s": {t.team: round(t.wall_s, 2) for t in outcome.timings},
         "attempts": {s.team: s.attempts for s in outcome.stages},
         "tokens_out": sum(s.tokens_out for s in outcome.stages),
+        "model_calls": calls,
+    }
+
+
+async def model_calls(factory: Factory, run_ids: list[str]) -> dict[str, dict[str, float]]:
+    """Where the model time went: calls, tokens and seconds per purpose, from the usage ledger."""
+    async with factory.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT purpose, count(*), sum(tokens_in), sum(tokens_out), sum(latency_ms) FROM usage_ledger"
+            " WHERE run_id = ANY(%s) GROUP BY purpose ORDER BY purpose",
+            (run_ids,),
+        )
+        rows = await cursor.fetchall()
+    return {
+        str(purpose): {"calls": n, "tokens_in": int(t_in), "tokens_out": int(t_out), "model_s": round(ms / 1000, 1)}
+        for purpose, n, t_in, t_out, ms in rows
     }
 
 
@@ -119,20 +139,21 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--no-smollm2", action="store_true")
     parser.add_argument("--no-full-smollm2", action="store_true")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the scripted-model overhead runs")
     parser.add_argument("--revisions", type=int, default=8, help="operator revisions allowed in the full SmolLM2 run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0
         )
+        report: dict[str, object] = {}
         try:
-            phase1 = await overhead(settings, args.runs, "phase1")
-            full = await overhead(settings, max(2, args.runs // 3), "full")
-            report: dict[str, object] = {
-                "phase1_overhead_per_stage": phase1,
-                "full_overhead_per_stage": full,
-                "full_over_phase1_median_ratio": round(full["median_ms"] / phase1["median_ms"], 3),
-            }
+            if not args.no_overhead:
+                phase1 = await overhead(settings, args.runs, "phase1")
+                full = await overhead(settings, max(2, args.runs // 3), "full")
+                report["phase1_overhead_per_stage"] = phase1
+                report["full_overhead_per_stage"] = full
+                report["full_over_phase1_median_ratio"] = round(full["median_ms"] / phase1["median_ms"], 3)
             if not args.no_smollm2:
                 report["phase1_smollm2"] = await smollm2_run(settings, "phase1")
             if not args.no_smollm2 and not args.no_full_smollm2:

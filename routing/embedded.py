@@ -54,11 +54,11 @@ class EmbeddedModel:
 
     def _load(self) -> Any:
         if self._llama is None:
-            from llama_cpp import Llama  # heavy: only when a model is really called
+            from routing.grammar_sampling import CheckedGrammarLlama  # heavy: only when really called
 
             path = self._path or default_model_path()
             log.info("loading embedded model %s", path)
-            self._llama = Llama(
+            self._llama = CheckedGrammarLlama(
                 model_path=str(path), n_ctx=self._n_ctx, n_threads=self._n_threads, seed=self._seed, verbose=False
             )
         return self._llama

@@ -155,7 +155,7 @@ class TeamRunner:
         )
         execution = Execution(result=blocked("not executed"))
         repaired = False
-        purpose = "objective"
+        purpose = "clarification" if objective.hop_depth else "objective"
         rounds_left = self._tool_rounds
         for _ in range(self._tool_rounds + 2):
             offered = toolbox.offered if rounds_left > 0 else ()
