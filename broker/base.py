@@ -40,7 +40,7 @@ class BrokerLimits:
     reply_timeout_s: float = 120.0
     reply_ttl_s: int = 600
     claim_idle_s: float = 30.0  # a request unacknowledged this long is reclaimed by a live responder
-    stream_maxlen: int = 10_000
+    stream_maxlen: int = 10_000  # about: a team's backlog of unanswered requests (answered ones are deleted)
     reconnect_attempts: int = 8
 
 

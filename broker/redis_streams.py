@@ -2,8 +2,9 @@
 
 Keys, under the prefix (``factory:`` by default):
 
-- ``clarify:{team}``: the team's request stream, read by consumer group ``responders``, trimmed
-  to about ``stream_maxlen`` entries;
+- ``clarify:{team}``: the team's request stream, read by consumer group ``responders``; an entry is
+  deleted once answered, and a backlog is trimmed to about ``stream_maxlen`` entries (the oldest
+  requests beyond it are lost and their askers time out: size it above any backlog);
 - ``clarify:count:{objective_id}``: requests per objective (the cap), expiring with the replies;
 - ``clarify:sent:{request_id}``: the request is out (one entry, counted once) while its asker may wait;
 - ``clarify:answer:{request_id}``: the one accepted answer (``SET NX``): duplicates are answered once;
@@ -11,9 +12,9 @@ Keys, under the prefix (``factory:`` by default):
 - ``clarify:counters``: a hash of counters shared by every process.
 
 Sending is one script call (cap + ``XADD``) pipelined with the first wait, answering is one script
-call (answer once + reply + ``XACK``). A responder that dies mid-request leaves the entry pending;
-a live one reclaims it with ``XAUTOCLAIM`` once it has been idle for ``claim_idle_s`` (a working
-responder keeps its entries fresh with a heartbeat). A lost connection (e.g. Redis restarted) is
+call (answer once + reply + ``XACK`` + ``XDEL``). A responder that dies mid-request leaves the entry
+pending; a live one reclaims it with ``XAUTOCLAIM`` once it has been idle for ``claim_idle_s`` (a
+working responder keeps its entries fresh with a heartbeat). A lost connection (e.g. Redis restarted) is
 retried with backoff and the request re-sent through the same script, which adds an entry marked
 ``resent`` only if the request is still unanswered; an asker also re-sends when Redis no longer
 knows its request (restarted without its data, the client having reconnected by itself). Re-sent
@@ -92,7 +93,8 @@ end
 return n
 """
 
-# KEYS: answer, reply, stream, counters · ARGV: reply json, ttl, entry id
+# KEYS: answer, reply, stream, counters · ARGV: reply json, ttl, entry id. The entry is acknowledged
+# and deleted: a stream holds only what is still to answer (and MAXLEN bounds that backlog).
 _ANSWER = """
 local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 if first then
@@ -103,6 +105,7 @@ else
   redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
 end
 redis.call('XACK', KEYS[3], 'responders', ARGV[3])
+redis.call('XDEL', KEYS[3], ARGV[3])
 return first and 1 or 0
 """
 
@@ -337,6 +340,7 @@ class RedisBroker:
             except ValidationError:
                 log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
                 pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
                 pipe.hincrby(self._counters, "malformed", 1)
         skipped = len(pipe)
         for _, request in requests:
@@ -372,12 +376,13 @@ class RedisBroker:
         pipe = self._redis.pipeline(transaction=False)
         for entry_id in duplicates:
             pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
             pipe.hincrby(self._counters, "duplicates", 1)
         if calls:
             await self._load_scripts()
         for keys, args in calls:
             pipe.evalsha(self._answer.sha, len(keys), *keys, *args)
-        results = (await pipe.execute(raise_on_error=False))[2 * len(duplicates) :] if len(pipe) else []
+        results = (await pipe.execute(raise_on_error=False))[3 * len(duplicates) :] if len(pipe) else []
         retry = [call for call, result in zip(calls, results, strict=True) if isinstance(result, NoScriptError)]
         if retry:
             self._scripts_loaded = False
