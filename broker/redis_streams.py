@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,6 +149,23 @@ class RedisBroker:
     async def counters(self) -> dict[str, int]:
         raw = await self._redis.hgetall(self._counters)  # type: ignore[misc]
         return {_text(k): int(v) for k, v in raw.items()}
+
+    async def backlog(self, teams: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per team, in one round trip: ``stream``, its requests not answered yet (answered entries
+        are deleted), of which ``pending`` are with a responder and ``waiting`` are not read yet."""
+        pipe = self._redis.pipeline(transaction=False)
+        for team in teams:
+            pipe.xlen(self.stream(team))
+            pipe.xpending(self.stream(team), GROUP)
+        results = await pipe.execute(raise_on_error=False)
+        backlog = {}
+        for team, length, pending in zip(teams, results[::2], results[1::2], strict=True):
+            for result in (length, pending):
+                if isinstance(result, Exception) and "NOGROUP" not in str(result):
+                    raise result
+            busy = 0 if isinstance(pending, Exception) else int(pending["pending"])  # NOGROUP: never served
+            backlog[team] = {"stream": int(length), "pending": busy, "waiting": max(0, int(length) - busy)}
+        return backlog
 
     def _hold_s(self) -> int:
         """How long a request's keys live: the reply TTL, and never shorter than the asker may wait."""

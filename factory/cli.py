@@ -24,9 +24,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Software 
 teams_app = typer.Typer(no_args_is_help=True, help="The team roster.")
 audit_app = typer.Typer(no_args_is_help=True, help="The immutable audit.")
 hitl_app = typer.Typer(no_args_is_help=True, help="Escalations waiting on a human.")
+broker_app = typer.Typer(no_args_is_help=True, help="The clarification broker.")
 app.add_typer(teams_app, name="teams")
 app.add_typer(audit_app, name="audit")
 app.add_typer(hitl_app, name="hitl")
+app.add_typer(broker_app, name="broker")
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_WAITING = 0, 1, 2, 3
 
@@ -336,6 +338,51 @@ def hitl_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for e in items:
         due = f"{e.sla_deadline:%Y-%m-%d %H:%M}"
         typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} due {due}  {e.team}: {e.question}")
+
+
+BROKER_COUNTERS = ("requests", "replies", "timeouts", "reclaims", "duplicates", "resent", "malformed")
+
+
+@broker_app.command("stats")
+def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Clarification counters, and each team's requests not answered yet (with a responder, or waiting)."""
+    from broker.base import Refusal
+
+    async def go() -> dict[str, Any]:
+        from broker.redis_streams import RedisBroker
+        from factory import services
+        from factory.wiring import _open_redis, _where, broker_limits
+        from teams.slugs import ALL_TEAMS
+
+        configured = settings.redis_url.get_secret_value() if settings.redis_url else None
+        url = configured or services.start_redis(settings.data_dir, timeout_s=settings.service_start_timeout_s)
+        redis = await _open_redis(url, settings.connect_timeout_s)
+        try:
+            broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
+            counters, backlog = await broker.counters(), await broker.backlog(ALL_TEAMS)
+        finally:
+            await redis.aclose()
+        return {
+            "redis": _where(url),
+            "prefix": settings.redis_prefix,
+            "counters": {**dict.fromkeys(BROKER_COUNTERS, 0), **counters},
+            "refusals": {
+                r.value: counters.get("timeouts" if r is Refusal.TIMEOUT else f"refused.{r.value}", 0) for r in Refusal
+            },
+            "teams": backlog,
+        }
+
+    settings = _settings()
+    stats: dict[str, Any] = _run_async(go())
+    if as_json:
+        _print_json(stats)
+        return
+    typer.echo(f"broker at {stats['redis']} (prefix {stats['prefix']})")
+    typer.echo("  ".join(f"{name} {stats['counters'][name]}" for name in BROKER_COUNTERS))
+    typer.echo("refused: " + "  ".join(f"{reason} {n}" for reason, n in stats["refusals"].items()))
+    typer.echo(f"{'team':24} {'unanswered':>10} {'pending':>8} {'waiting':>8}")
+    for team, row in stats["teams"].items():
+        typer.echo(f"{team:24} {row['stream']:>10} {row['pending']:>8} {row['waiting']:>8}")
 
 
 @app.command()

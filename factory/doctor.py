@@ -6,11 +6,13 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
+from broker.redis_streams import RedisBroker
 from factory import services
 from factory.errors import FactoryError
 from factory.settings import Settings
 from routing import aliases
 from routing.base import EMBED_ALIAS
+from teams.slugs import ALL_TEAMS
 
 
 def _version(package: str) -> str:
@@ -39,9 +41,23 @@ async def _services(settings: Settings) -> list[dict[str, Any]]:
             info = await factory.redis.info("server")
             where = "embedded" if factory.endpoints.embedded_redis else "configured"
             checks.append({"name": "redis", "ok": True, "detail": f"{where}, Redis {info.get('redis_version')}"})
+            checks.append(await _broker(factory.broker))
     except FactoryError as exc:
         checks.append({"name": "services", "ok": False, "detail": str(exc)})
     return checks
+
+
+async def _broker(broker: RedisBroker) -> dict[str, Any]:
+    """What the clarification broker has done, and what it holds now (details: ``factory broker stats``)."""
+    counters = await broker.counters()
+    backlog = (await broker.backlog(ALL_TEAMS)).values()
+    refused = sum(n for name, n in counters.items() if name.startswith("refused."))
+    detail = (
+        f"{counters.get('requests', 0)} requests, {counters.get('replies', 0)} replies, {refused} refused,"
+        f" {counters.get('timeouts', 0)} timed out; now {sum(b['pending'] for b in backlog)} being answered,"
+        f" {sum(b['waiting'] for b in backlog)} waiting for a responder"
+    )
+    return {"name": "broker", "ok": True, "detail": detail}
 
 
 def _model(settings: Settings) -> dict[str, Any]:
