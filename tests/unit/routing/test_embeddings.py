@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
+from pathlib import Path
 
 import pytest
 
 from routing.aliases import plan
 from routing.embeddings import DIMENSIONS, EmbeddedEmbedder
 from routing.router import LiteLLMRouter
+
+# float32 vectors of the reference model; regenerate with tests/data/make_minilm_reference.py
+REFERENCE = Path(__file__).parents[2] / "data" / "minilm_reference.json"
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -34,6 +40,18 @@ def test_similar_meaning_is_closer_than_unrelated(embedder: EmbeddedEmbedder) ->
         ["How do I reset my password?", "Steps to recover a forgotten login password", "The recipe needs two eggs"]
     )
     assert cosine(query, near) > 0.5 > cosine(query, far)
+
+
+def test_vectors_match_the_float_reference_model(embedder: EmbeddedEmbedder) -> None:
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    sentences: list[str] = reference["sentences"]
+    vectors = embedder.embed(sentences)
+    cosines = [cosine(ours, theirs) for ours, theirs in zip(vectors, reference["vectors"], strict=True)]
+    worst = min(range(len(cosines)), key=cosines.__getitem__)
+    assert cosines[worst] >= 0.99, (
+        f"int8 vs {reference['model']}: min cosine {cosines[worst]:.4f} on {sentences[worst][:60]!r}, "
+        f"median {statistics.median(cosines):.4f}"
+    )
 
 
 def test_overlong_text_is_truncated_not_refused(embedder: EmbeddedEmbedder) -> None:
