@@ -6,9 +6,10 @@ from psycopg import AsyncConnection
 
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
+from memory.bank_pg import MIGRATIONS as MEMORY
 from teams.store_pg import MIGRATIONS as RUNS
 
-MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT]
+MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY]
 _LOCK = 0x_FAC_7021
 
 

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     clarify_claim_idle_s: float = Field(default=30.0, gt=0, le=3600)
     clarify_responders: bool = True  # serve every team's clarifications inside `factory run`
 
+    # Memory (DESIGN §7)
+    memory_budget_tokens: int = Field(default=1500, ge=0, le=100_000)  # packed memory per stage prompt
+    memory_extraction: Literal["auto", "model", "structured"] = "auto"  # auto: structured on the embedded model
+    memory_dedupe_at: float = Field(default=0.92, gt=0.0, le=1.0)  # cosine at which items merge
+    context_window_tokens: int = Field(default=32768, ge=1024)  # of routed (non-embedded) models
+
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)
 

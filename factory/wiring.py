@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection, OperationalError
+from psycopg.errors import FeatureNotSupported
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -22,10 +23,13 @@ from factory.migrations import migrate
 from factory.settings import Settings
 from hitl.postgres import PostgresEscalationQueue
 from memory.audit_pg import PostgresAuditLog
+from memory.bank_pg import PgVectorMemoryStore
+from memory.gateway import MemoryGateway, approx_tokens
+from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
 from routing import aliases
-from routing.base import ChatModel
+from routing.base import ChatModel, Embedder
 from routing.embedded import EmbeddedModel
 from routing.ledger import RecordingModel
 from routing.router import LiteLLMRouter
@@ -36,6 +40,7 @@ from teams.pipeline import PipelineDeps, PipelineEngine
 from teams.runner import TeamRunner
 from teams.schema import SchemaBounds
 from teams.slugs import ALL_TEAMS, TeamSlug
+from teams.stage_memory import StageMemory
 from teams.store_pg import PostgresRunStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,14 @@ def broker_limits(settings: Settings) -> BrokerLimits:
         reply_ttl_s=settings.clarify_reply_ttl_s,
         claim_idle_s=settings.clarify_claim_idle_s,
     )
+
+
+def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor:
+    """Facts, decisions and mental models from ``factory/cheap``, or from the result's own fields on
+    the embedded 135M model (``auto``), whose summaries add nothing and cost a call per stage."""
+    if settings.memory_extraction == "structured" or (settings.memory_extraction == "auto" and compact):
+        return StructuredExtractor()
+    return ModelExtractor(model, timeout_s=settings.model_timeout_s)
 
 
 def _where(url: str) -> str:
@@ -85,6 +98,11 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
     try:
         async with await AsyncConnection.connect(url, connect_timeout=max(1, int(timeout_s))) as conn:
             await migrate(conn)
+    except FeatureNotSupported as exc:
+        raise ServiceUnavailable(
+            f"PostgreSQL at {_where(url)} cannot enable pgvector ({exc}); install pgvector 0.8+ there,"
+            " or unset FACTORY_DATABASE_URL to use the embedded PostgreSQL, which ships it"
+        ) from exc
     except OperationalError as exc:
         raise ServiceUnavailable(
             f"PostgreSQL at {_where(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
@@ -130,7 +148,11 @@ def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel
 
 @asynccontextmanager
 async def open_factory(
-    settings: Settings, *, model: ChatModel | None = None, serve: Sequence[TeamSlug] = ()
+    settings: Settings,
+    *,
+    model: ChatModel | None = None,
+    serve: Sequence[TeamSlug] = (),
+    embedder: Embedder | None = None,
 ) -> AsyncIterator[Factory]:
     """Start or reach the services, migrate, and wire the engine; close everything on exit.
 
@@ -149,16 +171,35 @@ async def open_factory(
                 model, compact, description, embedded = build_model(settings)
             else:
                 compact, description = False, type(model).__name__
+            if embedder is None:  # embeddings go through the local/embed alias of a router
+                embedder = model if isinstance(model, LiteLLMRouter) else LiteLLMRouter(aliases.plan())
+            count = embedded.count_tokens if embedded is not None else approx_tokens
+            window = settings.local_model_ctx if compact else settings.context_window_tokens
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
+            recorded = RecordingModel(model, store)
             runner = TeamRunner(
-                RecordingModel(model, store),
+                recorded,
                 timeout_s=settings.model_timeout_s,
                 max_tokens=settings.local_max_tokens if compact else 4096,
                 bounds=SchemaBounds.compact() if compact else SchemaBounds(),
                 budget_chars=min(settings.context_budget_chars, 2400) if compact else settings.context_budget_chars,
                 # A 135M model spends every round it is given on tools; one is what helps it.
                 tool_rounds=min(settings.tool_rounds, 1) if compact else settings.tool_rounds,
+                window_tokens=window,
+                count=count,
+            )
+            memory = StageMemory(
+                gateway=MemoryGateway(
+                    PgVectorMemoryStore(pool),
+                    embedder,
+                    timeout_s=settings.model_timeout_s,
+                    dedupe_at=settings.memory_dedupe_at,
+                ),
+                extractor=_extractor(settings, recorded, compact),
+                count=count,
+                budget_tokens=min(settings.memory_budget_tokens, 600) if compact else settings.memory_budget_tokens,
+                window_tokens=window,
             )
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             audit = PostgresAuditLog(pool)
@@ -178,6 +219,7 @@ async def open_factory(
                     runs_dir=settings.runs_dir,
                     max_requirement_bytes=settings.max_requirement_bytes,
                     broker=broker,
+                    memory=memory,
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)

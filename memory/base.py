@@ -1,11 +1,90 @@
-"""Contracts of the ``memory`` package. For now: the immutable, hash-chained audit log."""
+"""Contracts of the ``memory`` package: memory banks on pgvector and the immutable audit log."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+
+SHARED_BANK = "factory-shared-world"
+DIMENSIONS = 384  # all-MiniLM-L6-v2; the vector column's width
+
+
+class MemoryKind(StrEnum):
+    FACT = "fact"
+    DECISION = "decision"
+    ARTIFACT = "artifact"
+    TRANSCRIPT = "transcript"
+    MENTAL_MODEL = "mental_model"
+
+
+class NewMemory(BaseModel):
+    """An item to retain in a bank (its vector is computed by the gateway)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bank: str = Field(min_length=1, max_length=100)
+    kind: MemoryKind
+    text: str = Field(min_length=1, max_length=20_000)
+    run_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemoryItem(NewMemory):
+    """A retained item."""
+
+    id: int
+    created_at: datetime
+    updated_at: datetime
+    seen: int = 1  # how many times it was retained (near-duplicates merge into one item)
+
+
+class Recalled(BaseModel):
+    """An item found by recall, with its similarity to the query and its blended score."""
+
+    item: MemoryItem
+    similarity: float
+    score: float
+
+
+class Retained(BaseModel):
+    """What happened to one ``NewMemory``: stored as a new item, or merged into a near-duplicate."""
+
+    item_id: int
+    merged: bool
+    similarity: float | None = None
+
+
+class MemoryStore(Protocol):
+    """Banks of items with vectors; cosine search; near-duplicates merged, not stored twice."""
+
+    async def retain(
+        self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
+    ) -> list[Retained]:
+        """Store items; with ``dedupe_at``, an item at least that similar to one of the same bank
+        and kind (stored, or earlier in the batch) is merged into it instead."""
+        ...
+
+    async def search(
+        self,
+        banks: Sequence[str],
+        vector: Sequence[float],
+        *,
+        limit: int,
+        kinds: Sequence[MemoryKind] | None = None,
+        run_id: str | None = None,
+    ) -> list[tuple[MemoryItem, float]]:
+        """The ``limit`` items nearest to ``vector`` (cosine similarity, best first)."""
+        ...
+
+    async def latest(self, bank: str, kind: MemoryKind) -> MemoryItem | None:
+        """The newest item of a kind in a bank (used for the mental model)."""
+        ...
+
+    async def count(self, bank: str | None = None) -> int: ...
 
 
 class AuditEntry(BaseModel):

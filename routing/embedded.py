@@ -51,6 +51,8 @@ class EmbeddedModel:
         self._n_threads = n_threads or None
         self._llama: Any = None
         self._lock = threading.Lock()
+        self._vocab: Any = None  # a vocabulary-only instance: counting never waits on generation
+        self._vocab_lock = threading.Lock()
 
     def _load(self) -> Any:
         if self._llama is None:
@@ -89,12 +91,26 @@ class EmbeddedModel:
             tokens_out=int(usage.get("completion_tokens", 0)),
         )
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the model's own tokenizer."""
+        with self._vocab_lock:
+            if self._vocab is None:
+                from llama_cpp import Llama
+
+                path = self._path or default_model_path()
+                self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            return len(self._vocab.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+
     def close(self) -> None:
         """Free the model now rather than in an interpreter-exit finaliser."""
         with self._lock:
             if self._llama is not None:
                 self._llama.close()
                 self._llama = None
+        with self._vocab_lock:
+            if self._vocab is not None:
+                self._vocab.close()
+                self._vocab = None
 
 
 def smoke() -> None:

@@ -26,8 +26,9 @@ from teams.escalation import escalation_for
 from teams.gate import GateDecision, GateLimits, Verdict, decide
 from teams.results import Artifact, TaskResult
 from teams.roster import Team, resolve_pipeline, team
-from teams.runner import Execution, PriorArtifact, TeamRunner
+from teams.runner import Compactor, Execution, PriorArtifact, TeamRunner
 from teams.slugs import TeamSlug
+from teams.stage_memory import StageMemory
 from teams.tools import ArtifactRecall, Recall
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class PipelineDeps:
     max_requirement_bytes: int = 64 * 1024
     #: Routes NEEDS_CLARIFICATION to the target team; without one, the question goes to the human.
     broker: ClarificationBroker | None = None
+    #: Packs each stage's context from memory and retains what it learned; without it a stage
+    #: reads the earlier artifacts it names, cut to the runner's budget.
+    memory: StageMemory | None = None
 
 
 @dataclass
@@ -212,8 +216,16 @@ class PipelineEngine:
         await self._d.store.save_stage(stage)
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
         # recall(query) searches every earlier artifact of the run, not only those the team reads.
-        recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
-        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context, recall)
+        recall: Recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
+        packed: str | None = None
+        if self._d.memory is not None:
+            try:
+                packed = (await self._d.memory.context(member, run)).text
+                recall = self._d.memory.recall(member, run, has_items=bool(prior))
+            except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
+                log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
+                await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
+        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context, recall, packed)
         stage.result = execution.result
         if decision.verdict is Verdict.ADVANCE:
             await self._complete(run, stage, execution.result)
@@ -225,7 +237,13 @@ class PipelineEngine:
         return advanced
 
     async def _execute_until_decided(
-        self, run: Run, stage: StageRecord, member: Team, context: list[PriorArtifact], recall: Recall
+        self,
+        run: Run,
+        stage: StageRecord,
+        member: Team,
+        context: list[PriorArtifact],
+        recall: Recall,
+        packed: str | None,
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
         anchored = (
@@ -246,7 +264,16 @@ class PipelineEngine:
                 acceptance_criteria=list(member.acceptance_criteria),
                 attempt=stage.attempts,
             )
-            execution = await self._d.runner.execute(member, objective, run.requirement, context, feedback, recall)
+            execution = await self._d.runner.execute(
+                member,
+                objective,
+                run.requirement,
+                context,
+                feedback,
+                recall,
+                packed=packed,
+                compact=self._compactor(member),
+            )
             model_s += execution.model_s
             self._account(stage, execution)
             failures += execution.system_blocked
@@ -352,6 +379,28 @@ class PipelineEngine:
             },
         )
 
+    def _compactor(self, member: Team) -> Compactor | None:
+        memory = self._d.memory
+        if memory is None:
+            return None
+
+        async def compact(run_id: str, batch: list[str]) -> str:
+            return await memory.compact(member, run_id, batch)
+
+        return compact
+
+    async def _retain(self, run: Run, stage: StageRecord, result: TaskResult) -> None:
+        """What the stage learned goes to memory; a memory failure is reported, never fatal."""
+        if self._d.memory is None:
+            return
+        try:
+            kept = await self._d.memory.retain(team(stage.team), run, result)
+        except FactoryError as exc:
+            log.warning("memory retention for %s failed: %s", stage.team, exc)
+            await self._emit("memory.retain_failed", run.id, stage=stage.index, team=stage.team, error=str(exc))
+            return
+        await self._emit("memory.retained", run.id, stage=stage.index, team=stage.team, items=kept)
+
     async def _complete(self, run: Run, stage: StageRecord, result: TaskResult) -> None:
         root = Path(run.artifacts_dir)
         stored = []
@@ -376,6 +425,7 @@ class PipelineEngine:
             tokens_out=stage.tokens_out,
             confidence=result.confidence,
         )
+        await self._retain(run, stage, result)
 
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from routing.base import ChatModel, ChatRequest, ChatResponse, Message
@@ -36,6 +36,13 @@ class Execution:
     system_blocked: bool = False
     problem: str | None = None
     model_s: float = 0.0
+    compactions: int = 0  # times the growing buffer was retained to memory and truncated
+
+
+#: Called when an objective's messages pass the threshold of the context window: retains the batch
+#: (run id, message texts) and returns the note that replaces it.
+Compactor = Callable[[str, list[str]], Awaitable[str]]
+COMPACT_AT = 0.8
 
 
 _TOOL_HELP = {
@@ -90,14 +97,18 @@ def build_messages(
     budget_chars: int,
     tools: Sequence[str] = (),
     tool_rounds: int = 0,
+    packed: str | None = None,
 ) -> list[Message]:
-    """The prompt: identity, the requirement (always whole), earlier artifacts, the objective."""
+    """The prompt: identity, the requirement (always whole), context, the objective.
+
+    The context is ``packed`` (memory's mental model and recall) when given, else the earlier
+    artifacts the team reads, each cut to a fair share of ``budget_chars``."""
     deliverables = "\n".join(f"- {d.name} ({d.kind}): {d.description}" for d in team.produces)
     criteria = "\n".join(f"- {c}" for c in objective.acceptance_criteria)
     notes = "".join(f"Note: {f}\n" for f in feedback)
     user = (
         f"Requirement:\n{requirement}\n\n"
-        f"{_context_block(prior, budget_chars)}"
+        f"{_context_block(prior, budget_chars) if packed is None else packed}"
         f"Objective (attempt {objective.attempt}): {objective.goal}\n\n"
         f"Acceptance criteria:\n{criteria}\n\nDeliverables:\n{deliverables}\n\n{notes}"
     )
@@ -124,6 +135,8 @@ class TeamRunner:
         bounds: SchemaBounds,
         budget_chars: int,
         tool_rounds: int = 3,
+        window_tokens: int | None = None,
+        count: Callable[[str], int] | None = None,
     ) -> None:
         self._model = model
         self._timeout_s = timeout_s
@@ -131,6 +144,8 @@ class TeamRunner:
         self._bounds = bounds
         self._budget_chars = budget_chars
         self._tool_rounds = tool_rounds
+        self._window_tokens = window_tokens
+        self._count = count or (lambda text: len(text) // 4 + 1)
 
     async def execute(
         self,
@@ -140,8 +155,12 @@ class TeamRunner:
         prior: Sequence[PriorArtifact],
         feedback: Sequence[str] = (),
         recall: Recall | None = None,
+        *,
+        packed: str | None = None,
+        compact: Compactor | None = None,
     ) -> Execution:
-        """One execution of the objective; ``recall`` defaults to searching ``prior``."""
+        """One execution of the objective; ``recall`` defaults to searching ``prior``; ``packed`` is
+        the memory context (see ``build_messages``); ``compact`` bounds the growing buffer."""
         toolbox = Toolbox(team, recall or ArtifactRecall([(p.team, p.artifact) for p in prior]))
         messages = build_messages(
             team,
@@ -152,6 +171,7 @@ class TeamRunner:
             budget_chars=self._budget_chars,
             tools=toolbox.offered,
             tool_rounds=self._tool_rounds,
+            packed=packed,
         )
         execution = Execution(result=blocked("not executed"))
         repaired = False
@@ -160,6 +180,10 @@ class TeamRunner:
         for _ in range(self._tool_rounds + 2):
             offered = toolbox.offered if rounds_left > 0 else ()
             schema = response_schema(team, self._bounds, tools=offered)
+            if compact is not None and len(messages) > 2 and self._over_window(messages):
+                note = await compact(objective.run_id, [m.content for m in messages[2:]])
+                messages = [*messages[:2], Message(role="user", content=f"{note}{_NEXT}")]
+                execution.compactions += 1
             text = (await self._call(team, objective, messages, schema, execution, purpose)).text
             echo = Message(role="assistant", content=text[:_BAD_OUTPUT_ECHO_CHARS])
             try:
@@ -190,6 +214,13 @@ class TeamRunner:
             messages += [echo, Message(role="user", content=f"{told}{_NEXT}")]
             purpose = "tool"
         return _unrepairable(execution, team, OutputProblem(f"no result after {self._tool_rounds + 2} model calls"))
+
+    def _over_window(self, messages: Sequence[Message]) -> bool:
+        """Whether the prompt, plus room for the answer, passes ``COMPACT_AT`` of the window."""
+        if not self._window_tokens:
+            return False
+        used = sum(self._count(m.content) for m in messages) + self._max_tokens
+        return used > COMPACT_AT * self._window_tokens
 
     async def _call(
         self,

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from memory.retention import chunks
 from teams.parsing import describe_errors
 from teams.results import MAX_ARTIFACTS, Artifact, ArtifactKind, Clarification, TaskResult, TaskStatus
 from teams.roster import Team
@@ -165,33 +166,13 @@ class ArtifactRecall:
             return []
         scored: list[tuple[float, int, RecallHit]] = []
         for order, (team, artifact) in enumerate(self.artifacts):
-            for chunk in _chunks(artifact.content, self.chunk_chars):
+            for chunk in chunks(artifact.content, self.chunk_chars):
                 score = len(wanted & _terms(chunk)) / len(wanted)
                 if score > 0:
                     hit = RecallHit(f"{team}/{artifact.name}", chunk, round(score, 3))
                     scored.append((score, order, hit))
         scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
         return [hit for _, _, hit in scored[:limit]]
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    """Paragraph-aligned pieces of at most ``size`` characters."""
-    chunks: list[str] = []
-    current = ""
-    for paragraph in text.split("\n\n"):
-        while len(paragraph) > size:
-            if current:
-                chunks.append(current)
-                current = ""
-            chunks.append(paragraph[:size])
-            paragraph = paragraph[size:]
-        if current and len(current) + len(paragraph) + 2 > size:
-            chunks.append(current)
-            current = ""
-        current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current.strip():
-        chunks.append(current)
-    return [c for c in chunks if c.strip()]
 
 
 def kind_for(team: Team, name: str) -> ArtifactKind:

@@ -53,10 +53,19 @@ async def test_phase1_run_completes_on_real_services(
 
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(
-            "SELECT team, alias, model, ok FROM usage_ledger WHERE run_id = %s", (out["run_id"],)
+            "SELECT team, alias, model, ok, purpose FROM usage_ledger WHERE run_id = %s", (out["run_id"],)
         ).fetchall()
         status = conn.execute("SELECT status FROM runs WHERE id = %s", (out["run_id"],)).fetchone()
-    assert len(rows) == 5 and all(r[3] and r[2] == "factory-local/scripted" for r in rows)
+        kept = conn.execute(
+            "SELECT bank, kind, count(*) FROM memory_items WHERE run_id = %s GROUP BY bank, kind", (out["run_id"],)
+        ).fetchall()
+    assert all(r[3] and r[2] == "factory-local/scripted" for r in rows)
+    # one call per stage for the objective, one factory/cheap call per stage to extract what it learned
+    assert sorted(r[4] for r in rows) == ["memory"] * 5 + ["objective"] * 5
+    assert {r[1] for r in rows if r[4] == "memory"} == {"factory/cheap"}
+    banks = {(bank, kind): n for bank, kind, n in kept}
+    assert banks[("factory-shared-world", "artifact")] >= 5  # artifact chunks (near-duplicates merge)
+    assert {bank for bank, kind in banks if kind == "mental_model"} == set(out_teams(out))
     assert status == ("complete",)
 
     events = await redis.xrange(f"{redis_prefix}events:{out['run_id']}")
@@ -216,3 +225,7 @@ def test_full_pipeline_and_cli_revise(env: dict[str, str], pg_url: str) -> None:
     assert factory("audit", "verify", full["run_id"], env=env).returncode == 0
     bad = factory("revise", full["run_id"], "--from", "nobody", "--feedback", "x", env=env)
     assert bad.returncode == 2 and "not in run" in bad.stderr
+
+
+def out_teams(out: dict[str, Any]) -> list[str]:
+    return [s["team"] for s in out["stages"]]

@@ -1,0 +1,212 @@
+"""Memory banks in PostgreSQL with pgvector: one table, an HNSW cosine index, banks as a column."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from memory.base import DIMENSIONS, MemoryItem, MemoryKind, NewMemory, Retained
+from memory.dedupe import within_batch
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0301_memory",
+        f"""
+        CREATE EXTENSION IF NOT EXISTS vector;
+        CREATE TABLE IF NOT EXISTS memory_items (
+            id bigserial PRIMARY KEY,
+            bank text NOT NULL,
+            kind text NOT NULL,
+            text text NOT NULL,
+            embedding vector({DIMENSIONS}) NOT NULL,
+            run_id text,
+            metadata jsonb NOT NULL DEFAULT '{{}}',
+            seen int NOT NULL DEFAULT 1,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS memory_items_embedding ON memory_items
+            USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+        CREATE INDEX IF NOT EXISTS memory_items_bank_kind ON memory_items (bank, kind, created_at DESC);
+        """,
+    )
+]
+
+_COLUMNS = "id, bank, kind, text, run_id, metadata, seen, created_at, updated_at"
+EF_SEARCH = 100  # HNSW candidate list; with iterative scans, filtered searches still fill ``limit``
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text form, '[x,y,...]'."""
+    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+
+
+def _item(row: dict[str, Any]) -> MemoryItem:
+    metadata = row["metadata"]
+    return MemoryItem(
+        id=row["id"],
+        bank=row["bank"],
+        kind=MemoryKind(row["kind"]),
+        text=row["text"],
+        run_id=row["run_id"],
+        metadata=metadata if isinstance(metadata, dict) else json.loads(metadata),
+        seen=row["seen"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class PgVectorMemoryStore:
+    """``MemoryStore`` on PostgreSQL + pgvector."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def retain(
+        self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
+    ) -> list[Retained]:
+        if len(items) != len(vectors):
+            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        if not items:
+            return []
+        now = datetime.now(UTC)
+        outcomes: list[Retained | None] = [None] * len(items)
+        first_of = within_batch(items, vectors, dedupe_at) if dedupe_at is not None else list(range(len(items)))
+        async with self._pool.connection() as conn, conn.transaction():
+            nearest = await self._nearest_stored(conn, items, vectors) if dedupe_at is not None else {}
+            merges: dict[int, list[int]] = {}  # stored item id -> batch positions merged into it
+            for i in range(len(items)):
+                near = nearest.get(i)
+                if first_of[i] == i and near is not None and dedupe_at is not None and near[1] >= dedupe_at:
+                    outcomes[i] = Retained(item_id=near[0], merged=True, similarity=round(near[1], 4))
+                    merges.setdefault(near[0], []).append(i)
+            fresh = [i for i in range(len(items)) if first_of[i] == i and outcomes[i] is None]
+            ids = await self._insert(conn, [items[i] for i in fresh], [vectors[i] for i in fresh], now)
+            for i, item_id in zip(fresh, ids, strict=True):
+                outcomes[i] = Retained(item_id=item_id, merged=False)
+            for i in range(len(items)):  # later copies within the batch merge into the first
+                if first_of[i] != i:
+                    target = outcomes[first_of[i]]
+                    assert target is not None
+                    outcomes[i] = Retained(item_id=target.item_id, merged=True)
+                    merges.setdefault(target.item_id, []).append(i)
+            for item_id, positions in merges.items():
+                runs = sorted({r for r in (items[p].run_id for p in positions) if r})
+                await conn.execute(
+                    "UPDATE memory_items SET seen = seen + %s, updated_at = %s,"
+                    " metadata = metadata || jsonb_build_object('also_runs', %s::text[]) WHERE id = %s",
+                    (len(positions), now, runs, item_id),
+                )
+        return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    async def _nearest_stored(
+        conn: Any, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]]
+    ) -> dict[int, tuple[int, float]]:
+        """For each item, the most similar stored item of the same bank and kind: one round trip."""
+        await conn.execute(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}")
+        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor = await conn.execute(
+            """
+            SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
+            FROM unnest(%s::int[], %s::text[], %s::text[], %s::vector[]) AS new(ord, bank, kind, vec)
+            CROSS JOIN LATERAL (
+                SELECT m.id, m.embedding FROM memory_items m
+                WHERE m.bank = new.bank AND m.kind = new.kind
+                ORDER BY m.embedding <=> new.vec LIMIT 1
+            ) AS near
+            """,
+            (
+                list(range(len(items))),
+                [i.bank for i in items],
+                [i.kind.value for i in items],
+                [vector_text(v) for v in vectors],
+            ),
+        )
+        return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _insert(
+        conn: Any, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], now: datetime
+    ) -> list[int]:
+        if not items:
+            return []
+        cursor = await conn.execute(
+            """
+            INSERT INTO memory_items (bank, kind, text, embedding, run_id, metadata, created_at, updated_at)
+            SELECT bank, kind, text, vec, run_id, metadata, %s, %s
+            FROM unnest(%s::text[], %s::text[], %s::text[], %s::vector[], %s::text[], %s::jsonb[])
+                AS new(bank, kind, text, vec, run_id, metadata)
+            RETURNING id
+            """,
+            (
+                now,
+                now,
+                [i.bank for i in items],
+                [i.kind.value for i in items],
+                [i.text for i in items],
+                [vector_text(v) for v in vectors],
+                [i.run_id for i in items],
+                [Jsonb(i.metadata) for i in items],
+            ),
+        )
+        return [row[0] for row in await cursor.fetchall()]
+
+    async def search(
+        self,
+        banks: Sequence[str],
+        vector: Sequence[float],
+        *,
+        limit: int,
+        kinds: Sequence[MemoryKind] | None = None,
+        run_id: str | None = None,
+    ) -> list[tuple[MemoryItem, float]]:
+        if limit <= 0 or not banks:
+            return []
+        filters = ["bank = ANY(%(banks)s)"]
+        params: dict[str, Any] = {"banks": list(banks), "vec": vector_text(vector), "limit": limit}
+        if kinds:
+            filters.append("kind = ANY(%(kinds)s)")
+            params["kinds"] = [k.value for k in kinds]
+        if run_id is not None:
+            filters.append("run_id = %(run_id)s")
+            params["run_id"] = run_id
+        sql = (
+            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(vec)s::vector) AS similarity FROM memory_items"
+            f" WHERE {' AND '.join(filters)} ORDER BY embedding <=> %(vec)s::vector LIMIT %(limit)s"
+        )
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, limit)}")
+            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(sql, params)
+            rows = await cursor.fetchall()
+        found = [(_item(r), float(r["similarity"])) for r in rows]
+        found.sort(key=lambda pair: pair[1], reverse=True)  # relaxed order: sort the few found
+        return found
+
+    async def latest(self, bank: str, kind: MemoryKind) -> MemoryItem | None:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM memory_items WHERE bank = %s AND kind = %s"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                (bank, kind.value),
+            )
+            row = await cursor.fetchone()
+        return _item(row) if row else None
+
+    async def count(self, bank: str | None = None) -> int:
+        async with self._pool.connection() as conn:
+            if bank is None:
+                cursor = await conn.execute("SELECT count(*) FROM memory_items")
+            else:
+                cursor = await conn.execute("SELECT count(*) FROM memory_items WHERE bank = %s", (bank,))
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0

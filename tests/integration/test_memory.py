@@ -1,0 +1,162 @@
+"""Memory banks on real PostgreSQL+pgvector (and the in-memory twin), with the real embedding model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from factory.migrations import migrate
+from memory.bank_memory import InMemoryMemoryStore
+from memory.bank_pg import PgVectorMemoryStore
+from memory.base import SHARED_BANK, MemoryKind, MemoryStore, NewMemory
+from memory.gateway import MemoryGateway, approx_tokens
+from memory.packing import compact, over_threshold, pack
+from memory.retention import StageOutcome, StructuredExtractor, stage_memories
+from routing.embeddings import EmbeddedEmbedder
+
+pytestmark = pytest.mark.integration
+
+TEAM = "database-engineering"
+DISTRACTORS = [
+    "The marketing team prefers blue for the landing page buttons.",
+    "Release notes are published every second Tuesday.",
+    "The office coffee machine is serviced on Fridays.",
+    "Frontend components use a shared design token file.",
+    "On-call rotations change every week at noon.",
+    "The logo must keep a clear margin of 16 pixels.",
+    "Interns start in September and shadow a mentor.",
+    "The SRE runbook lists who to page for outages.",
+]
+NEEDLE = "Short links are stored in PostgreSQL in the table links(code text primary key, target_url text)."
+
+
+class LocalEmbedder:
+    """The real all-MiniLM-L6-v2 model, asynchronously (as the router's local/embed serves it)."""
+
+    def __init__(self) -> None:
+        self.model = EmbeddedEmbedder()
+        self.calls = 0
+
+    async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
+        self.calls += 1
+        return await asyncio.to_thread(self.model.embed, texts)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder()
+
+
+@pytest.fixture(params=["memory", "pgvector"])
+async def store(request: pytest.FixtureRequest, pg_url: str) -> AsyncIterator[MemoryStore]:
+    if request.param == "memory":
+        yield InMemoryMemoryStore()
+        return
+    with psycopg.connect(pg_url, autocommit=True):
+        pass
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await migrate(conn)
+    pool = AsyncConnectionPool(pg_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    try:
+        yield PgVectorMemoryStore(pool)
+    finally:
+        await pool.close()
+
+
+def fact(text: str, bank: str = TEAM, run: str = "run-1") -> NewMemory:
+    return NewMemory(bank=bank, kind=MemoryKind.FACT, text=text, run_id=run)
+
+
+async def test_recall_finds_the_relevant_item_among_distractors(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder)
+    await gateway.retain(
+        [fact(t) for t in DISTRACTORS] + [fact(NEEDLE)] + [fact(t, bank="ux-ui-design") for t in DISTRACTORS]
+    )
+    found = await gateway.recall(TEAM, "Which database table holds the short links?", budget_tokens=2000, limit=3)
+    assert found and found[0].item.text == NEEDLE
+    assert found[0].similarity > max(r.similarity for r in found[1:])
+    assert all(r.item.bank in {TEAM, SHARED_BANK} for r in found)  # another team's bank is not searched
+
+
+async def test_recall_stops_at_the_token_budget(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder)
+    await gateway.retain([fact(t) for t in [*DISTRACTORS, NEEDLE]])
+    found = await gateway.recall(TEAM, "links table", budget_tokens=40, limit=8)
+    assert found and sum(approx_tokens(r.item.text) for r in found) <= 40
+    assert await gateway.recall(TEAM, "links table", budget_tokens=0) == []
+    assert await gateway.recall(TEAM, "   ", budget_tokens=500) == []
+
+
+async def test_near_duplicates_are_merged_not_stored_twice(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder, dedupe_at=0.92)
+    first = await gateway.retain([fact(NEEDLE)])
+    again = await gateway.retain(
+        [
+            fact(NEEDLE.replace("Short links are", "Short links get"), run="run-2"),  # same meaning, reworded
+            fact(NEEDLE, run="run-3"),
+            fact("Click counts are aggregated hourly into a separate table.", run="run-3"),
+        ]
+    )
+    assert [r.merged for r in again] == [True, True, False]
+    assert again[0].item_id == again[1].item_id == first[0].item_id
+    assert again[0].similarity is not None and again[0].similarity >= 0.92
+    assert await store.count(TEAM) == 2
+    [(item, _)] = await store.search([TEAM], (await gateway.embed([NEEDLE]))[0], limit=1)
+    assert item.seen == 3 and set(item.metadata["also_runs"]) == {"run-2", "run-3"}
+    # the same text in another bank or of another kind is not a duplicate
+    other = await gateway.retain(
+        [fact(NEEDLE, bank=SHARED_BANK), NewMemory(bank=TEAM, kind=MemoryKind.DECISION, text=NEEDLE)]
+    )
+    assert [r.merged for r in other] == [False, False]
+
+
+async def test_duplicates_within_one_batch_are_merged(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder)
+    outcome = await gateway.retain([fact(NEEDLE), fact(DISTRACTORS[0]), fact(NEEDLE)])
+    assert [r.merged for r in outcome] == [False, False, True] and outcome[2].item_id == outcome[0].item_id
+    assert await store.count(TEAM) == 2
+
+
+async def test_packing_keeps_the_mental_model_and_stays_under_budget(
+    store: MemoryStore, embedder: LocalEmbedder
+) -> None:
+    gateway = MemoryGateway(store, embedder)
+    outcome = StageOutcome(
+        team=TEAM,
+        run_id="run-1",
+        goal="Design the schema",
+        reasoning="Links live in one table keyed by code.\nMore detail.",
+        verified_facts=[NEEDLE],
+        assumptions=["Click counts may lag by an hour."],
+        artifacts=[
+            ("schema.sql", "CREATE TABLE links (code text PRIMARY KEY, target_url text);\n\n" + "-- filler\n" * 400)
+        ],
+    )
+    extraction = await StructuredExtractor().extract(outcome, None)
+    await gateway.retain(stage_memories(outcome, extraction))
+    await gateway.set_mental_model(TEAM, extraction.mental_model, run_id="run-1")
+    packed = await pack(gateway, TEAM, "Where are short links stored?", budget_tokens=300, run_id="run-1")
+    assert packed.tokens <= 300
+    assert packed.mental_model is not None and "Links live in one table" in packed.text
+    assert packed.recalled and any(NEEDLE == r.item.text for r in packed.recalled)
+    assert (await pack(gateway, TEAM, "anything", budget_tokens=0)).text == ""
+
+
+async def test_compaction_triggers_at_the_threshold_and_keeps_the_batch(
+    store: MemoryStore, embedder: LocalEmbedder
+) -> None:
+    gateway = MemoryGateway(store, embedder)
+    batch = ["recall results: links table uses code as key", "write_artifact schema.sql written", "x" * 3000]
+    assert not over_threshold(["a" * 3196], window_tokens=1000, count=approx_tokens)  # 799 tokens: under 80%
+    assert over_threshold(["a" * 3204], window_tokens=1000, count=approx_tokens)  # 801 tokens: over
+    assert over_threshold(batch, window_tokens=800, count=approx_tokens)
+    note = await compact(gateway, TEAM, "run-1", batch)
+    assert "links table uses code as key" in note and len(note) <= 1500
+    assert await store.count(TEAM) >= 3  # the transcript is retained, not lost
+    model = await gateway.mental_model(TEAM)
+    assert model is not None and "links table uses code as key" in model
