@@ -318,6 +318,34 @@ def audit_show(run_id: str) -> None:
         typer.echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
 
 
+@audit_app.command("search")
+def audit_search(
+    query: str,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Search the audit of every past run (all words must match), best first."""
+    if not query.strip():
+        _err("the query is empty; give words to look for, e.g. 'postgres schema'", EXIT_INPUT)
+
+    async def go() -> list[Any]:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            return await factory.audit.search(query, limit=limit)
+
+    settings = _settings()
+    hits = _run_async(go())
+    if as_json:
+        _print_json([h.model_dump(mode="json") for h in hits])
+        return
+    if not hits:
+        typer.echo(f"nothing in the audit matches {query!r}")
+    for hit in hits:
+        excerpt = " ".join(hit.excerpt.split())
+        typer.echo(f"{hit.run_id}  #{hit.seq:<3} {hit.kind:18} {hit.created_at:%Y-%m-%d %H:%M}  {excerpt}")
+
+
 @hitl_app.command("list")
 def hitl_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Open escalations, most urgent first."""

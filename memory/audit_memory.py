@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from memory.base import AuditEntry, AuditReport
+from memory.base import AuditEntry, AuditHit, AuditReport
 from memory.chain import GENESIS, canonical, link_hash, verify_chain
 
 
@@ -40,3 +40,27 @@ class InMemoryAuditLog:
         chain = self._chains.get(run_id, [])
         head = (len(chain), chain[-1].sha256) if chain else None
         return verify_chain(run_id, chain, head)
+
+    async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
+        words = [w.lower() for w in query.split() if w.strip()]
+        if not words:
+            return []
+        hits = []
+        for chain in self._chains.values():
+            for entry in chain:
+                text = entry.payload.lower()
+                if all(w in text for w in words):
+                    at = text.find(words[0])
+                    rank = sum(text.count(w) for w in words) / (1 + len(text) / 1000)
+                    hits.append(
+                        AuditHit(
+                            run_id=entry.run_id,
+                            seq=entry.seq,
+                            kind=entry.kind,
+                            excerpt=entry.payload[max(0, at - 80) : at + 120],
+                            rank=rank,
+                            created_at=entry.created_at,
+                        )
+                    )
+        hits.sort(key=lambda h: (h.rank, h.created_at), reverse=True)
+        return hits[:limit]

@@ -7,7 +7,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from memory.base import AuditEntry, AuditReport
+from memory.base import AuditEntry, AuditHit, AuditReport
 from memory.chain import canonical, verify_chain
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -76,6 +76,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         END $$;
         """,
     ),
+    (
+        "0203_audit_search",
+        """
+        CREATE INDEX IF NOT EXISTS audit_entries_text ON audit_entries
+            USING gin (to_tsvector('simple', payload));
+        """,
+    ),
 ]
 
 _COLUMNS = "run_id, seq, key, kind, payload, prev_sha256, sha256, created_at"
@@ -109,3 +116,20 @@ class PostgresAuditLog:
             cur = await conn.execute("SELECT entries, head_sha256 FROM audit_heads WHERE run_id = %s", (run_id,))
             head = await cur.fetchone()
         return verify_chain(run_id, entries, (head[0], head[1]) if head else None)
+
+    async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
+        if not query.strip():
+            return []
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                """
+                SELECT run_id, seq, kind, created_at,
+                       ts_rank(to_tsvector('simple', payload), q) AS rank,
+                       ts_headline('simple', payload, q, 'MaxWords=30, MinWords=10, MaxFragments=1') AS excerpt
+                FROM audit_entries, websearch_to_tsquery('simple', %s) AS q
+                WHERE to_tsvector('simple', payload) @@ q
+                ORDER BY rank DESC, created_at DESC LIMIT %s
+                """,
+                (query, limit),
+            )
+            return [AuditHit.model_validate(r) for r in await cur.fetchall()]

@@ -110,6 +110,17 @@ class AuditReport(BaseModel):
     problems: list[str]
 
 
+class AuditHit(BaseModel):
+    """An audit entry that matches a search, with an excerpt around the match."""
+
+    run_id: str
+    seq: int
+    kind: str
+    excerpt: str
+    rank: float
+    created_at: datetime
+
+
 class AuditLog(Protocol):
     """Append-only audit. Appends are idempotent by ``key`` within a run."""
 
@@ -120,3 +131,7 @@ class AuditLog(Protocol):
     async def entries(self, run_id: str) -> list[AuditEntry]: ...
 
     async def verify(self, run_id: str) -> AuditReport: ...
+
+    async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
+        """Entries of every run matching ``query`` (words, all required), best first."""
+        ...

@@ -6,6 +6,7 @@ record and audit; on ESCALATE open an escalation and leave the run ``waiting_hum
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -464,6 +465,11 @@ class PipelineEngine:
     async def _finish(self, run: Run) -> None:
         stages = await self._d.store.stages(run.id)
         artifacts = await self._d.store.artifacts(run.id)
+        recorded = await self._d.audit.entries(run.id)
+
+        def payloads(*kinds: str) -> list[Any]:
+            return [json.loads(e.payload) for e in recorded if e.kind in kinds]
+
         snapshot = {
             "requirement": run.requirement,
             "pipeline": run.pipeline,
@@ -472,6 +478,9 @@ class PipelineEngine:
             "tokens": {s.team: [s.tokens_in, s.tokens_out] for s in stages},
             "cost_usd": round(sum(s.cost_usd for s in stages), 6),
             "artifacts": {a.name: a.sha256 for a in artifacts},
+            "clarifications": payloads("clarification"),
+            "escalations": payloads("escalation.opened", "escalation.decided"),
+            "parent_run_id": run.parent_run_id,
         }
         entry = await self._d.audit.append(run.id, "run.snapshot", "run.snapshot", snapshot)
         write_manifest(

@@ -63,3 +63,29 @@ async def test_altered_removed_or_reordered_entries_are_detected(pg_url: str, st
         report = await log.verify("run-x")
         assert not report.intact
         assert any(needle in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("store", ["postgres", "memory"])
+async def test_search_finds_entries_of_past_runs_best_first(pg_url: str, store: str) -> None:
+    from memory.audit_memory import InMemoryAuditLog
+
+    pool = None
+    if store == "postgres":
+        pool, log = await _log(pg_url)
+        audit: PostgresAuditLog | InMemoryAuditLog = log
+    else:
+        audit = InMemoryAuditLog()
+    try:
+        await audit.append("run-a", "snap", "run.snapshot", {"requirement": "URL shortener with click counts"})
+        await audit.append("run-b", "snap", "run.snapshot", {"requirement": "Payroll export to CSV"})
+        await audit.append(
+            "run-b", "q1", "clarification", {"question": "Which CSV delimiter for the payroll export?", "answer": ";"}
+        )
+        hits = await audit.search("payroll csv")
+        assert {h.run_id for h in hits} == {"run-b"} and len(hits) == 2
+        assert all("payroll" in h.excerpt.lower() for h in hits)
+        assert [h.run_id for h in await audit.search("shortener")] == ["run-a"]
+        assert await audit.search("nothing-like-this") == [] and await audit.search("   ") == []
+    finally:
+        if pool is not None:
+            await pool.close()
