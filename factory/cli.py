@@ -318,6 +318,34 @@ def audit_show(run_id: str) -> None:
         typer.echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
 
 
+@app.command("ask")
+def ask(
+    question: str,
+    run: Annotated[str | None, typer.Option("--run", help="only this run's memory")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Answer a question about a run or the whole factory from memory, citing the items used."""
+    if not question.strip():
+        _err("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'", EXIT_INPUT)
+
+    async def go() -> Any:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            if run is not None and await factory.store.get_run(run) is None:
+                raise InputError(f"no run {run!r}; see the run ids in 'factory audit search'")
+            return await factory.qa.ask(question, run_id=run)
+
+    settings = _settings()
+    answer = _run_async(go())
+    if as_json:
+        _print_json(answer.model_dump(mode="json"))
+        return
+    typer.echo(answer.text)
+    for c in answer.citations:
+        typer.echo(f"  [{c.number}] {c.source} (run {c.run_id or '-'}): {' '.join(c.excerpt.split())[:160]}")
+
+
 @audit_app.command("search")
 def audit_search(
     query: str,

@@ -25,6 +25,7 @@ from hitl.postgres import PostgresEscalationQueue
 from memory.audit_pg import PostgresAuditLog
 from memory.bank_pg import PgVectorMemoryStore
 from memory.gateway import MemoryGateway, approx_tokens
+from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
@@ -91,6 +92,8 @@ class Factory:
     engine: PipelineEngine
     broker: RedisBroker
     answerer: TeamAnswerer
+    memory: StageMemory
+    qa: ProjectQA
     model_description: str
 
 
@@ -237,6 +240,8 @@ async def open_factory(
                     engine=engine,
                     broker=broker,
                     answerer=answerer,
+                    memory=memory,
+                    qa=ProjectQA(memory.gateway, recorded, ALL_TEAMS, timeout_s=settings.model_timeout_s, count=count),
                     model_description=description,
                 )
         finally:

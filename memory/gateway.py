@@ -72,13 +72,15 @@ class MemoryGateway:
         kinds: Sequence[MemoryKind] | None = None,
         run_id: str | None = None,
         shared: bool = True,
+        banks: Sequence[str] | None = None,
     ) -> list[Recalled]:
         """The best items for ``query`` from ``team``'s bank (and the shared world), best first,
-        as many as fit in ``budget_tokens``."""
+        as many as fit in ``budget_tokens``; ``banks`` overrides which banks are searched."""
         if not query.strip() or budget_tokens <= 0:
             return []
         [vector] = await self.embed([query])
-        banks = [team, SHARED_BANK] if shared and team != SHARED_BANK else [team]
+        if banks is None:
+            banks = [team, SHARED_BANK] if shared and team != SHARED_BANK else [team]
         wanted = [k for k in kinds] if kinds else [k for k in MemoryKind if k is not MemoryKind.MENTAL_MODEL]
         found = await self.store.search(banks, vector, limit=limit * self.policy.overfetch, kinds=wanted, run_id=run_id)
         now = datetime.now(UTC)

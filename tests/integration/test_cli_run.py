@@ -75,6 +75,15 @@ async def test_phase1_run_completes_on_real_services(
     verify = factory("audit", "verify", out["run_id"], env=env)
     assert verify.returncode == 0 and "intact" in verify.stdout
 
+    found = factory("audit", "search", "URL shortener", "--json", env=env)
+    assert found.returncode == 0 and out["run_id"] in {h["run_id"] for h in json.loads(found.stdout)}
+    assert "nothing in the audit matches" in factory("audit", "search", "zebra-quokka", env=env).stdout
+    asked = factory("ask", "What did the documentation team write?", "--run", out["run_id"], "--json", env=env)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["citations"] and all(c["run_id"] == out["run_id"] for c in answer["citations"])
+    assert factory("ask", "anything", "--run", "no-such-run", env=env).returncode == 2
+
 
 def test_blocked_team_exits_3_with_an_escalation_row(env: dict[str, str], pg_url: str) -> None:
     blocked = {

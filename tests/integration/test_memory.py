@@ -15,7 +15,9 @@ from memory.bank_pg import PgVectorMemoryStore
 from memory.base import SHARED_BANK, MemoryKind, MemoryStore, NewMemory
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.packing import compact, over_threshold, pack
+from memory.qa import ProjectQA
 from memory.retention import StageOutcome, StructuredExtractor, stage_memories
+from routing.base import ChatRequest, ChatResponse
 from routing.embeddings import EmbeddedEmbedder
 
 pytestmark = pytest.mark.integration
@@ -160,3 +162,40 @@ async def test_compaction_triggers_at_the_threshold_and_keeps_the_batch(
     assert await store.count(TEAM) >= 3  # the transcript is retained, not lost
     model = await gateway.mental_model(TEAM)
     assert model is not None and "links table uses code as key" in model
+
+
+class Answering:
+    """A factory/cheap stand-in: answers with a fixed JSON text and keeps the prompts."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.prompts: list[str] = []
+
+    async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+        self.prompts.append(request.messages[-1].content)
+        return ChatResponse(text=self.text, alias=request.alias, model="answering")
+
+
+async def test_project_qa_answers_from_memory_with_citations(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder)
+    await gateway.retain([fact(t) for t in DISTRACTORS] + [fact(NEEDLE, run="run-7")])
+    model = Answering('{"answer": "In PostgreSQL, table links.", "cited": [1]}')
+    qa = ProjectQA(gateway, model, [TEAM, "ux-ui-design"], timeout_s=5)
+    answer = await qa.ask("Where are the short links stored?")
+    assert answer.text == "In PostgreSQL, table links." and answer.answered_by == "answering"
+    assert [c.excerpt for c in answer.citations] == [NEEDLE] and answer.citations[0].run_id == "run-7"
+    assert "[1]" in model.prompts[0] and NEEDLE in model.prompts[0]
+    scoped = await qa.ask("Where are the short links stored?", run_id="run-other")
+    assert scoped.citations == [] and "nothing" in scoped.text
+
+
+@pytest.mark.parametrize("garbage", ["not json", '{"answer": "Made up.", "cited": [42]}', '{"answer": ""}'])
+async def test_project_qa_falls_back_to_the_evidence_on_garbage(
+    store: MemoryStore, embedder: LocalEmbedder, garbage: str
+) -> None:
+    gateway = MemoryGateway(store, embedder)
+    await gateway.retain([fact(NEEDLE)])
+    answer = await ProjectQA(gateway, Answering(garbage), [TEAM], timeout_s=5).ask("Where are short links stored?")
+    assert answer.answered_by == "memory" and answer.citations and answer.citations[0].excerpt == NEEDLE
+    with pytest.raises(ValueError, match="empty"):
+        await ProjectQA(gateway, Answering(garbage), [TEAM], timeout_s=5).ask("  ")
