@@ -12,7 +12,8 @@ Keys, under the prefix (``factory:`` by default):
 - ``clarify:counters``: a hash of counters shared by every process.
 
 Sending is one script call (cap + ``XADD``) pipelined with the first wait, answering is one script
-call (answer once + reply + ``XACK`` + ``XDEL``). A responder that dies mid-request leaves the entry
+call (answer once + reply + ``XACK`` + ``XDEL``); a fresh entry is answered with no round trip
+before it, and a quick answer starts no heartbeat. A responder that dies mid-request leaves the entry
 pending; a live one reclaims it with ``XAUTOCLAIM`` once it has been idle for ``claim_idle_s`` (a
 working responder keeps its entries fresh with a heartbeat). A lost connection (e.g. Redis restarted) is
 retried with backoff and the request re-sent through the same script, which adds an entry marked
@@ -29,7 +30,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "responders"
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+_RESENT = b"resent"  # the field that marks an entry the asker sent again
 _GRACE_S = 0.5  # beyond the reply timeout, for the last round trip; and the bound on a counter update
 
 # KEYS: count, stream, counters, answer, reply, sent · ARGV: max per objective, ttl, maxlen, request json,
@@ -326,12 +328,13 @@ class RedisBroker:
                     if claimed[1]:
                         await self._count("reclaims", len(claimed[1]))
                         entries += [e for e in claimed[1] if e and e[1]]
+                reclaimed = bool(entries)
                 if not entries:
                     read = await self._redis.xreadgroup(GROUP, consumer, {stream: ">"}, count=16, block=500)
                     entries = [e for _, batch in read for e in batch]
                 failures = 0
                 if entries:
-                    await self._handle_batch(stream, consumer, entries, answerer)
+                    await self._handle_batch(stream, consumer, entries, answerer, reclaimed=reclaimed)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -346,35 +349,58 @@ class RedisBroker:
                     await asyncio.wait_for(stop.wait(), timeout=min(0.05 * 2**failures, 2.0))
 
     async def _handle_batch(
-        self, stream: str, consumer: str, entries: list[tuple[Any, dict[Any, Any]]], answerer: Answerer
+        self,
+        stream: str,
+        consumer: str,
+        entries: list[tuple[Any, dict[Any, Any]]],
+        answerer: Answerer,
+        *,
+        reclaimed: bool,
     ) -> None:
-        """Answer a batch: one round trip to skip what is answered already, the answers run
-        concurrently, one round trip to deliver them all (each once) and acknowledge."""
+        """Answer a batch, each request id once, then deliver every answer in one round trip.
+
+        A fresh entry is a request's only entry (the send script adds one per id), so it is
+        answered at once; only reclaimed and re-sent entries may be answered already, and only
+        they cost a round trip to check first."""
         requests: list[tuple[Any, ClarificationRequest]] = []
+        suspect: list[bool] = []
         pipe = self._redis.pipeline(transaction=False)
         for entry_id, fields in entries:
             try:
                 requests.append((entry_id, ClarificationRequest.model_validate_json(fields.get(b"request") or b"")))
+                suspect.append(reclaimed or _RESENT in fields)
             except ValidationError:
                 log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
                 pipe.hincrby(self._counters, "malformed", 1)
         skipped = len(pipe)
-        for _, request in requests:
-            pipe.exists(self._key("clarify:answer", request.id))
-        seen = (await pipe.execute())[skipped:] if len(pipe) else []
+        for (_, request), check in zip(requests, suspect, strict=True):
+            if check:
+                pipe.exists(self._key("clarify:answer", request.id))
+        known = iter((await pipe.execute())[skipped:] if len(pipe) else [])
         fresh: list[tuple[Any, ClarificationRequest]] = []
         duplicates: list[Any] = []
         taken: set[str] = set()
-        for (entry_id, request), done in zip(requests, seen, strict=True):
-            if done or request.id in taken:  # answered already, or twice in this batch (a re-send)
+        for (entry_id, request), check in zip(requests, suspect, strict=True):
+            if (check and next(known)) or request.id in taken:  # answered already, or twice in this batch
                 duplicates.append(entry_id)
             else:
                 taken.add(request.id)
                 fresh.append((entry_id, request))
-        replies = await asyncio.gather(*(self._answer_one(stream, consumer, eid, req, answerer) for eid, req in fresh))
-        await self._deliver(stream, list(zip(fresh, replies, strict=True)), duplicates)
+        with self._heartbeat(stream, consumer, [entry_id for entry_id, _ in fresh]):
+            if len(fresh) == 1:  # the usual case: no task to schedule
+                replies = [await self._answer_one(consumer, fresh[0][1], answerer)]
+            else:
+                replies = await asyncio.gather(*(self._answer_one(consumer, req, answerer) for _, req in fresh))
+        answered = list(zip(fresh, replies, strict=True))
+        for attempt in range(1, self.limits.reconnect_attempts + 1):
+            try:  # the answers are made: keep them through a lost connection rather than answer again
+                return await self._deliver(stream, answered, duplicates)
+            except _LOST as exc:
+                log.warning("responder %s could not deliver (%s); retry %d", consumer, exc, attempt)
+                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+        await self._deliver(stream, answered, duplicates)
 
     async def _deliver(
         self,
@@ -415,10 +441,7 @@ class RedisBroker:
             if isinstance(result, Exception):
                 raise result
 
-    async def _answer_one(
-        self, stream: str, consumer: str, entry_id: Any, request: ClarificationRequest, answerer: Answerer
-    ) -> ClarificationReply:
-        heartbeat = asyncio.create_task(self._keep_claimed(stream, consumer, entry_id))
+    async def _answer_one(self, consumer: str, request: ClarificationRequest, answerer: Answerer) -> ClarificationReply:
         try:
             reply = await answerer(request)
         except Exception as exc:  # an answerer failure is the asker's answer, not a dead responder
@@ -430,13 +453,27 @@ class RedisBroker:
                 answer=f"the responder failed: {exc}",
                 answered_at=_now(),
             )
-        finally:
-            heartbeat.cancel()
         return reply.model_copy(update={"responder": consumer})
 
-    async def _keep_claimed(self, stream: str, consumer: str, entry_id: Any) -> None:
-        """Reset the entry's idle time while it is being answered, so no live work is reclaimed."""
-        with contextlib.suppress(*_LOST):
-            while True:
-                await asyncio.sleep(self.limits.claim_idle_s / 3)
-                await self._redis.xclaim(stream, GROUP, consumer, 0, [entry_id], justid=True)
+    @contextlib.contextmanager
+    def _heartbeat(self, stream: str, consumer: str, entry_ids: list[Any]) -> Iterator[None]:
+        """While a batch is answered, reset its entries' idle time so no live work is reclaimed.
+
+        Started only once an answer has taken a third of ``claim_idle_s``: a quick answer costs
+        no task and no round trip."""
+        period_s = self.limits.claim_idle_s / 3
+        beating: list[asyncio.Task[None]] = []
+
+        async def beat() -> None:
+            with contextlib.suppress(*_LOST):
+                while True:
+                    await self._redis.xclaim(stream, GROUP, consumer, 0, entry_ids, justid=True)
+                    await asyncio.sleep(period_s)
+
+        timer = asyncio.get_running_loop().call_later(period_s, lambda: beating.append(asyncio.create_task(beat())))
+        try:
+            yield
+        finally:
+            timer.cancel()
+            for task in beating:
+                task.cancel()

@@ -186,10 +186,11 @@ async def test_a_failing_answerer_replies_with_the_failure(broker: Clarification
 async def _deliver_again(broker: ClarificationBroker, request: ClarificationRequest) -> None:
     if isinstance(broker, InMemoryBroker):
         broker.deliver(request)
-    else:
+    else:  # a second entry, as an asker's re-send after a lost connection adds it (reclaims: test_broker_streams)
         assert isinstance(broker, RedisBroker)
         await broker._redis.xadd(
-            broker.stream(request.target_team), {"id": request.id, "request": request.model_dump_json()}
+            broker.stream(request.target_team),
+            {"id": request.id, "request": request.model_dump_json(), "resent": "1"},
         )
 
 
