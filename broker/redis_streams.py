@@ -50,6 +50,7 @@ from broker.base import (
     cap_refusal,
     refusal_for,
 )
+from broker.redis_scripts import ANSWER, SEND
 from teams.slugs import TeamSlug
 
 log = logging.getLogger(__name__)
@@ -58,59 +59,6 @@ GROUP = "responders"
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 _RESENT = b"resent"  # the field that marks an entry the asker sent again
 _GRACE_S = 0.5  # beyond the reply timeout, for the last round trip; and the bound on a counter update
-
-# KEYS: count, stream, counters, answer, reply, sent · ARGV: max per objective, ttl, maxlen, request json,
-# id, resend (1 after a lost connection). Returns the request's number within its objective, or 0 when
-# it needs no new entry: answered already (the answer goes on the reply list again) or sent already
-# (``sent`` holds while the asker may wait; a re-send adds an entry marked ``resent``). Something is on
-# the reply list at once unless the request is out, so the asker sends and waits in one round trip.
-_SEND = """
-local answer = redis.call('GET', KEYS[4])
-if answer then
-  redis.call('LPUSH', KEYS[5], answer)
-  redis.call('EXPIRE', KEYS[5], ARGV[2])
-  return 0
-end
-local resend = ARGV[6] == '1'
-local n = 0
-if redis.call('EXISTS', KEYS[6]) == 0 then
-  n = redis.call('INCR', KEYS[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  if n > tonumber(ARGV[1]) then
-    redis.call('HINCRBY', KEYS[3], 'refused.cap', 1)
-    redis.call('LPUSH', KEYS[5], 'refused:cap')
-    redis.call('EXPIRE', KEYS[5], ARGV[2])
-    return n
-  end
-  redis.call('SET', KEYS[6], '1', 'EX', ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'requests', 1)
-elseif not resend then
-  return 0
-end
-if resend then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4], 'resent', '1')
-  redis.call('HINCRBY', KEYS[3], 'resent', 1)
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[5], 'request', ARGV[4])
-end
-return n
-"""
-
-# KEYS: answer, reply, stream, counters · ARGV: reply json, ttl, entry id. The entry is acknowledged
-# and deleted: a stream holds only what is still to answer (and MAXLEN bounds that backlog).
-_ANSWER = """
-local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
-if first then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[4], 'replies', 1)
-else
-  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
-end
-redis.call('XACK', KEYS[3], 'responders', ARGV[3])
-redis.call('XDEL', KEYS[3], ARGV[3])
-return first and 1 or 0
-"""
 
 
 def _now() -> datetime:
@@ -128,8 +76,8 @@ class RedisBroker:
         self._redis = redis
         self._prefix = prefix
         self.limits = limits or BrokerLimits()
-        self._send = redis.register_script(_SEND)
-        self._answer = redis.register_script(_ANSWER)
+        self._send = redis.register_script(SEND)
+        self._answer = redis.register_script(ANSWER)
         self._scripts_loaded = False
 
     def stream(self, team: str) -> str:
@@ -292,7 +240,7 @@ class RedisBroker:
     async def _load_scripts(self) -> None:
         """Load both scripts once, so pipelines can call them by hash (EVALSHA) in one round trip."""
         if not self._scripts_loaded:
-            for script in (_SEND, _ANSWER):
+            for script in (SEND, ANSWER):
                 await self._redis.script_load(script)
             self._scripts_loaded = True
 
@@ -357,37 +305,8 @@ class RedisBroker:
         *,
         reclaimed: bool,
     ) -> None:
-        """Answer a batch, each request id once, then deliver every answer in one round trip.
-
-        A fresh entry is a request's only entry (the send script adds one per id), so it is
-        answered at once; only reclaimed and re-sent entries may be answered already, and only
-        they cost a round trip to check first."""
-        requests: list[tuple[Any, ClarificationRequest]] = []
-        suspect: list[bool] = []
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id, fields in entries:
-            try:
-                requests.append((entry_id, ClarificationRequest.model_validate_json(fields.get(b"request") or b"")))
-                suspect.append(reclaimed or _RESENT in fields)
-            except ValidationError:
-                log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                pipe.hincrby(self._counters, "malformed", 1)
-        skipped = len(pipe)
-        for (_, request), check in zip(requests, suspect, strict=True):
-            if check:
-                pipe.exists(self._key("clarify:answer", request.id))
-        known = iter((await pipe.execute())[skipped:] if len(pipe) else [])
-        fresh: list[tuple[Any, ClarificationRequest]] = []
-        duplicates: list[Any] = []
-        taken: set[str] = set()
-        for (entry_id, request), check in zip(requests, suspect, strict=True):
-            if (check and next(known)) or request.id in taken:  # answered already, or twice in this batch
-                duplicates.append(entry_id)
-            else:
-                taken.add(request.id)
-                fresh.append((entry_id, request))
+        """Answer a batch, each request id once, then deliver every answer in one round trip."""
+        fresh, duplicates = await self._triage(stream, entries, reclaimed=reclaimed)
         with self._heartbeat(stream, consumer, [entry_id for entry_id, _ in fresh]):
             if len(fresh) == 1:  # the usual case: no task to schedule
                 replies = [await self._answer_one(consumer, fresh[0][1], answerer)]
@@ -401,6 +320,40 @@ class RedisBroker:
                 log.warning("responder %s could not deliver (%s); retry %d", consumer, exc, attempt)
                 await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
         await self._deliver(stream, answered, duplicates)
+
+    async def _triage(
+        self, stream: str, entries: list[tuple[Any, dict[Any, Any]]], *, reclaimed: bool
+    ) -> tuple[list[tuple[Any, ClarificationRequest]], list[Any]]:
+        """(entries to answer, duplicate entries); malformed entries are dropped.
+
+        A fresh entry is its request's only one (the send script adds one per id), so it costs no
+        round trip; only reclaimed and re-sent entries may be answered already and are checked."""
+        requests: list[tuple[Any, ClarificationRequest, bool]] = []
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            try:
+                request = ClarificationRequest.model_validate_json(fields.get(b"request") or b"")
+                requests.append((entry_id, request, reclaimed or _RESENT in fields))
+            except ValidationError:
+                log.warning("dropping malformed clarification entry %s on %s", _text(entry_id), stream)
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.hincrby(self._counters, "malformed", 1)
+        skipped = len(pipe)
+        for _, request, suspect in requests:
+            if suspect:
+                pipe.exists(self._key("clarify:answer", request.id))
+        known = iter((await pipe.execute())[skipped:] if len(pipe) else [])
+        fresh: list[tuple[Any, ClarificationRequest]] = []
+        duplicates: list[Any] = []
+        taken: set[str] = set()
+        for entry_id, request, suspect in requests:
+            if (suspect and next(known)) or request.id in taken:  # answered already, or twice in this batch
+                duplicates.append(entry_id)
+            else:
+                taken.add(request.id)
+                fresh.append((entry_id, request))
+        return fresh, duplicates
 
     async def _deliver(
         self,
