@@ -418,7 +418,7 @@ class RedisBroker:
         beating: list[asyncio.Task[None]] = []
 
         async def beat() -> None:
-            with contextlib.suppress(*_LOST):
+            with contextlib.suppress(ResponseError, *_LOST):  # a lost Redis or group is the serve loop's to mend
                 while True:
                     await self._redis.xclaim(stream, GROUP, consumer, 0, entry_ids, justid=True)
                     await asyncio.sleep(period_s)
