@@ -68,7 +68,14 @@ def test_killed_run_resumes_without_duplicates(
         stage_rows = conn.execute("SELECT count(*) FROM stages WHERE run_id = %s", (run_id,)).fetchone()
         usage = dict(
             conn.execute(
-                "SELECT team, count(*) FROM usage_ledger WHERE run_id = %s GROUP BY team", (run_id,)
+                "SELECT team, count(*) FROM usage_ledger WHERE run_id = %s AND purpose = 'objective' GROUP BY team",
+                (run_id,),
+            ).fetchall()
+        )
+        retained = dict(
+            conn.execute(
+                "SELECT team, count(*) FROM usage_ledger WHERE run_id = %s AND purpose = 'memory' GROUP BY team",
+                (run_id,),
             ).fetchall()
         )
         kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_entries WHERE run_id = %s ORDER BY seq", (run_id,))]
@@ -76,6 +83,7 @@ def test_killed_run_resumes_without_duplicates(
     assert stage_rows == (5,) and artifacts == (9,)
     assert usage["business-analysis"] == 1 and usage["solution-architecture"] == 1  # not re-run
     assert usage["backend-engineering"] == 1  # the killed call never finished, so never recorded
+    assert set(retained.values()) == {1} and len(retained) == 5  # each stage's memory extracted once
     assert kinds.count("stage.complete") == 5 and kinds.count("run.snapshot") == 1 and kinds.count("run.created") == 1
     assert factory("audit", "verify", run_id, env=env).returncode == 0
     assert run_json(factory("resume", run_id, "--json", env=env))["audit"] == out["audit"]  # idempotent
