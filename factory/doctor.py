@@ -109,6 +109,7 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
             "retry_budget": settings.retry_budget,
             "iteration_cap": settings.iteration_cap,
             "tool_rounds": settings.tool_rounds,
+            "local_tool_rounds": settings.local_tool_rounds,
             "clarify_max_per_objective": settings.clarify_max_per_objective,
             "clarify_max_depth": settings.clarify_max_depth,
             "clarify_reply_timeout_s": settings.clarify_reply_timeout_s,

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     retry_budget: int = Field(default=2, ge=0, le=10)
     iteration_cap: int = Field(default=6, ge=1, le=50)
     tool_rounds: int = Field(default=3, ge=0, le=10)  # tool calls a team may make per execution
+    #: The embedded 135M model's tool rounds: it spent them on junk calls (a write_artifact named after
+    #: the requirement, repeated recalls) at a model call each; memory packing gives it recall anyway.
+    local_tool_rounds: int = Field(default=0, ge=0, le=10)
     # Clarification broker (DESIGN §6)
     clarify_max_per_objective: int = Field(default=3, ge=0, le=20)
     clarify_max_depth: int = Field(default=2, ge=1, le=5)

@@ -187,8 +187,7 @@ async def open_factory(
                 max_tokens=settings.local_max_tokens if compact else 4096,
                 bounds=SchemaBounds.compact() if compact else SchemaBounds(),
                 budget_chars=min(settings.context_budget_chars, 2400) if compact else settings.context_budget_chars,
-                # A 135M model spends every round it is given on tools; one is what helps it.
-                tool_rounds=min(settings.tool_rounds, 1) if compact else settings.tool_rounds,
+                tool_rounds=min(settings.tool_rounds, settings.local_tool_rounds) if compact else settings.tool_rounds,
                 window_tokens=window,
                 count=count,
             )
