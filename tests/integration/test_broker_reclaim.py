@@ -16,10 +16,11 @@ from redis.asyncio import Redis
 
 from broker.base import BrokerLimits, ClarificationRequest
 from broker.redis_streams import GROUP, RedisBroker
+from teams.slugs import TeamSlug
 from tests.integration.cli import FACTORY
 
 pytestmark = pytest.mark.integration
-TEAM = "backend-engineering"
+TEAM: TeamSlug = "backend-engineering"
 
 
 def _responder(env: dict[str, str], tmp: Path, name: str, latency_s: float) -> subprocess.Popen[bytes]:
