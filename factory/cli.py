@@ -407,19 +407,19 @@ def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
     async def go() -> dict[str, Any]:
         from broker.redis_streams import RedisBroker
         from factory import services
-        from factory.wiring import _open_redis, _where, broker_limits
+        from factory.wiring import broker_limits, open_redis, safe_url
         from teams.slugs import ALL_TEAMS
 
         configured = settings.redis_url.get_secret_value() if settings.redis_url else None
         url = configured or services.start_redis(settings.data_dir, timeout_s=settings.service_start_timeout_s)
-        redis = await _open_redis(url, settings.connect_timeout_s)
+        redis = await open_redis(url, settings.connect_timeout_s)
         try:
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             counters, backlog = await broker.counters(), await broker.backlog(ALL_TEAMS)
         finally:
             await redis.aclose()
         return {
-            "redis": _where(url),
+            "redis": safe_url(url),
             "prefix": settings.redis_prefix,
             "counters": {**dict.fromkeys(BROKER_COUNTERS, 0), **counters},
             "refusals": {

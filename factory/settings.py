@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     clarify_reply_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     clarify_reply_ttl_s: int = Field(default=600, ge=10, le=86400)
     clarify_claim_idle_s: float = Field(default=30.0, gt=0, le=3600)
+    clarify_stream_maxlen: int = Field(default=10_000, ge=10, le=10_000_000)  # unanswered requests kept per team
     clarify_responders: bool = True  # serve every team's clarifications inside `factory run`
 
     # Memory (DESIGN §7)

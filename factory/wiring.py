@@ -59,6 +59,7 @@ def broker_limits(settings: Settings) -> BrokerLimits:
         reply_timeout_s=settings.clarify_reply_timeout_s,
         reply_ttl_s=settings.clarify_reply_ttl_s,
         claim_idle_s=settings.clarify_claim_idle_s,
+        stream_maxlen=settings.clarify_stream_maxlen,
     )
 
 
@@ -70,7 +71,7 @@ def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor
     return ModelExtractor(model, timeout_s=settings.model_timeout_s)
 
 
-def _where(url: str) -> str:
+def safe_url(url: str) -> str:
     """A URL without credentials, safe to print."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
@@ -103,12 +104,12 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
             await migrate(conn)
     except FeatureNotSupported as exc:
         raise ServiceUnavailable(
-            f"PostgreSQL at {_where(url)} cannot enable pgvector ({exc}); install pgvector 0.8+ there,"
+            f"PostgreSQL at {safe_url(url)} cannot enable pgvector ({exc}); install pgvector 0.8+ there,"
             " or unset FACTORY_DATABASE_URL to use the embedded PostgreSQL, which ships it"
         ) from exc
     except OperationalError as exc:
         raise ServiceUnavailable(
-            f"PostgreSQL at {_where(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
+            f"PostgreSQL at {safe_url(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
             " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
         ) from exc
     # Autocommit: each store call is one round trip; multi-statement work opens a transaction.
@@ -117,14 +118,14 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
     return pool
 
 
-async def _open_redis(url: str, timeout_s: float) -> Redis:
+async def open_redis(url: str, timeout_s: float) -> Redis:
     redis = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         await redis.ping()  # type: ignore[misc]  # redis-py types ping() for sync and async
     except (RedisError, OSError) as exc:
         await redis.aclose()
         raise ServiceUnavailable(
-            f"Redis at {_where(url)} is unreachable ({exc}); start it, fix FACTORY_REDIS_URL,"
+            f"Redis at {safe_url(url)} is unreachable ({exc}); start it, fix FACTORY_REDIS_URL,"
             " or unset it to use the embedded Redis"
         ) from exc
     return redis
@@ -167,7 +168,7 @@ async def open_factory(
     pool = await _open_pool(endpoints.database_url, settings.connect_timeout_s)
     embedded = None
     try:
-        redis = await _open_redis(endpoints.redis_url, settings.connect_timeout_s)
+        redis = await open_redis(endpoints.redis_url, settings.connect_timeout_s)
         try:
             store = PostgresRunStore(pool)
             if model is None:
