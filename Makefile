@@ -58,7 +58,7 @@ typecheck: install
 	$(VENV)/bin/mypy factory teams routing memory hitl observability broker
 
 bench: install
-	$(PY) bench/pipeline_overhead.py
+	$(PY) -m bench.pipeline_overhead
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock

@@ -27,7 +27,9 @@ from pathlib import Path
 from factory import services
 from factory.settings import Settings
 from factory.wiring import Factory, open_factory, responders_for_run
-from routing.base import ChatRequest, ChatResponse
+from routing import aliases
+from routing.base import ChatRequest, ChatResponse, Embedder
+from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
 from teams.revision import revise
 
@@ -49,6 +51,21 @@ class TimedModel:
             self.seconds[request.team or ""] += time.perf_counter() - started
 
 
+class TimedEmbedder:
+    """Measures time spent embedding (local/embed through the router), in total."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.embed(texts, timeout_s=timeout_s)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -56,18 +73,27 @@ def pct(values: list[float], q: float) -> float:
 
 async def overhead(settings: Settings, runs: int, pipeline: str) -> dict[str, float]:
     model = TimedModel(ScriptedModel())
+    embedder = TimedEmbedder(LiteLLMRouter(aliases.plan()))
     per_stage: list[float] = []
-    async with open_factory(settings, model=model) as factory:
-        await factory.engine.start(REQ, pipeline)  # warm-up: connections, caches
+    without_embedding: list[float] = []  # per run: mean per stage, embedding time taken out
+    embedding: list[float] = []
+    async with open_factory(settings, model=model, embedder=embedder) as factory:
+        await factory.engine.start(REQ, pipeline)  # warm-up: connections, caches, the embedding model
         for _ in range(runs):
             model.seconds.clear()
+            embedder.seconds = 0.0
             outcome = await factory.engine.start(REQ, pipeline)
             assert outcome.run.status.value == "complete", outcome
-            per_stage += [(t.wall_s - model.seconds[t.team]) * 1000 for t in outcome.timings]
+            stages = [(t.wall_s - model.seconds[t.team]) * 1000 for t in outcome.timings]
+            per_stage += stages
+            embedding.append(embedder.seconds * 1000 / len(stages))
+            without_embedding.append(sum(stages) / len(stages) - embedding[-1])
     return {
         "stages_measured": len(per_stage),
         "median_ms": round(statistics.median(per_stage), 3),
         "p95_ms": round(pct(per_stage, 0.95), 3),
+        "embedding_ms_per_stage": round(statistics.median(embedding), 3),
+        "median_ms_without_embedding": round(statistics.median(without_embedding), 3),
     }
 
 
@@ -154,6 +180,9 @@ async def main() -> None:
                 report["phase1_overhead_per_stage"] = phase1
                 report["full_overhead_per_stage"] = full
                 report["full_over_phase1_median_ratio"] = round(full["median_ms"] / phase1["median_ms"], 3)
+                report["full_over_phase1_ratio_without_embedding"] = round(
+                    full["median_ms_without_embedding"] / phase1["median_ms_without_embedding"], 3
+                )
             if not args.no_smollm2:
                 report["phase1_smollm2"] = await smollm2_run(settings, "phase1")
             if not args.no_smollm2 and not args.no_full_smollm2:
