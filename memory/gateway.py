@@ -58,7 +58,9 @@ class MemoryGateway:
         """Embed and store; near-duplicates (same bank and kind) are merged, not stored twice."""
         if not items:
             return []
-        vectors = await self.embed([i.text for i in items])
+        unique = list(dict.fromkeys(i.text for i in items))  # the same text in two banks is embedded once
+        by_text = dict(zip(unique, await self.embed(unique), strict=True))
+        vectors = [by_text[i.text] for i in items]
         return await self.store.retain(items, vectors, dedupe_at=self.dedupe_at if dedupe else None)
 
     async def recall(
