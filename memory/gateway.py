@@ -83,7 +83,7 @@ class MemoryGateway:
         [vector] = await self.embed([query])
         if banks is None:
             banks = [team, SHARED_BANK] if shared and team != SHARED_BANK else [team]
-        wanted = [k for k in kinds] if kinds else [k for k in MemoryKind if k is not MemoryKind.MENTAL_MODEL]
+        wanted = list(kinds) if kinds else [k for k in MemoryKind if k is not MemoryKind.MENTAL_MODEL]
         found = await self.store.search(banks, vector, limit=limit * self.policy.overfetch, kinds=wanted, run_id=run_id)
         now = datetime.now(UTC)
         ranked = sorted(

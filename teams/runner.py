@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from memory.gateway import approx_tokens
 from routing.base import ChatModel, ChatRequest, ChatResponse, Message
 from teams.base import Objective
 from teams.parsing import OutputProblem, json_object, validate_task_result
@@ -145,7 +146,7 @@ class TeamRunner:
         self._budget_chars = budget_chars
         self._tool_rounds = tool_rounds
         self._window_tokens = window_tokens
-        self._count = count or (lambda text: len(text) // 4 + 1)
+        self._count = count or approx_tokens
 
     async def execute(
         self,
