@@ -151,6 +151,15 @@ def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel
 
 
 @asynccontextmanager
+async def _closing(stream: RedisEventStream) -> AsyncIterator[None]:
+    """Publishes the live events still queued when the block ends."""
+    try:
+        yield
+    finally:
+        await stream.aclose()
+
+
+@asynccontextmanager
 async def open_factory(
     settings: Settings,
     *,
@@ -226,7 +235,7 @@ async def open_factory(
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)
-            async with responding(broker, answerer, serve):
+            async with responding(broker, answerer, serve), _closing(stream):
                 yield Factory(
                     settings=settings,
                     endpoints=endpoints,

@@ -1,8 +1,17 @@
-"""The live event stream on Redis: one trimmed stream per run plus a factory-wide stream."""
+"""The live event stream on Redis: one trimmed stream per run plus a factory-wide stream.
+
+Events are a view of a run, not its record (PostgreSQL is), so publishing is kept off the run's
+path: ``emit`` only queues; a background task sends what was queued within ``linger_s`` in one
+pipelined batch. The queue is bounded (the oldest events are dropped, and counted, when Redis
+cannot keep up) and ``aclose`` flushes what is left within a timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import deque
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -15,21 +24,90 @@ log = logging.getLogger(__name__)
 class RedisEventStream:
     """XADDs every event to ``{prefix}events:{run_id}`` and ``{prefix}events``, trimmed."""
 
-    def __init__(self, redis: Redis, *, prefix: str, maxlen: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        maxlen: int = 10_000,
+        queue_limit: int = 10_000,
+        batch: int = 256,
+        linger_s: float = 0.01,
+        close_timeout_s: float = 5.0,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._maxlen = maxlen
+        self._queue: deque[Event] = deque(maxlen=queue_limit)
+        self._batch = batch
+        self._linger_s = linger_s
+        self._close_timeout_s = close_timeout_s
+        self._wake = asyncio.Event()  # something was queued
+        self._idle = asyncio.Event()  # nothing queued and nothing in flight
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0  # events lost to a full queue
+        self.failed = 0  # events Redis refused or never got
 
     def run_stream(self, run_id: str) -> str:
         return f"{self._prefix}events:{run_id}"
 
     async def emit(self, event: Event) -> None:
-        fields = {"type": event.type, "json": event.model_dump_json()}
+        if self._closing:
+            await self._send([event])
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("live events are queued faster than Redis takes them; %d dropped", self.dropped)
+        self._queue.append(event)
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._publish(), name="factory-event-stream")
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every queued event was sent (or given up on), at most ``timeout_s``."""
+        if self._task is None or self._task.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s if timeout_s is not None else self._close_timeout_s)
+
+    async def aclose(self) -> None:
+        """Send what is queued (within the close timeout), then stop the publisher."""
+        await self.flush()
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._queue:
+            log.warning("%d live events not published before shutdown", len(self._queue))
+            self.failed += len(self._queue)
+            self._queue.clear()
+
+    async def _publish(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            self._idle.clear()
+            # A short wait gathers the events that follow into the same round trip.
+            await asyncio.sleep(self._linger_s)
+            events = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            await self._send(events)
+
+    async def _send(self, events: list[Event]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.run_stream(event.run_id), fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-                pipe.xadd(f"{self._prefix}events", fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                for event in events:
+                    fields = {"type": event.type, "json": event.model_dump_json()}
+                    pipe.xadd(self.run_stream(event.run_id), fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                    pipe.xadd(f"{self._prefix}events", fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
                 await pipe.execute()
-        except RedisError as exc:
-            # Events are a view of the run, not its record (Postgres is): never fail the run.
-            log.warning("live event %s for run %s not published: %s", event.type, event.run_id, exc)
+        except (RedisError, OSError) as exc:
+            # Never fail the run over its live view; the record is in PostgreSQL.
+            self.failed += len(events)
+            log.warning("%d live events (first %s of run %s) not published: %s", len(events), events[0].type,
+                        events[0].run_id, exc)  # fmt: skip

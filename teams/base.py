@@ -107,8 +107,9 @@ class RunStore(Protocol):
 
     async def set_run_status(self, run_id: str, status: RunStatus) -> None: ...
 
-    async def save_stage(self, stage: StageRecord) -> None:
-        """Insert or replace the stage (idempotent by run id and index)."""
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
+        """Insert or replace the stage (idempotent by run id and index), and with it, atomically,
+        the artifacts it produced (replaced by name)."""
         ...
 
     async def stages(self, run_id: str) -> list[StageRecord]: ...

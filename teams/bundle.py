@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ def write_artifact(root: Path, artifact: Artifact) -> Path:
         raise PipelineError(f"artifact {artifact.name!r} would be written outside the bundle; refused")
     _atomic_write(target, artifact.content)
     return target
+
+
+def write_artifacts(root: Path, artifacts: Sequence[Artifact]) -> None:
+    for artifact in artifacts:
+        write_artifact(root, artifact)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -6,6 +6,7 @@ record and audit; on ESCALATE open an escalation and leave the run ``waiting_hum
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,9 +21,10 @@ from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest
 from factory.errors import FactoryError, InputError, RunNotFound
 from hitl.base import Escalation, EscalationQueue
 from memory.base import AuditLog, AuditReport
+from memory.packing import PackedContext
 from observability.base import Event, EventSink
 from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
-from teams.bundle import sha256_text, write_artifact, write_manifest
+from teams.bundle import sha256_text, write_artifacts, write_manifest
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, GateLimits, Verdict, decide
 from teams.results import Artifact, TaskResult
@@ -218,18 +220,20 @@ class PipelineEngine:
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
         # recall(query) searches every earlier artifact of the run, not only those the team reads.
         recall: Recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
-        packed: str | None = None
+        packed: PackedContext | None = None
         if self._d.memory is not None:
             try:
-                packed = (await self._d.memory.context(member, run)).text
+                packed = await self._d.memory.context(member, run)
                 recall = self._d.memory.recall(member, run, has_items=bool(prior))
             except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
                 log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
                 await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
-        execution, decision, model_s = await self._execute_until_decided(run, stage, member, context, recall, packed)
+        execution, decision, model_s = await self._execute_until_decided(
+            run, stage, member, context, recall, packed.text if packed else None
+        )
         stage.result = execution.result
         if decision.verdict is Verdict.ADVANCE:
-            await self._complete(run, stage, execution.result)
+            await self._complete(run, stage, execution.result, packed)
             advanced = True
         else:
             await self._escalate(run, stage, execution.result, decision)
@@ -390,27 +394,26 @@ class PipelineEngine:
 
         return compact
 
-    async def _retain(self, run: Run, stage: StageRecord, result: TaskResult) -> None:
+    async def _retain(self, run: Run, stage: StageRecord, result: TaskResult, packed: PackedContext | None) -> None:
         """What the stage learned goes to memory; a memory failure is reported, never fatal."""
         if self._d.memory is None:
             return
         try:
-            kept = await self._d.memory.retain(team(stage.team), run, result)
+            kept = await self._d.memory.retain(team(stage.team), run, result, packed)
         except FactoryError as exc:
             log.warning("memory retention for %s failed: %s", stage.team, exc)
             await self._emit("memory.retain_failed", run.id, stage=stage.index, team=stage.team, error=str(exc))
             return
         await self._emit("memory.retained", run.id, stage=stage.index, team=stage.team, items=kept)
 
-    async def _complete(self, run: Run, stage: StageRecord, result: TaskResult) -> None:
+    async def _complete(
+        self, run: Run, stage: StageRecord, result: TaskResult, packed: PackedContext | None = None
+    ) -> None:
         root = Path(run.artifacts_dir)
-        stored = []
-        for artifact in result.artifacts:
-            write_artifact(root, artifact)
-            stored.append(stored_artifact(run, stage, artifact))
-        await self._d.store.save_artifacts(stored)
+        await asyncio.to_thread(write_artifacts, root, result.artifacts)  # disk I/O off the event loop
+        stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
         stage.status, stage.finished_at = StageStatus.COMPLETE, now()
-        await self._d.store.save_stage(stage)
+        await self._d.store.save_stage(stage, stored)
         await self._d.audit.append(
             run.id,
             f"stage.{stage.index}.complete",
@@ -426,7 +429,7 @@ class PipelineEngine:
             tokens_out=stage.tokens_out,
             confidence=result.confidence,
         )
-        await self._retain(run, stage, result)
+        await self._retain(run, stage, result, packed)
 
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now()))

@@ -80,8 +80,10 @@ class StageMemory:
     async def compact(self, member: Team, run_id: str, batch: list[str]) -> str:
         return await compact(self.gateway, member.slug, run_id, batch)
 
-    async def retain(self, member: Team, run: Run, result: TaskResult) -> int:
-        """Facts, decisions, artifact chunks and a refreshed mental model; the number of items kept."""
+    async def retain(self, member: Team, run: Run, result: TaskResult, packed: PackedContext | None = None) -> int:
+        """Facts, decisions, artifact chunks and a refreshed mental model; the number of items kept.
+
+        ``packed``: the context the stage started from, whose mental model is the one to refresh."""
         outcome = StageOutcome(
             team=member.slug,
             run_id=run.id,
@@ -91,7 +93,8 @@ class StageMemory:
             assumptions=result.assumptions_made,
             artifacts=[(a.name, a.content) for a in result.artifacts],
         )
-        extraction = await self.extractor.extract(outcome, await self.gateway.mental_model(member.slug))
+        previous = packed.mental_model if packed is not None else await self.gateway.mental_model(member.slug)
+        extraction = await self.extractor.extract(outcome, previous)
         retained = await self.gateway.retain(stage_memories(outcome, extraction))
         if extraction.mental_model:
             await self.gateway.set_mental_model(member.slug, extraction.mental_model, run_id=run.id)

@@ -29,7 +29,8 @@ class InMemoryRunStore:
         run = self._runs[run_id]
         run.status, run.updated_at = status, datetime.now(UTC)
 
-    async def save_stage(self, stage: StageRecord) -> None:
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
+        await self.save_artifacts(artifacts)
         self._stages[(stage.run_id, stage.index)] = stage.model_copy(deep=True)
 
     async def stages(self, run_id: str) -> list[StageRecord]:

@@ -84,6 +84,21 @@ _STAGE_COLUMNS = (
     " started_at, finished_at, result"
 )
 
+_SAVE_STAGE = (
+    f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT (run_id, idx) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
+)
+_SAVE_ARTIFACT = (
+    "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name) DO UPDATE SET"
+    " stage_index = EXCLUDED.stage_index, team = EXCLUDED.team, kind = EXCLUDED.kind,"
+    " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes"
+)
+
+
+def _artifact_row(a: StoredArtifact) -> tuple[object, ...]:
+    return (a.run_id, a.stage_index, a.team, a.name, a.kind, a.sha256, a.bytes)
+
 
 class PostgresRunStore:
     """``RunStore`` and ``UsageLedger`` on a psycopg connection pool."""
@@ -121,29 +136,31 @@ class PostgresRunStore:
         async with self._pool.connection() as conn:
             await conn.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
 
-    async def save_stage(self, stage: StageRecord) -> None:
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
         result = Jsonb(stage.result.model_dump(mode="json")) if stage.result else None
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
+        row = (
+            stage.run_id,
+            stage.index,
+            stage.team,
+            stage.status.value,
+            stage.attempts,
+            stage.clarifications,
+            stage.tokens_in,
+            stage.tokens_out,
+            stage.cost_usd,
+            stage.model,
+            stage.started_at,
+            stage.finished_at,
+            result,
+        )
         async with self._pool.connection() as conn:
-            await conn.execute(
-                f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
-                f" ON CONFLICT (run_id, idx) DO UPDATE SET {updates}",
-                (
-                    stage.run_id,
-                    stage.index,
-                    stage.team,
-                    stage.status.value,
-                    stage.attempts,
-                    stage.clarifications,
-                    stage.tokens_in,
-                    stage.tokens_out,
-                    stage.cost_usd,
-                    stage.model,
-                    stage.started_at,
-                    stage.finished_at,
-                    result,
-                ),
-            )
+            if not artifacts:
+                await conn.execute(_SAVE_STAGE, row)
+                return
+            # The stage and its artifacts commit together, in one round trip.
+            async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
+                await cur.execute(_SAVE_STAGE, row)
 
     async def stages(self, run_id: str) -> list[StageRecord]:
         async with self._pool.connection() as conn:
@@ -162,13 +179,7 @@ class PostgresRunStore:
         if not artifacts:
             return
         async with self._pool.connection() as conn, conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name) DO UPDATE SET"
-                " stage_index = EXCLUDED.stage_index, team = EXCLUDED.team, kind = EXCLUDED.kind,"
-                " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes",
-                [(a.run_id, a.stage_index, a.team, a.name, a.kind, a.sha256, a.bytes) for a in artifacts],
-            )
+            await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
 
     async def artifacts(self, run_id: str) -> list[StoredArtifact]:
         async with self._pool.connection() as conn:
