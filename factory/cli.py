@@ -10,60 +10,36 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from factory.errors import FactoryError, InputError
+from factory.cli_common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    err,
+    load_settings,
+    print_json,
+    report,
+    run_async,
+    show_progress,
+)
+from factory.cli_hitl import hitl_app, worker
+from factory.errors import InputError
 
 if TYPE_CHECKING:
-    from factory.settings import Settings
     from teams.pipeline import RunOutcome
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Software Factory operator CLI.")
 teams_app = typer.Typer(no_args_is_help=True, help="The team roster.")
 audit_app = typer.Typer(no_args_is_help=True, help="The immutable audit.")
-hitl_app = typer.Typer(no_args_is_help=True, help="Escalations waiting on a human.")
 broker_app = typer.Typer(no_args_is_help=True, help="The clarification broker.")
 app.add_typer(teams_app, name="teams")
 app.add_typer(audit_app, name="audit")
 app.add_typer(hitl_app, name="hitl")
+app.command()(worker)
 app.add_typer(broker_app, name="broker")
-
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_WAITING = 0, 1, 2, 3
-
-
-def _err(message: str, code: int) -> NoReturn:
-    typer.echo(f"factory: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    from factory.settings import Settings
-    from observability.logs import configure_logging
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        _err(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INPUT)
-    configure_logging(settings.log_level)
-    return settings
-
-
-def _run_async(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except FactoryError as exc:
-        _err(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _err("interrupted; the run can be continued from its last committed stage", 130)
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 @teams_app.command("list")
@@ -73,75 +49,10 @@ def teams_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
 
     teams = roster()
     if as_json:
-        _print_json([t.summary() for t in teams.values()])
+        print_json([t.summary() for t in teams.values()])
         return
     for t in teams.values():
         typer.echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
-
-
-def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
-    stages = []
-    for s in outcome.stages:
-        duration = (s.finished_at - s.started_at).total_seconds() * 1000 if s.finished_at and s.started_at else None
-        stages.append(
-            {
-                "team": s.team,
-                "status": s.status.value,
-                "attempts": s.attempts,
-                "clarifications": s.clarifications,
-                "tokens_in": s.tokens_in,
-                "tokens_out": s.tokens_out,
-                "cost_usd": round(s.cost_usd, 6),
-                "model": s.model,
-                "duration_ms": round(duration, 1) if duration is not None else None,
-            }
-        )
-    return {
-        "run_id": outcome.run.id,
-        "status": outcome.run.status.value,
-        "stages": stages,
-        "escalations": [
-            {"id": e.id, "kind": e.kind.value, "priority": e.priority.value, "team": e.team, "question": e.question}
-            for e in outcome.escalations
-        ],
-        "audit": {"entries": outcome.audit.entries, "head_sha256": outcome.audit.head_sha256},
-        "artifacts_dir": outcome.run.artifacts_dir,
-        "error": outcome.error,
-    }
-
-
-def _progress(total: int) -> Any:
-    """A subscriber that prints one line per stage event to stderr."""
-    import time
-
-    started: dict[int, float] = {}
-
-    def show(event: Any) -> None:
-        d = event.data
-        stage = d.get("stage")
-        label = f"[{stage + 1}/{total}] {d.get('team', '')}" if stage is not None else ""
-        if event.type == "stage.started":
-            started[stage] = time.monotonic()
-            typer.echo(f"  ... {label} running", err=True)
-        elif event.type == "stage.completed":
-            took = time.monotonic() - started.get(stage, time.monotonic())
-            typer.echo(
-                f"  ok  {label} complete  tokens {d['tokens_in']}/{d['tokens_out']}"
-                f"  confidence {d['confidence']:.2f}  {took:.1f}s",
-                err=True,
-            )
-        elif event.type == "escalation.opened":
-            typer.echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
-        elif event.type == "run.failed":
-            typer.echo(f"  xx  {label} failed: {d['error']}", err=True)
-
-    return show
-
-
-def _show_progress(factory: Any, stages: int, as_json: bool) -> None:
-    """Live per-stage lines on stderr: always for human output, and on a terminal even with --json."""
-    if sys.stderr.isatty() or not as_json:
-        factory.bus.subscribe(_progress(stages))
 
 
 @app.command()
@@ -158,42 +69,24 @@ def run(
     from teams.pipeline import validate_requirement
     from teams.roster import resolve_pipeline
 
-    settings = _settings()
+    settings = load_settings()
     if requirement == "-":
         requirement = sys.stdin.read()
     try:
         validate_requirement(requirement, settings.max_requirement_bytes)
         _name, slugs = resolve_pipeline(pipeline)
     except InputError as exc:
-        _err(str(exc), EXIT_INPUT)
+        err(str(exc), EXIT_INPUT)
 
     async def go() -> RunOutcome:
         from factory.wiring import open_factory, responders_for_run
 
         async with open_factory(settings, serve=responders_for_run(settings)) as factory:
-            _show_progress(factory, len(slugs), as_json)
+            show_progress(factory, len(slugs), as_json)
             return await factory.engine.start(requirement, pipeline, out)
 
-    outcome: RunOutcome = _run_async(go())
-    _report(outcome, as_json)
-
-
-def _report(outcome: RunOutcome, as_json: bool) -> NoReturn:
-    from teams.base import RunStatus
-
-    if as_json:
-        _print_json(_outcome_json(outcome))
-    else:
-        typer.echo(f"run {outcome.run.id}: {outcome.run.status.value}")
-        typer.echo(f"artifacts: {outcome.run.artifacts_dir}")
-        typer.echo(f"audit: {outcome.audit.entries} entries, head {outcome.audit.head_sha256[:16]}")
-        for e in outcome.escalations:
-            typer.echo(f"waiting on you: {e.id} [{e.kind.value}/{e.priority.value}] {e.team}: {e.question}")
-        if outcome.error:
-            typer.echo(f"error: {outcome.error}", err=True)
-    status = outcome.run.status
-    code = {RunStatus.COMPLETE: EXIT_OK, RunStatus.WAITING_HUMAN: EXIT_WAITING}.get(status, EXIT_FAILED)
-    raise typer.Exit(code)
+    outcome: RunOutcome = run_async(go())
+    report(outcome, as_json)
 
 
 @app.command()
@@ -210,11 +103,11 @@ def resume(
             run = await factory.store.get_run(run_id)
             if run is None:
                 raise InputError(f"no run {run_id!r}; start one with `factory run`")
-            _show_progress(factory, len(run.pipeline), as_json)
+            show_progress(factory, len(run.pipeline), as_json)
             return await factory.engine.drive(run_id)
 
-    settings = _settings()
-    _report(_run_async(go()), as_json)
+    settings = load_settings()
+    report(run_async(go()), as_json)
 
 
 @app.command()
@@ -233,14 +126,14 @@ def revise(
 
         async with open_factory(settings, serve=responders_for_run(settings)) as factory:
             run = await factory.store.get_run(run_id)
-            _show_progress(factory, len(run.pipeline) if run else 0, as_json)
+            show_progress(factory, len(run.pipeline) if run else 0, as_json)
             return await revise_run(
                 factory.engine, factory.store, factory.audit, run_id, from_team, feedback, out_dir=out,
                 max_feedback_bytes=settings.max_requirement_bytes,
             )  # fmt: skip
 
-    settings = _settings()
-    _report(_run_async(go()), as_json)
+    settings = load_settings()
+    report(run_async(go()), as_json)
 
 
 @app.command()
@@ -258,8 +151,8 @@ def responders(
     try:
         slugs = resolve_pipeline(",".join(teams))[1] if teams else resolve_pipeline("full")[1]
     except InputError as exc:
-        _err(str(exc), EXIT_INPUT)
-    settings = _settings()
+        err(str(exc), EXIT_INPUT)
+    settings = load_settings()
 
     async def go() -> None:
         from factory.wiring import open_factory
@@ -273,7 +166,7 @@ def responders(
             await stop.wait()
         typer.echo("responders stopped", err=True)
 
-    _run_async(go())
+    run_async(go())
 
 
 @audit_app.command("verify")
@@ -289,10 +182,10 @@ def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] =
                 raise InputError(f"no run {run_id!r}")
             return await factory.audit.verify(run_id)
 
-    settings = _settings()
-    report: AuditReport = _run_async(go())
+    settings = load_settings()
+    report: AuditReport = run_async(go())
     if as_json:
-        _print_json(report.model_dump())
+        print_json(report.model_dump())
     else:
         state = "intact" if report.intact else "TAMPERED"
         typer.echo(f"{run_id}: {state}, {report.entries} entries, head {report.head_sha256}")
@@ -313,8 +206,8 @@ def audit_show(run_id: str) -> None:
                 raise InputError(f"no run {run_id!r}")
             return await factory.audit.entries(run_id)
 
-    settings = _settings()
-    for entry in _run_async(go()):
+    settings = load_settings()
+    for entry in run_async(go()):
         typer.echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
 
 
@@ -326,7 +219,7 @@ def ask(
 ) -> None:
     """Answer a question about a run or the whole factory from memory, citing the items used."""
     if not question.strip():
-        _err("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'", EXIT_INPUT)
+        err("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'", EXIT_INPUT)
 
     async def go() -> Any:
         from factory.wiring import open_factory
@@ -336,10 +229,10 @@ def ask(
                 raise InputError(f"no run {run!r}; see the run ids in 'factory audit search'")
             return await factory.qa.ask(question, run_id=run)
 
-    settings = _settings()
-    answer = _run_async(go())
+    settings = load_settings()
+    answer = run_async(go())
     if as_json:
-        _print_json(answer.model_dump(mode="json"))
+        print_json(answer.model_dump(mode="json"))
         return
     typer.echo(answer.text)
     for c in answer.citations:
@@ -354,7 +247,7 @@ def audit_search(
 ) -> None:
     """Search the audit of every past run (all words must match), best first."""
     if not query.strip():
-        _err("the query is empty; give words to look for, e.g. 'postgres schema'", EXIT_INPUT)
+        err("the query is empty; give words to look for, e.g. 'postgres schema'", EXIT_INPUT)
 
     async def go() -> list[Any]:
         from factory.wiring import open_factory
@@ -362,38 +255,16 @@ def audit_search(
         async with open_factory(settings) as factory:
             return await factory.audit.search(query, limit=limit)
 
-    settings = _settings()
-    hits = _run_async(go())
+    settings = load_settings()
+    hits = run_async(go())
     if as_json:
-        _print_json([h.model_dump(mode="json") for h in hits])
+        print_json([h.model_dump(mode="json") for h in hits])
         return
     if not hits:
         typer.echo(f"nothing in the audit matches {query!r}")
     for hit in hits:
         excerpt = " ".join(hit.excerpt.split())
         typer.echo(f"{hit.run_id}  #{hit.seq:<3} {hit.kind:18} {hit.created_at:%Y-%m-%d %H:%M}  {excerpt}")
-
-
-@hitl_app.command("list")
-def hitl_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Open escalations, most urgent first."""
-
-    async def go() -> list[Any]:
-        from factory.wiring import open_factory
-
-        async with open_factory(settings) as factory:
-            return await factory.escalations.list_open()
-
-    settings = _settings()
-    items = _run_async(go())
-    if as_json:
-        _print_json([e.model_dump(mode="json") for e in items])
-        return
-    if not items:
-        typer.echo("nothing needs you")
-    for e in items:
-        due = f"{e.sla_deadline:%Y-%m-%d %H:%M}"
-        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} due {due}  {e.team}: {e.question}")
 
 
 BROKER_COUNTERS = ("requests", "replies", "timeouts", "reclaims", "duplicates", "resent", "malformed")
@@ -428,10 +299,10 @@ def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
             "teams": backlog,
         }
 
-    settings = _settings()
-    stats: dict[str, Any] = _run_async(go())
+    settings = load_settings()
+    stats: dict[str, Any] = run_async(go())
     if as_json:
-        _print_json(stats)
+        print_json(stats)
         return
     typer.echo(f"broker at {stats['redis']} (prefix {stats['prefix']})")
     typer.echo("  ".join(f"{name} {stats['counters'][name]}" for name in BROKER_COUNTERS))
@@ -446,10 +317,10 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check services, models and limits; exit 1 if the factory cannot work."""
     from factory.doctor import diagnose
 
-    settings = _settings()
-    report = _run_async(diagnose(settings))
+    settings = load_settings()
+    report = run_async(diagnose(settings))
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         for check in report["checks"]:
             typer.echo(f"{'ok ' if check['ok'] else 'BAD'} {check['name']:10} {check['detail']}")
@@ -467,8 +338,8 @@ def up() -> None:
         async with open_factory(settings) as factory:
             return factory.endpoints, factory.model_description
 
-    settings = _settings()
-    endpoints, model = _run_async(go())
+    settings = load_settings()
+    endpoints, model = run_async(go())
     db = "embedded" if endpoints.embedded_database else "configured"
     rd = "embedded" if endpoints.embedded_redis else "configured"
     typer.echo(f"postgres: {db} · redis: {rd} · models: {model} · data: {settings.data_dir}")
@@ -480,7 +351,7 @@ def down() -> None:
     """Stop the embedded services this data dir started."""
     from factory import services
 
-    settings = _settings()
+    settings = load_settings()
     stopped = services.stop(settings.data_dir)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from broker.redis_streams import RedisBroker
 from factory import services
@@ -13,6 +14,9 @@ from factory.settings import Settings
 from routing import aliases
 from routing.base import EMBED_ALIAS
 from teams.slugs import ALL_TEAMS
+
+if TYPE_CHECKING:
+    from factory.wiring import Factory
 
 
 def _version(package: str) -> str:
@@ -42,9 +46,21 @@ async def _services(settings: Settings) -> list[dict[str, Any]]:
             where = "embedded" if factory.endpoints.embedded_redis else "configured"
             checks.append({"name": "redis", "ok": True, "detail": f"{where}, Redis {info.get('redis_version')}"})
             checks.append(await _broker(factory.broker))
+            checks.append(await _hitl(factory))
     except FactoryError as exc:
         checks.append({"name": "services", "ok": False, "detail": str(exc)})
     return checks
+
+
+async def _hitl(factory: Factory) -> dict[str, Any]:
+    """What waits on the operator, and whether a worker keeps runs moving."""
+    from factory.worker import workers_alive
+    from hitl.attention import attention
+
+    summary = attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
+    workers = await workers_alive(factory.redis, factory.settings.redis_prefix)
+    running = f"{len(workers)} worker(s) running" if workers else "no `factory worker` running"
+    return {"name": "hitl", "ok": True, "detail": f"{summary.headline()}; {running}"}
 
 
 async def _broker(broker: RedisBroker) -> dict[str, Any]:
@@ -93,6 +109,8 @@ def _embedder() -> dict[str, Any]:
 
 async def diagnose(settings: Settings) -> dict[str, Any]:
     """Every check, the limits in force and the versions in use."""
+    from factory.wiring import sla_policy
+
     checks = await _services(settings)
     checks.append(_model(settings))
     checks.append(_embedder())
@@ -119,6 +137,12 @@ async def diagnose(settings: Settings) -> dict[str, Any]:
             "memory_budget_tokens": settings.memory_budget_tokens,
             "memory_extraction": settings.memory_extraction,
             "memory_dedupe_at": settings.memory_dedupe_at,
+            "budget_run_tokens": settings.budget_run_tokens,
+            "budget_run_usd": settings.budget_run_usd,
+            "budget_team_tokens": settings.budget_team_tokens,
+            **sla_policy(settings).describe(),
+            "hitl_low_risk": {"kinds": settings.hitl_low_risk_kinds, "priorities": settings.hitl_low_risk_priorities},
+            "worker_poll_s": settings.worker_poll_s,
         },
         "data_dir": str(settings.data_dir),
         "versions": {

@@ -6,7 +6,8 @@
     ├── ConfigError                settings that cannot work
     ├── ServiceUnavailable         Postgres, Redis or a model cannot be reached (CLI exit 1)
     ├── PipelineError              a run cannot proceed
-    │   └── RunNotFound
+    │   ├── RunNotFound
+    │   └── RunBusy                another process is driving the run
     ├── RoutingError               a model call failed on every deployment
     │   └── BudgetExceeded
     ├── BrokerError
@@ -14,6 +15,9 @@
     ├── MemoryStoreError
     │   └── AuditTampered
     └── EscalationError
+        ├── EscalationNotFound
+        ├── DecisionRefused        the decision does not fit the escalation (CLI exit 2)
+        └── DecisionConflict       someone else decided it first
 
 Third-party errors are wrapped at the package boundary with ``raise ... from exc``.
 """
@@ -57,6 +61,10 @@ class RunNotFound(PipelineError):
     exit_code = 2
 
 
+class RunBusy(PipelineError):
+    """Another process holds the run (it is being driven); nothing was changed."""
+
+
 class RoutingError(FactoryError):
     """A model call failed on every deployment of its alias."""
 
@@ -85,18 +93,38 @@ class EscalationError(FactoryError):
     """An escalation cannot be created or decided."""
 
 
+class EscalationNotFound(EscalationError):
+    """No escalation with that id."""
+
+    exit_code = 2
+
+
+class DecisionRefused(EscalationError):
+    """The decision does not fit the escalation (e.g. a reject without a reason); nothing was changed."""
+
+    exit_code = 2
+
+
+class DecisionConflict(EscalationError):
+    """The escalation was decided (or changed) by someone else first; nothing was changed."""
+
+
 __all__ = [
     "AuditTampered",
     "BrokerError",
     "BudgetExceeded",
     "ClarificationLimit",
     "ConfigError",
+    "DecisionConflict",
+    "DecisionRefused",
     "EscalationError",
+    "EscalationNotFound",
     "FactoryError",
     "InputError",
     "MemoryStoreError",
     "PipelineError",
     "RoutingError",
+    "RunBusy",
     "RunNotFound",
     "ServiceUnavailable",
     "UnknownTeam",

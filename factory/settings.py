@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from hitl.base import EscalationKind, Priority
 
 
 def _default_data_dir() -> Path:
@@ -69,6 +71,24 @@ class Settings(BaseSettings):
     memory_dedupe_at: float = Field(default=0.92, gt=0.0, le=1.0)  # cosine at which items merge
     context_window_tokens: int = Field(default=32768, ge=1024)  # of routed (non-embedded) models
 
+    # Budgets (DESIGN §8): unset is unlimited; a spent budget becomes a `budget` escalation
+    budget_run_tokens: int | None = Field(default=None, ge=1)
+    budget_run_usd: float | None = Field(default=None, gt=0)
+    budget_team_tokens: int | None = Field(default=None, ge=1)  # per team, within one run
+
+    # Human in the loop (DESIGN §9)
+    sla_hours_critical: float = Field(default=1.0, gt=0)
+    sla_hours_high: float = Field(default=4.0, gt=0)
+    sla_hours_medium: float = Field(default=24.0, gt=0)
+    sla_hours_low: float = Field(default=72.0, gt=0)
+    sla_final_after_breach_hours: float = Field(default=2.0, ge=0)  # then the default action applies
+    sla_auto_approve_low: bool = False  # the default action for `low` approvals at the final level
+    #: What `factory hitl batch-approve` may decide: comma-separated kinds and priorities.
+    hitl_low_risk_kinds: str = "approval"
+    hitl_low_risk_priorities: str = "low"
+    operator: str | None = None  # decided_by of CLI decisions; default: the OS user
+    worker_poll_s: float = Field(default=2.0, gt=0, le=300)  # `factory worker`: SLA ladder and resumes
+
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)
 
@@ -95,6 +115,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, os.environ.get("FACTORY_CONFIG", "factory.toml"))
         return (init_settings, env_settings, toml)
+
+    @field_validator("hitl_low_risk_kinds", "hitl_low_risk_priorities")
+    @classmethod
+    def _known_names(cls, value: str, info: ValidationInfo) -> str:
+        allowed = {e.value for e in (EscalationKind if info.field_name == "hitl_low_risk_kinds" else Priority)}
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(sorted(allowed))}")
+        return ",".join(names)
 
     @property
     def runs_dir(self) -> Path:

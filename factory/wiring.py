@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection, OperationalError
@@ -21,7 +22,10 @@ from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
 from factory.settings import Settings
+from hitl.base import EscalationKind, EscalationStatus, Priority
+from hitl.desk import DecisionDesk, LowRisk
 from hitl.postgres import PostgresEscalationQueue
+from hitl.sla import SlaPolicy
 from memory.audit_pg import PostgresAuditLog
 from memory.bank_pg import PgVectorMemoryStore
 from memory.gateway import MemoryGateway, approx_tokens
@@ -31,6 +35,7 @@ from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
 from routing import aliases
 from routing.base import ChatModel, Embedder
+from routing.budget import BudgetedModel, BudgetLimits
 from routing.embedded import EmbeddedModel
 from routing.ledger import RecordingModel
 from routing.router import LiteLLMRouter
@@ -63,6 +68,47 @@ def broker_limits(settings: Settings) -> BrokerLimits:
     )
 
 
+def sla_policy(settings: Settings) -> SlaPolicy:
+    hours = {
+        Priority.CRITICAL: settings.sla_hours_critical,
+        Priority.HIGH: settings.sla_hours_high,
+        Priority.MEDIUM: settings.sla_hours_medium,
+        Priority.LOW: settings.sla_hours_low,
+    }
+    return SlaPolicy(
+        deadlines={p: timedelta(hours=h) for p, h in hours.items()},
+        final_after_breach=timedelta(hours=settings.sla_final_after_breach_hours),
+        auto_approve_low=settings.sla_auto_approve_low,
+    )
+
+
+def low_risk(settings: Settings) -> LowRisk:
+    return LowRisk(
+        kinds=frozenset(EscalationKind(k) for k in settings.hitl_low_risk_kinds.split(",") if k),
+        priorities=frozenset(Priority(p) for p in settings.hitl_low_risk_priorities.split(",") if p),
+    )
+
+
+def _budgeted(
+    model: ChatModel, ledger: PostgresRunStore, escalations: PostgresEscalationQueue, settings: Settings
+) -> ChatModel:
+    limits = BudgetLimits(
+        run_tokens=settings.budget_run_tokens,
+        run_cost_usd=settings.budget_run_usd,
+        team_tokens=settings.budget_team_tokens,
+    )
+    if not limits.any:
+        return model
+
+    async def grants(run_id: str) -> int:
+        return sum(
+            e.kind is EscalationKind.BUDGET and e.status is EscalationStatus.APPROVED
+            for e in await escalations.for_run(run_id)
+        )
+
+    return BudgetedModel(model, ledger, limits, grants)
+
+
 def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor:
     """Facts, decisions and mental models from ``factory/cheap``, or from the result's own fields on
     the embedded 135M model (``auto``), whose summaries add nothing and cost a call per stage."""
@@ -88,6 +134,7 @@ class Factory:
     store: PostgresRunStore
     audit: PostgresAuditLog
     escalations: PostgresEscalationQueue
+    desk: DecisionDesk
     bus: LocalEventBus
     stream: RedisEventStream
     engine: PipelineEngine
@@ -113,7 +160,7 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
             " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
         ) from exc
     # Autocommit: each store call is one round trip; multi-statement work opens a transaction.
-    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, timeout=timeout_s, kwargs={"autocommit": True})
+    pool = AsyncConnectionPool(url, min_size=1, max_size=8, open=False, timeout=timeout_s, kwargs={"autocommit": True})
     await pool.open(wait=True, timeout=timeout_s)
     return pool
 
@@ -190,7 +237,8 @@ async def open_factory(
             window = settings.local_model_ctx if compact else settings.context_window_tokens
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
-            recorded = RecordingModel(model, store)
+            escalations = PostgresEscalationQueue(pool)
+            recorded = _budgeted(RecordingModel(model, store), store, escalations, settings)
             runner = TeamRunner(
                 recorded,
                 timeout_s=settings.model_timeout_s,
@@ -215,14 +263,15 @@ async def open_factory(
             )
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             audit = PostgresAuditLog(pool)
-            escalations = PostgresEscalationQueue(pool)
+            events = FanOut([bus, stream])
+            sla = sla_policy(settings)
             engine = PipelineEngine(
                 PipelineDeps(
                     store=store,
                     audit=audit,
                     escalations=escalations,
                     runner=runner,
-                    events=FanOut([bus, stream]),
+                    events=events,
                     limits=GateLimits(
                         confidence_floor=settings.confidence_floor,
                         retry_budget=settings.retry_budget,
@@ -232,6 +281,7 @@ async def open_factory(
                     max_requirement_bytes=settings.max_requirement_bytes,
                     broker=broker,
                     memory=memory,
+                    sla=sla,
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)
@@ -244,6 +294,7 @@ async def open_factory(
                     store=store,
                     audit=audit,
                     escalations=escalations,
+                    desk=DecisionDesk(escalations, audit, events, policy=sla, low_risk=low_risk(settings)),
                     bus=bus,
                     stream=stream,
                     engine=engine,

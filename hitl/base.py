@@ -1,9 +1,11 @@
-"""Contracts of the ``hitl`` package: escalations (questions and approvals waiting on a human)."""
+"""Contracts of the ``hitl`` package: escalations (questions and approvals waiting on a human),
+the decisions an operator makes on them, and the SLA that says how long they may wait."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -32,7 +34,24 @@ class EscalationStatus(StrEnum):
     EXPIRED = "expired"
 
 
-#: Time to decide, by priority (DESIGN §9).
+#: Statuses that still wait on a human.
+WAITING: frozenset[EscalationStatus] = frozenset({EscalationStatus.OPEN, EscalationStatus.DEFERRED})
+#: Statuses that end an escalation: a decision was made.
+DECIDED: frozenset[EscalationStatus] = frozenset(
+    {EscalationStatus.ANSWERED, EscalationStatus.APPROVED, EscalationStatus.REJECTED, EscalationStatus.EXPIRED}
+)
+
+
+class SlaLevel(IntEnum):
+    """The SLA ladder (DESIGN §9): each step raises ``escalation_level`` and emits an event."""
+
+    ON_TIME = 0
+    DUE_SOON = 1  # 25% of the time to decide is left
+    BREACHED = 2  # the deadline passed
+    FINAL = 3  # 2 h after the breach: the configured default action applies
+
+
+#: Time to decide, by priority (DESIGN §9); ``SlaPolicy`` makes it configurable.
 SLA: dict[Priority, timedelta] = {
     Priority.CRITICAL: timedelta(hours=1),
     Priority.HIGH: timedelta(hours=4),
@@ -41,6 +60,9 @@ SLA: dict[Priority, timedelta] = {
 }
 
 PRIORITY_RANK: dict[Priority, int] = {p: i for i, p in enumerate(Priority)}
+
+#: The time now, injected so the SLA ladder is tested with a controllable clock.
+Clock = Callable[[], datetime]
 
 
 class Escalation(BaseModel):
@@ -61,6 +83,29 @@ class Escalation(BaseModel):
     escalation_level: int = 0
     created_at: datetime
     decided_at: datetime | None = None
+    #: When the current SLA window started: creation, or the last deferral.
+    sla_started_at: datetime | None = None
+    #: Bumped by every change; a decision names the version it was made on (optimistic concurrency).
+    version: int = 0
+
+    @property
+    def waiting(self) -> bool:
+        return self.status in WAITING
+
+    def sla_start(self) -> datetime:
+        return self.sla_started_at or self.created_at
+
+
+class Change(BaseModel):
+    """One change to an escalation, applied only if it is still at ``expected_version`` and waiting."""
+
+    status: EscalationStatus
+    answer: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    sla_deadline: datetime | None = None  # a deferral's new deadline ...
+    sla_started_at: datetime | None = None  # ... and the start of the new SLA window
+    escalation_level: int | None = None
 
 
 class EscalationQueue(Protocol):
@@ -73,5 +118,33 @@ class EscalationQueue(Protocol):
     async def get(self, escalation_id: str) -> Escalation | None: ...
 
     async def list_open(self, run_id: str | None = None) -> list[Escalation]:
-        """Open escalations, by priority then SLA deadline."""
+        """Escalations still waiting (open or deferred), by priority then SLA deadline."""
         ...
+
+    async def for_run(self, run_id: str) -> list[Escalation]:
+        """Every escalation of one run, oldest first."""
+        ...
+
+    async def for_stage(self, run_id: str, stage_index: int) -> list[Escalation]:
+        """Every escalation of one stage, oldest first (the stage's decision history)."""
+        ...
+
+    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
+        """Apply ``change`` if the escalation is still waiting at ``expected_version``; the changed
+        escalation, or None when someone else changed it first."""
+        ...
+
+    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
+        """Raise the SLA level of a waiting escalation at ``expected_version``; None if it changed."""
+        ...
+
+
+class DecisionRecorder(Protocol):
+    """Where decisions are recorded for good: the run's audit chain (``memory.AuditLog`` fits)."""
+
+    async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> Any: ...
+
+
+def ordered(items: Sequence[Escalation]) -> list[Escalation]:
+    """Most urgent first: priority, then SLA deadline, then age."""
+    return sorted(items, key=lambda e: (PRIORITY_RANK[e.priority], e.sla_deadline, e.created_at))

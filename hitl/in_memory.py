@@ -1,8 +1,8 @@
-"""In-memory twin of the escalation queue, for unit tests."""
+"""In-memory twin of the escalation queue, for unit tests (the same contract suite runs on both)."""
 
 from __future__ import annotations
 
-from hitl.base import PRIORITY_RANK, Escalation, EscalationStatus
+from hitl.base import WAITING, Change, Escalation, ordered
 
 
 class InMemoryEscalationQueue:
@@ -10,7 +10,8 @@ class InMemoryEscalationQueue:
         self._items: dict[str, Escalation] = {}
 
     async def open(self, escalation: Escalation) -> Escalation:
-        stored = self._items.setdefault(escalation.id, escalation.model_copy(deep=True))
+        fresh = escalation.model_copy(deep=True, update={"sla_started_at": escalation.sla_start()})
+        stored = self._items.setdefault(escalation.id, fresh)
         return stored.model_copy(deep=True)
 
     async def get(self, escalation_id: str) -> Escalation | None:
@@ -18,7 +19,27 @@ class InMemoryEscalationQueue:
         return found.model_copy(deep=True) if found else None
 
     async def list_open(self, run_id: str | None = None) -> list[Escalation]:
-        waiting = {EscalationStatus.OPEN, EscalationStatus.DEFERRED}
-        found = [e for e in self._items.values() if e.status in waiting and (run_id is None or e.run_id == run_id)]
-        found.sort(key=lambda e: (PRIORITY_RANK[e.priority], e.sla_deadline, e.created_at))
-        return [e.model_copy(deep=True) for e in found]
+        found = [e for e in self._items.values() if e.status in WAITING and (run_id is None or e.run_id == run_id)]
+        return [e.model_copy(deep=True) for e in ordered(found)]
+
+    async def for_run(self, run_id: str) -> list[Escalation]:
+        found = [e for e in self._items.values() if e.run_id == run_id]
+        return [e.model_copy(deep=True) for e in sorted(found, key=lambda e: (e.created_at, e.id))]
+
+    async def for_stage(self, run_id: str, stage_index: int) -> list[Escalation]:
+        found = [e for e in self._items.values() if e.run_id == run_id and e.stage_index == stage_index]
+        return [e.model_copy(deep=True) for e in sorted(found, key=lambda e: (e.created_at, e.id))]
+
+    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
+        return self._update(escalation_id, expected_version, change.model_dump(exclude_none=True))
+
+    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
+        return self._update(escalation_id, expected_version, {"escalation_level": level})
+
+    def _update(self, escalation_id: str, expected_version: int, fields: dict[str, object]) -> Escalation | None:
+        current = self._items.get(escalation_id)
+        if current is None or current.version != expected_version or current.status not in WAITING:
+            return None
+        changed = current.model_copy(update={**fields, "version": current.version + 1})
+        self._items[escalation_id] = Escalation.model_validate(changed.model_dump())
+        return self._items[escalation_id].model_copy(deep=True)

@@ -1,12 +1,18 @@
-"""Escalations in PostgreSQL: they survive restarts of every process and browser."""
+"""Escalations in PostgreSQL: they survive restarts of every process and browser.
+
+Every change is one conditional UPDATE (``status`` still waiting and ``version`` as read), so of
+two operators deciding one escalation, exactly one wins and the other learns it.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from hitl.base import Escalation
+from hitl.base import Change, Escalation
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -33,7 +39,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX IF NOT EXISTS escalations_open ON escalations (status, sla_deadline);
         CREATE INDEX IF NOT EXISTS escalations_run ON escalations (run_id);
         """,
-    )
+    ),
+    (
+        "0102_escalation_sla_window",
+        """
+        ALTER TABLE escalations ADD COLUMN IF NOT EXISTS sla_started_at timestamptz;
+        CREATE INDEX IF NOT EXISTS escalations_stage ON escalations (run_id, stage_index, created_at);
+        """,
+    ),
 ]
 
 _ORDER = (
@@ -42,8 +55,9 @@ _ORDER = (
 )
 _COLUMNS = (
     "id, run_id, stage_index, team, kind, priority, question, context, status, answer, decided_by,"
-    " sla_deadline, escalation_level, created_at, decided_at"
+    " sla_deadline, escalation_level, created_at, decided_at, sla_started_at, version"
 )
+_WAITING = "status IN ('open', 'deferred')"
 
 
 class PostgresEscalationQueue:
@@ -55,8 +69,15 @@ class PostgresEscalationQueue:
     async def open(self, escalation: Escalation) -> Escalation:
         e = escalation
         async with self._pool.connection() as conn:
-            await conn.execute(
-                f"INSERT INTO escalations ({_COLUMNS}) VALUES ({', '.join(['%s'] * 15)}) ON CONFLICT (id) DO NOTHING",
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                f"""
+                WITH inserted AS (
+                    INSERT INTO escalations ({_COLUMNS}) VALUES ({", ".join(["%s"] * 17)})
+                    ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}
+                )
+                SELECT {_COLUMNS} FROM inserted
+                UNION ALL SELECT {_COLUMNS} FROM escalations WHERE id = %s AND NOT EXISTS (SELECT 1 FROM inserted)
+                """,
                 (
                     e.id,
                     e.run_id,
@@ -73,24 +94,57 @@ class PostgresEscalationQueue:
                     e.escalation_level,
                     e.created_at,
                     e.decided_at,
+                    e.sla_started_at or e.created_at,
+                    e.version,
+                    e.id,
                 ),
             )
-        stored = await self.get(e.id)
-        assert stored is not None  # inserted above or already present
-        return stored
+            row = await cur.fetchone()
+        assert row is not None  # inserted, or already there
+        return Escalation.model_validate(row)
 
     async def get(self, escalation_id: str) -> Escalation | None:
+        rows = await self._select("id = %s", (escalation_id,))
+        return rows[0] if rows else None
+
+    async def list_open(self, run_id: str | None = None) -> list[Escalation]:
+        if run_id is None:
+            return await self._select(_WAITING, (), _ORDER)
+        return await self._select(f"{_WAITING} AND run_id = %s", (run_id,), _ORDER)
+
+    async def for_run(self, run_id: str) -> list[Escalation]:
+        return await self._select("run_id = %s", (run_id,), "ORDER BY created_at, id")
+
+    async def for_stage(self, run_id: str, stage_index: int) -> list[Escalation]:
+        return await self._select("run_id = %s AND stage_index = %s", (run_id, stage_index), "ORDER BY created_at, id")
+
+    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
+        sets = ["status = %(status)s", "version = version + 1"]
+        params: dict[str, Any] = {"id": escalation_id, "version": expected_version, "status": change.status.value}
+        for column, value in change.model_dump(exclude={"status"}, exclude_none=True).items():
+            sets.append(f"{column} = %({column})s")
+            params[column] = value
+        return await self._update(", ".join(sets), params)
+
+    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
+        return await self._update(
+            "escalation_level = %(level)s, version = version + 1",
+            {"id": escalation_id, "version": expected_version, "level": level},
+        )
+
+    async def _update(self, sets: str, params: dict[str, Any]) -> Escalation | None:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_COLUMNS} FROM escalations WHERE id = %s", (escalation_id,)
+                f"UPDATE escalations SET {sets} WHERE id = %(id)s AND version = %(version)s AND {_WAITING}"
+                f" RETURNING {_COLUMNS}",
+                params,
             )
             row = await cur.fetchone()
         return Escalation.model_validate(row) if row else None
 
-    async def list_open(self, run_id: str | None = None) -> list[Escalation]:
-        where = "status IN ('open', 'deferred')" + (" AND run_id = %s" if run_id else "")
+    async def _select(self, where: str, params: tuple[Any, ...], order: str = "") -> list[Escalation]:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_COLUMNS} FROM escalations WHERE {where} {_ORDER}", (run_id,) if run_id else ()
+                f"SELECT {_COLUMNS} FROM escalations WHERE {where} {order}", params
             )
             return [Escalation.model_validate(r) for r in await cur.fetchall()]

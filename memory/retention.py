@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from factory.errors import RoutingError
 from memory.base import SHARED_BANK, MemoryKind, NewMemory
 from routing.base import ChatModel, ChatRequest, Message
 
@@ -161,7 +162,7 @@ class ModelExtractor:
         try:
             response = await self._model.complete(request, timeout_s=self._timeout_s)
             data = _Extracted.model_validate_json(response.text)
-        except (ValidationError, ValueError, TimeoutError, OSError) as exc:
+        except (ValidationError, ValueError, TimeoutError, OSError, RoutingError) as exc:  # incl. a spent budget
             log.warning("memory extraction for %s fell back to the result's fields: %s", outcome.team, exc)
             return await self._fallback.extract(outcome, previous_model)
         extraction = Extraction(facts=_clean(data.facts), decisions=_clean(data.decisions))

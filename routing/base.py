@@ -71,7 +71,18 @@ class Embedder(Protocol):
     async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]: ...
 
 
+class Spend(BaseModel):
+    """What a run (or one team in it) has used so far."""
+
+    tokens: int = 0  # in and out
+    cost_usd: float = 0.0
+
+
 class UsageLedger(Protocol):
     """Where every model call is recorded."""
 
     async def record(self, usage: UsageRecord) -> None: ...
+
+    async def spent(self, run_id: str, team: str | None = None) -> Spend:
+        """Totals of the run's calls (of one team's, if given)."""
+        ...

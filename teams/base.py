@@ -6,6 +6,7 @@ Callers see Protocols; the Postgres store and the in-memory twin implement them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -113,6 +114,15 @@ class RunStore(Protocol):
         ...
 
     async def stages(self, run_id: str) -> list[StageRecord]: ...
+
+    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
+        """Runs in any of ``statuses``, oldest update first."""
+        ...
+
+    def lease(self, run_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the run for this process while the block runs (one driver per run, across processes);
+        raises ``RunBusy`` at once if another holds it. A killed process's lease ends with it."""
+        ...
 
     async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None: ...
 

@@ -5,21 +5,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hitl.base import SLA, Escalation, EscalationKind, Priority
+from hitl.base import Escalation, EscalationKind, Priority
+from hitl.sla import SlaPolicy
 from teams.base import StageRecord
 from teams.gate import GateDecision
 from teams.results import TaskResult
 
+_DECLINE = "reject with a reason: the stage runs again and the team proceeds on its stated assumptions"
 _CHOICES = {
-    EscalationKind.APPROVAL: "approve: the stage's artifacts are accepted and the run continues;"
+    EscalationKind.APPROVAL: "approve (optional notes): the stage's artifacts are accepted and the run continues;"
     " reject with a reason: the stage runs again with your reason as feedback",
-    EscalationKind.CLARIFICATION: "answer: your answer is added to the objective and the stage runs again",
-    EscalationKind.BLOCKED: "answer with what unblocks the team: the stage runs again with it",
+    EscalationKind.CLARIFICATION: f"answer: your answer is added to the objective and the stage runs again; {_DECLINE}",
+    EscalationKind.BLOCKED: f"answer with what unblocks the team: the stage runs again with it; {_DECLINE}",
+    EscalationKind.BUDGET: "approve: the run gets another budget of the same size and the stage runs again;"
+    " reject with a reason: the run is cancelled",
 }
+_DEFER = "defer: decide later; the run keeps waiting until the new deadline's SLA runs out"
 
 
 def escalation_for(
-    run_id: str, stage: StageRecord, result: TaskResult, decision: GateDecision, created: datetime
+    run_id: str,
+    stage: StageRecord,
+    result: TaskResult,
+    decision: GateDecision,
+    created: datetime,
+    sla: SlaPolicy | None = None,
 ) -> Escalation:
     """The escalation for a stage the gate stopped; its id is stable per attempt (idempotent)."""
     kind = EscalationKind(decision.kind or "blocked")
@@ -28,6 +38,8 @@ def escalation_for(
         question = result.clarification_needed.question
     elif kind is EscalationKind.APPROVAL:
         question = f"Approve this stage's artifacts? {decision.reason}."
+    elif kind is EscalationKind.BUDGET:
+        question = f"{decision.reason}. Grant the run another budget of the same size?"
     else:
         question = f"The team is blocked: {decision.reason}. What unblocks it?"
     return Escalation(
@@ -39,7 +51,7 @@ def escalation_for(
         priority=priority,
         question=question,
         context=_context(result, decision, kind),
-        sla_deadline=created + SLA[priority],
+        sla_deadline=(sla or SlaPolicy()).deadline(priority, created),
         created_at=created,
     )
 
@@ -53,6 +65,6 @@ def _context(result: TaskResult, decision: GateDecision, kind: EscalationKind) -
         "confidence": result.confidence,
         "target_team": result.clarification_needed.target_team if result.clarification_needed else None,
         "artifacts": {a.name: a.content[:500] for a in result.artifacts},
-        "choices": _CHOICES.get(kind, ""),
+        "choices": f"{_CHOICES[kind]}; {_DEFER}",
         **decision.context,
     }

@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest, Refusal
-from factory.errors import FactoryError, InputError, RunNotFound
+from factory.errors import BudgetExceeded, FactoryError, InputError, RunNotFound
 from hitl.base import Escalation, EscalationQueue
+from hitl.desk import decision_audit
+from hitl.sla import SlaPolicy
 from memory.base import AuditLog, AuditReport
 from memory.packing import PackedContext
 from observability.base import Event, EventSink
 from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
 from teams.bundle import sha256_text, write_artifacts, write_manifest
+from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, GateLimits, Verdict, decide
-from teams.results import Artifact, TaskResult
+from teams.results import Artifact, TaskResult, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact, TeamRunner
 from teams.slugs import TeamSlug
@@ -73,6 +76,8 @@ class PipelineDeps:
     #: Packs each stage's context from memory and retains what it learned; without it a stage
     #: reads the earlier artifacts it names, cut to the runner's budget.
     memory: StageMemory | None = None
+    #: Deadlines of the escalations the gate opens.
+    sla: SlaPolicy = field(default_factory=SlaPolicy)
 
 
 @dataclass
@@ -105,8 +110,9 @@ class PipelineEngine:
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
         name, slugs = resolve_pipeline(pipeline)
         run = self.new_run(requirement, list(slugs), name, out_dir)
-        await self.create(run)
-        return await self.drive(run.id)
+        async with self._d.store.lease(run.id):  # held from creation on: no worker takes it over
+            await self.create(run)
+            return await self.drive(run.id, leased=True)
 
     def new_run(
         self,
@@ -157,8 +163,18 @@ class PipelineEngine:
         )
         await self._emit("run.started", run.id, pipeline=run.pipeline, artifacts_dir=run.artifacts_dir)
 
-    async def drive(self, run_id: str) -> RunOutcome:
-        """Run every stage not yet complete, in order, until done or waiting on a human."""
+    async def drive(self, run_id: str, *, leased: bool = False) -> RunOutcome:
+        """Run every stage not yet complete, in order, until done or waiting on a human.
+
+        A stage that waits on a human moves only once its escalations are decided (see
+        ``teams.decisions``). One process drives a run at a time: the run's lease is taken here
+        (``RunBusy`` if another process holds it) unless the caller holds it (``leased``)."""
+        if leased:
+            return await self._drive(run_id)
+        async with self._d.store.lease(run_id):
+            return await self._drive(run_id)
+
+    async def _drive(self, run_id: str) -> RunOutcome:
         run = await self._d.store.get_run(run_id)
         if run is None:
             raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
@@ -172,12 +188,19 @@ class PipelineEngine:
             if stage.status is StageStatus.COMPLETE and stage.result is not None:
                 prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
                 continue
-            if stage.status is StageStatus.WAITING_HUMAN:
-                # Only a decision on its escalation moves this stage (hitl); resuming does not.
+            decision = await self._decision(run, stage)
+            if decision.action is Resumption.WAIT:
                 await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN)
                 break
+            if decision.action is Resumption.CANCEL:
+                await self._cancel(run, stage, decision)
+                break
             try:
-                advanced = await self._run_stage(run, stage, prior, timings)
+                if decision.action is Resumption.COMPLETE and stage.result is not None:
+                    await self._complete(run, stage, stage.result)
+                    advanced = True
+                else:
+                    advanced = await self._run_stage(run, stage, prior, timings, decision.notes)
             except FactoryError as exc:
                 error = str(exc)
                 await self._fail(run, stage, error)
@@ -194,6 +217,29 @@ class PipelineEngine:
         outcome.timings, outcome.error = timings, error
         return outcome
 
+    async def _decision(self, run: Run, stage: StageRecord) -> StageDecision:
+        """How a stage resumes: a stage never executed simply runs; one that ran before carries the
+        operator's decisions on its escalations (recorded in the audit once, whoever resumes)."""
+        if stage.attempts == 0 and stage.status is not StageStatus.WAITING_HUMAN:
+            return StageDecision(Resumption.RERUN)
+        decision = stage_decision(await self._d.escalations.for_stage(run.id, stage.index))
+        if decision.decided is not None:
+            await self._d.audit.append(run.id, *decision_audit(decision.decided))
+        if decision.action is Resumption.WAIT and stage.status is not StageStatus.WAITING_HUMAN:
+            stage.status = StageStatus.WAITING_HUMAN  # a crash came between the escalation and its stage
+            await self._d.store.save_stage(stage)
+        return decision
+
+    async def _cancel(self, run: Run, stage: StageRecord, decision: StageDecision) -> None:
+        reason = decision.decided.answer if decision.decided is not None else None
+        stage.status, stage.finished_at = StageStatus.FAILED, now()
+        await self._d.store.save_stage(stage)
+        await self._d.store.set_run_status(run.id, RunStatus.CANCELLED)
+        await self._d.audit.append(
+            run.id, "run.cancelled", "run.cancelled", {"stage": stage.index, "team": stage.team, "reason": reason}
+        )
+        await self._emit("run.cancelled", run.id, stage=stage.index, team=stage.team, reason=reason)
+
     async def outcome(self, run_id: str) -> RunOutcome:
         run = await self._d.store.get_run(run_id)
         if run is None:
@@ -206,7 +252,12 @@ class PipelineEngine:
         )
 
     async def _run_stage(
-        self, run: Run, stage: StageRecord, prior: list[PriorArtifact], timings: list[StageTiming]
+        self,
+        run: Run,
+        stage: StageRecord,
+        prior: list[PriorArtifact],
+        timings: list[StageTiming],
+        operator_notes: Sequence[str] = (),
     ) -> bool:
         started = time.perf_counter()
         member = team(stage.team)
@@ -228,9 +279,13 @@ class PipelineEngine:
             except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
                 log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
                 await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
-        execution, decision, model_s = await self._execute_until_decided(
-            run, stage, member, context, recall, packed.text if packed else None
-        )
+        try:
+            execution, decision, model_s = await self._execute_until_decided(
+                run, stage, member, context, recall, packed.text if packed else None, operator_notes
+            )
+        except BudgetExceeded as exc:  # the operator decides: more budget, or stop the run
+            execution, model_s = Execution(result=blocked(str(exc))), 0.0
+            decision = GateDecision(Verdict.ESCALATE, str(exc), kind="budget", priority="high")
         stage.result = execution.result
         if decision.verdict is Verdict.ADVANCE:
             await self._complete(run, stage, execution.result, packed)
@@ -249,13 +304,14 @@ class PipelineEngine:
         context: list[PriorArtifact],
         recall: Recall,
         packed: str | None,
+        operator_notes: Sequence[str] = (),
     ) -> tuple[Execution, GateDecision, float]:
-        """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds."""
-        anchored = (
-            [f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"]
-            if run.feedback
-            else []
-        )
+        """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds.
+
+        The iteration cap counts the executions since this stage last came back from the operator."""
+        revision = f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"
+        anchored = [*([revision] if run.feedback else []), *operator_notes]
+        first_attempt = stage.attempts
         feedback = list(anchored)
         answers: list[str] = []  # clarifications answered so far, kept across re-executions
         failures = 0
@@ -285,7 +341,7 @@ class PipelineEngine:
             decision = decide(
                 execution.result,
                 failures=failures,
-                executions=stage.attempts,
+                executions=stage.attempts - first_attempt + 1,
                 limits=self._d.limits,
                 system_blocked=execution.system_blocked,
             )
@@ -432,7 +488,7 @@ class PipelineEngine:
         await self._retain(run, stage, result, packed)
 
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
-        escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now()))
+        escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
         stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
         await self._d.store.save_stage(stage)

@@ -61,10 +61,11 @@ async def revise(
         "parent_audit_head_sha256": parent_audit.head_sha256,
         "reused_results_sha256": {s.team: sha256_text(result_json(s.result)) for s in reused if s.result},
     }
-    await engine.create(run, reused, link)
-    for stage in reused:
-        assert stage.result is not None
-        for artifact in stage.result.artifacts:
-            write_artifact(Path(run.artifacts_dir), artifact)
-        await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts])
-    return await engine.drive(run.id)
+    async with store.lease(run.id):  # held from creation on: no worker takes the new run over
+        await engine.create(run, reused, link)
+        for stage in reused:
+            assert stage.result is not None
+            for artifact in stage.result.artifacts:
+                write_artifact(Path(run.artifacts_dir), artifact)
+            await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts])
+        return await engine.drive(run.id, leased=True)

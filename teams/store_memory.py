@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from routing.base import UsageRecord
+from factory.errors import RunBusy
+from routing.base import Spend, UsageRecord
 from teams.base import Run, RunStatus, StageRecord, StoredArtifact
 
 
@@ -17,6 +19,7 @@ class InMemoryRunStore:
         self._stages: dict[tuple[str, int], StageRecord] = {}
         self._artifacts: dict[tuple[str, str], StoredArtifact] = {}
         self.usage_rows: list[UsageRecord] = []
+        self._leased: set[str] = set()
 
     async def create_run(self, run: Run) -> None:
         self._runs.setdefault(run.id, run.model_copy(deep=True))
@@ -37,6 +40,20 @@ class InMemoryRunStore:
         found = [s for (r, _i), s in self._stages.items() if r == run_id]
         return [s.model_copy(deep=True) for s in sorted(found, key=lambda s: s.index)]
 
+    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
+        found = sorted((r for r in self._runs.values() if r.status in statuses), key=lambda r: r.updated_at)
+        return [r.model_copy(deep=True) for r in found[:limit]]
+
+    @asynccontextmanager
+    async def lease(self, run_id: str) -> AsyncIterator[None]:
+        if run_id in self._leased:
+            raise RunBusy(f"run {run_id} is being driven already")
+        self._leased.add(run_id)
+        try:
+            yield
+        finally:
+            self._leased.discard(run_id)
+
     async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None:
         for a in artifacts:
             self._artifacts[(a.run_id, a.name)] = a
@@ -47,6 +64,10 @@ class InMemoryRunStore:
 
     async def record(self, usage: UsageRecord) -> None:
         self.usage_rows.append(usage)
+
+    async def spent(self, run_id: str, team: str | None = None) -> Spend:
+        rows = [u for u in self.usage_rows if u.run_id == run_id and (team is None or u.team == team)]
+        return Spend(tokens=sum(u.tokens_in + u.tokens_out for u in rows), cost_usd=sum(u.cost_usd for u in rows))
 
     async def usage(self, run_id: str) -> list[UsageRecord]:
         return [u for u in self.usage_rows if u.run_id == run_id]

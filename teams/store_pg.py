@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from routing.base import UsageRecord
+from factory.errors import RunBusy
+from routing.base import Spend, UsageRecord
 from teams.base import Run, RunStatus, StageRecord, StoredArtifact
 from teams.results import TaskResult
 
@@ -162,6 +165,37 @@ class PostgresRunStore:
                 await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
                 await cur.execute(_SAVE_STAGE, row)
 
+    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM runs WHERE status = ANY(%s) ORDER BY updated_at LIMIT %s",
+                ([s.value for s in statuses], limit),
+            )
+            return [Run.model_validate(r) for r in await cur.fetchall()]
+
+    @asynccontextmanager
+    async def lease(self, run_id: str) -> AsyncIterator[None]:
+        # A session advisory lock on a connection held for the block: it ends with the process.
+        key = f"factory.run:{run_id}"
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+            row = await cur.fetchone()
+            if not (row and row[0]):
+                raise RunBusy(
+                    f"run {run_id} is being driven by another process (a `factory run`, `resume` or"
+                    " `worker`); wait for it, or stop that process and try again"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                except BaseException:
+                    # Never hand a connection that may still hold the lock back to the pool.
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                    raise
+
     async def stages(self, run_id: str) -> list[StageRecord]:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
@@ -209,6 +243,17 @@ class PostgresRunStore:
                     usage.created_at,
                 ),
             )
+
+    async def spent(self, run_id: str, team: str | None = None) -> Spend:
+        where = "run_id = %s" + (" AND team = %s" if team else "")
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT coalesce(sum(tokens_in + tokens_out), 0), coalesce(sum(cost_usd), 0) FROM usage_ledger"
+                f" WHERE {where}",
+                (run_id, team) if team else (run_id,),
+            )
+            row = await cur.fetchone()
+        return Spend(tokens=int(row[0]), cost_usd=float(row[1])) if row else Spend()
 
     async def usage(self, run_id: str) -> list[UsageRecord]:
         async with self._pool.connection() as conn:

@@ -1,0 +1,284 @@
+"""``factory hitl ...`` (the decision queue) and ``factory worker`` (DESIGN §9, §10).
+
+A decision is recorded at once; the run it unblocks continues in a ``factory worker``, with
+``factory resume RUN_ID``, or right here with ``--resume``. Texts may be ``-`` to read stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from factory.cli_common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    err,
+    load_settings,
+    print_json,
+    report,
+    run_async,
+    show_progress,
+)
+
+if TYPE_CHECKING:
+    from factory.settings import Settings
+    from factory.wiring import Factory
+    from hitl.base import Escalation
+
+hitl_app = typer.Typer(no_args_is_help=True, help="The decision queue: escalations waiting on a human.")
+
+By = Annotated[str | None, typer.Option("--by", help="Who decides (default: FACTORY_OPERATOR, else your user).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run here once nothing else blocks it.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _text(value: str) -> str:
+    return sys.stdin.read() if value == "-" else value
+
+
+def _operator(settings: Settings, by: str | None) -> str:
+    return (by or settings.operator or getpass.getuser() or "operator").strip()[:200]
+
+
+def _due(e: Escalation, now: datetime) -> str:
+    left = e.sla_deadline - now
+    hours = abs(left.total_seconds()) / 3600
+    span = f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h"
+    return f"due in {span}" if left.total_seconds() >= 0 else f"LATE by {span}"
+
+
+@hitl_app.command("list")
+def hitl_list(as_json: AsJson = False) -> None:
+    """What needs your attention: a summary, then open escalations, most urgent first."""
+    from hitl.attention import attention
+
+    async def go(factory: Factory) -> Any:
+        return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
+
+    summary = _with_factory(go)
+    if as_json:
+        print_json([w.escalation.model_dump(mode="json") | {"sla_level": int(w.sla_level)} for w in summary.items])
+        return
+    typer.echo(summary.headline())
+    now = datetime.now(UTC)
+    for w in summary.items:
+        e = w.escalation
+        deferred = " (deferred)" if e.status.value == "deferred" else ""
+        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} {_due(e, now):16} {e.team}: {e.question}{deferred}")
+    if summary.items:
+        typer.echo("decide: factory hitl show ID · answer ID TEXT · approve ID · reject ID --reason TEXT · defer ID")
+
+
+@hitl_app.command("summary")
+def hitl_summary(as_json: AsJson = False) -> None:
+    """Counts by priority, SLA breaches, the oldest waits and the blocked runs."""
+    from hitl.attention import attention
+
+    async def go(factory: Factory) -> Any:
+        return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
+
+    summary = _with_factory(go)
+    if as_json:
+        print_json(summary.model_dump(mode="json", exclude={"items"}))
+        return
+    typer.echo(summary.headline())
+    for w in summary.oldest:
+        typer.echo(f"  oldest: {w.escalation.id} waiting {w.waited_s / 3600:.1f}h ({w.escalation.team})")
+    for r in summary.blocked_runs:
+        typer.echo(f"  blocked: {r.run_id} on {r.escalations} escalation(s), {r.oldest_waiting_s / 3600:.1f}h")
+
+
+@hitl_app.command("show")
+def hitl_show(escalation_id: str, as_json: AsJson = False) -> None:
+    """Everything needed to decide one escalation: question, reasoning, blockers, excerpts, choices."""
+    from factory.errors import EscalationNotFound
+
+    async def go(factory: Factory) -> Any:
+        found = await factory.escalations.get(escalation_id)
+        if found is None:
+            raise EscalationNotFound(f"no escalation {escalation_id!r}; see `factory hitl list`")
+        return found
+
+    e = _with_factory(go)
+    if as_json:
+        print_json(e.model_dump(mode="json"))
+        return
+    c = e.context
+    typer.echo(
+        f"{e.id} [{e.kind.value}/{e.priority.value}] {e.status.value} · run {e.run_id} stage {e.stage_index} {e.team}"
+    )
+    typer.echo(f"question: {e.question}")
+    for label, key in (("why", "reason"), ("reasoning", "reasoning")):
+        if c.get(key):
+            typer.echo(f"{label}: {c[key]}")
+    for label, key in (("blockers", "blockers"), ("assumptions", "assumptions"), ("route", "hop_chain")):
+        if c.get(key):
+            typer.echo(f"{label}: " + "; ".join(map(str, c[key])))
+    for name, excerpt in (c.get("artifacts") or {}).items():
+        typer.echo(f"--- {name} (excerpt) ---\n{excerpt}")
+    typer.echo(f"choices: {c.get('choices', '')}")
+    if e.answer or e.decided_by:
+        typer.echo(f"decided: {e.status.value} by {e.decided_by} at {e.decided_at}: {e.answer or ''}")
+
+
+@hitl_app.command("answer")
+def hitl_answer(escalation_id: str, text: str, by: By = None, resume: Resume = False) -> None:
+    """Answer a question (or say what unblocks a team); its stage runs again with your answer."""
+    settings = load_settings()
+    _decide(settings, resume, lambda f: f.desk.answer(escalation_id, _text(text), by=_operator(settings, by)))
+
+
+@hitl_app.command("approve")
+def hitl_approve(
+    escalation_id: str,
+    notes: Annotated[str | None, typer.Option(help="Optional notes, kept with the decision.")] = None,
+    by: By = None,
+    resume: Resume = False,
+) -> None:
+    """Approve a stage's artifacts (or more budget); the run continues."""
+    settings = load_settings()
+    _decide(settings, resume, lambda f: f.desk.approve(escalation_id, notes=notes, by=_operator(settings, by)))
+
+
+@hitl_app.command("reject")
+def hitl_reject(
+    escalation_id: str,
+    reason: Annotated[str, typer.Option(help="Why; the stage runs again with it as feedback (required).")],
+    by: By = None,
+    resume: Resume = False,
+) -> None:
+    """Reject with a reason: the stage runs again with it (a budget escalation: the run is cancelled)."""
+    settings = load_settings()
+    _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=_text(reason), by=_operator(settings, by)))
+
+
+@hitl_app.command("defer")
+def hitl_defer(
+    escalation_id: str,
+    hours: Annotated[float | None, typer.Option(min=0.01, help="Decide within this many hours.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Decide by this time (ISO 8601; UTC if no zone).")] = None,
+    by: By = None,
+) -> None:
+    """Put off a decision to a new deadline (default: one more SLA window); the run keeps waiting."""
+    if hours is not None and until is not None:
+        err("give --hours or --until, not both", EXIT_INPUT)
+    deadline = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
+    if until is not None:
+        deadline = until if until.tzinfo else until.replace(tzinfo=UTC)
+    settings = load_settings()
+    _decide(settings, False, lambda f: f.desk.defer(escalation_id, until=deadline, by=_operator(settings, by)))
+
+
+@hitl_app.command("batch-approve")
+def hitl_batch_approve(
+    escalation_ids: Annotated[list[str] | None, typer.Argument(help="Escalations to approve.")] = None,
+    all_low_risk: Annotated[bool, typer.Option("--all", help="Every waiting low-risk escalation.")] = False,
+    notes: Annotated[str | None, typer.Option(help="Optional notes, kept with each decision.")] = None,
+    by: By = None,
+    as_json: AsJson = False,
+) -> None:
+    """Approve several low-risk escalations at once; others are refused with the reason (exit 1)."""
+    if not escalation_ids and not all_low_risk:
+        err("name the escalations to approve, or --all for every waiting low-risk one", EXIT_INPUT)
+    settings = load_settings()
+    operator = _operator(settings, by)
+
+    async def go(factory: Factory) -> Any:
+        return await factory.desk.batch_approve(None if all_low_risk else escalation_ids, by=operator, notes=notes)
+
+    outcome = _with_factory(go, settings)
+    if as_json:
+        print_json({"approved": [e.id for e in outcome.approved], "refused": dict(outcome.refused)})
+    else:
+        for e in outcome.approved:
+            typer.echo(f"approved {e.id} ({e.team}, run {e.run_id})")
+        for escalation_id, why in outcome.refused:
+            typer.echo(f"refused  {escalation_id}: {why}")
+        if not outcome.approved and not outcome.refused:
+            typer.echo("nothing low-risk is waiting")
+    raise typer.Exit(EXIT_FAILED if outcome.refused else EXIT_OK)
+
+
+def _with_factory(go: Callable[[Factory], Awaitable[Any]], settings: Settings | None = None) -> Any:
+    settings = settings or load_settings()
+
+    async def main() -> Any:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            return await go(factory)
+
+    return run_async(main())
+
+
+def _decide(settings: Settings, resume: bool, decide: Callable[[Factory], Awaitable[Escalation]]) -> None:
+    """Record the decision; then say what happens to its run (or, with ``resume``, continue it here)."""
+
+    async def main() -> tuple[Escalation, str, Any]:
+        from factory.wiring import open_factory, responders_for_run
+        from factory.worker import workers_alive
+
+        async with open_factory(settings, serve=responders_for_run(settings) if resume else ()) as factory:
+            decided = await decide(factory)
+            if decided.waiting:  # deferred
+                return decided, f"run {decided.run_id} keeps waiting on it", None
+            still = await factory.escalations.list_open(decided.run_id)
+            if still:
+                return decided, f"run {decided.run_id} still waits on {', '.join(e.id for e in still)}", None
+            if resume:
+                run = await factory.store.get_run(decided.run_id)
+                show_progress(factory, len(run.pipeline) if run else 0, False)
+                return decided, "", await factory.engine.drive(decided.run_id)
+            if await workers_alive(factory.redis, settings.redis_prefix):
+                return decided, f"a factory worker continues run {decided.run_id}", None
+            return (
+                decided,
+                f"continue run {decided.run_id}: `factory resume {decided.run_id}` (or start `factory worker`)",
+                None,
+            )
+
+    decided, next_step, outcome = run_async(main())
+    who = f" by {decided.decided_by}" if decided.decided_by else ""
+    due = f", due {decided.sla_deadline:%Y-%m-%d %H:%M %Z}" if decided.waiting else ""
+    typer.echo(f"{decided.id} {decided.status.value}{who}{due}")
+    if outcome is not None:
+        report(outcome, False)
+    typer.echo(next_step)
+
+
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="One pass (SLA ladder, resumes), then exit.")] = False,
+) -> None:
+    """Keep runs moving: the SLA ladder, runs whose escalations were decided, runs whose process died."""
+    import signal
+
+    settings = load_settings()
+
+    async def go() -> None:
+        from factory.wiring import open_factory, responders_for_run
+        from factory.worker import Worker
+
+        async with open_factory(settings, serve=responders_for_run(settings)) as factory:
+            work = Worker(factory, poll_s=settings.worker_poll_s)
+            if once:
+                await factory.desk.tick()
+                step = await work.resume_pass()
+                for outcome in step.resumed:
+                    typer.echo(f"resumed {outcome.run.id}: {outcome.run.status.value}")
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            typer.echo(f"worker: SLA ladder and resumes every {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)
+            await work.serve(stop)
+        typer.echo("worker stopped", err=True)
+
+    run_async(go())

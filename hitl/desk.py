@@ -1,0 +1,268 @@
+"""The decision desk: every operator action on an escalation, checked, recorded and announced.
+
+answer (clarification, blocked) · approve with optional notes (approval, budget) · reject with a
+reason (any kind) · defer to a new deadline · batch approve (low-risk kinds and priorities only) ·
+the SLA ladder's ``tick``. A decision is one conditional update: of two operators deciding one
+escalation, one wins and the other gets ``DecisionConflict`` naming who decided first. Every
+decision is appended to the run's audit chain (who, when, what, the text) and emitted as an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from factory.errors import DecisionConflict, DecisionRefused, EscalationNotFound
+from hitl.base import (
+    Change,
+    Clock,
+    DecisionRecorder,
+    Escalation,
+    EscalationKind,
+    EscalationQueue,
+    EscalationStatus,
+    Priority,
+    SlaLevel,
+)
+from hitl.sla import SlaPolicy
+from observability.base import Event, EventSink
+
+SLA_ACTOR = "sla-ladder"  # decided_by of what the ladder's default action decides
+MAX_TEXT_BYTES = 64 * 1024
+
+_ANSWERABLE = frozenset({EscalationKind.CLARIFICATION, EscalationKind.BLOCKED})
+_APPROVABLE = frozenset({EscalationKind.APPROVAL, EscalationKind.BUDGET})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LowRisk:
+    """What batch approval may decide: only these kinds, at only these priorities."""
+
+    kinds: frozenset[EscalationKind] = frozenset({EscalationKind.APPROVAL})
+    priorities: frozenset[Priority] = frozenset({Priority.LOW})
+
+    def refusal(self, escalation: Escalation) -> str | None:
+        """Why batch approval may not decide ``escalation``, or None if it may."""
+        if escalation.kind not in self.kinds:
+            return f"{escalation.kind.value} escalations are not low-risk; decide it on its own"
+        if escalation.priority not in self.priorities:
+            return f"{escalation.priority.value} priority is not low-risk; decide it on its own"
+        return None
+
+
+@dataclass
+class BatchOutcome:
+    approved: list[Escalation] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (escalation id, why)
+
+
+def decision_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
+    """The audit entry of a decision: (key, kind, payload); the key makes recording it idempotent."""
+    e = escalation
+    payload = {
+        "id": e.id,
+        "stage": e.stage_index,
+        "team": e.team,
+        "kind": e.kind.value,
+        "priority": e.priority.value,
+        "question": e.question,
+        "decision": e.status.value,
+        "text": e.answer,
+        "decided_by": e.decided_by,
+        "decided_at": e.decided_at.isoformat() if e.decided_at else None,
+        "at": (e.decided_at or e.sla_start()).isoformat(),
+    }
+    if e.status is EscalationStatus.DEFERRED:
+        payload["sla_deadline"] = e.sla_deadline.isoformat()
+        return f"escalation.{e.id}.deferred.{e.version}", "escalation.deferred", payload
+    return f"escalation.{e.id}.decided", "escalation.decided", payload
+
+
+def _text(value: str | None, what: str, *, required: bool) -> str | None:
+    if value is None or not value.strip():
+        if required:
+            raise DecisionRefused(f"the {what} is empty; write what the team should know")
+        return None
+    if "\x00" in value:
+        raise DecisionRefused(f"the {what} contains a NUL byte; send plain text")
+    if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise DecisionRefused(f"the {what} is over {MAX_TEXT_BYTES} bytes; shorten it")
+    return value.strip()
+
+
+class DecisionDesk:
+    """Operator decisions and the SLA ladder over an ``EscalationQueue``."""
+
+    def __init__(
+        self,
+        queue: EscalationQueue,
+        recorder: DecisionRecorder,
+        events: EventSink,
+        *,
+        policy: SlaPolicy | None = None,
+        low_risk: LowRisk | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.queue = queue
+        self._recorder = recorder
+        self._events = events
+        self.policy = policy or SlaPolicy()
+        self.low_risk = low_risk or LowRisk()
+        self._clock = clock
+
+    async def answer(self, escalation_id: str, text: str, *, by: str, version: int | None = None) -> Escalation:
+        """Answer a question or what unblocks a team; the stage runs again with the answer."""
+        answer = _text(text, "answer", required=True)
+        current = await self._waiting(escalation_id, version)
+        if current.kind not in _ANSWERABLE:
+            raise DecisionRefused(
+                f"{current.id} is an approval escalation: approve it or reject it with a reason"
+                if current.kind is EscalationKind.APPROVAL
+                else f"{current.id} is a budget escalation: approve it (more budget) or reject it (the run stops)"
+            )
+        return await self._decide(current, EscalationStatus.ANSWERED, answer, by)
+
+    async def approve(
+        self, escalation_id: str, *, by: str, notes: str | None = None, version: int | None = None
+    ) -> Escalation:
+        """Approve a stage's artifacts (or more budget); the run continues."""
+        text = _text(notes, "notes", required=False)
+        current = await self._waiting(escalation_id, version)
+        if current.kind not in _APPROVABLE:
+            raise DecisionRefused(
+                f"{current.id} is a {current.kind.value} escalation: answer it (what the team needs)"
+                " or reject it with a reason (the team proceeds on its assumptions)"
+            )
+        return await self._decide(current, EscalationStatus.APPROVED, text, by)
+
+    async def reject(self, escalation_id: str, *, reason: str, by: str, version: int | None = None) -> Escalation:
+        """Reject with a reason: the stage runs again with it as feedback (a budget: the run stops)."""
+        text = _text(reason, "reason", required=True)
+        current = await self._waiting(escalation_id, version)
+        return await self._decide(current, EscalationStatus.REJECTED, text, by)
+
+    async def defer(
+        self, escalation_id: str, *, by: str, until: datetime | None = None, version: int | None = None
+    ) -> Escalation:
+        """Put off the decision to ``until`` (default: one more SLA window); the run keeps waiting."""
+        current = await self._waiting(escalation_id, version)
+        now = self._clock()
+        deadline = until or self.policy.deadline(current.priority, now)
+        if deadline <= now:
+            raise DecisionRefused(f"the new deadline {deadline:%Y-%m-%d %H:%M %Z} is not in the future")
+        change = Change(
+            status=EscalationStatus.DEFERRED, decided_by=by, sla_deadline=deadline, sla_started_at=now,
+            escalation_level=0,
+        )  # fmt: skip
+        return await self._apply(current, change)
+
+    async def batch_approve(
+        self, escalation_ids: Sequence[str] | None, *, by: str, notes: str | None = None
+    ) -> BatchOutcome:
+        """Approve each low-risk escalation (all waiting ones when ``escalation_ids`` is None);
+        the others are refused with the reason, and left as they were."""
+        text = _text(notes, "notes", required=False)
+        outcome = BatchOutcome()
+        if escalation_ids is None:
+            candidates = await self.queue.list_open()
+        else:
+            candidates = []
+            for escalation_id in dict.fromkeys(escalation_ids):
+                found = await self.queue.get(escalation_id)
+                if found is None:
+                    outcome.refused.append((escalation_id, "no such escalation"))
+                elif not found.waiting:
+                    outcome.refused.append((escalation_id, f"already {found.status.value}"))
+                else:
+                    candidates.append(found)
+        for escalation in candidates:
+            why = self.low_risk.refusal(escalation)
+            if why is not None:
+                outcome.refused.append((escalation.id, why))
+                continue
+            try:
+                outcome.approved.append(await self._decide(escalation, EscalationStatus.APPROVED, text, by))
+            except DecisionConflict as exc:
+                outcome.refused.append((escalation.id, str(exc)))
+        return outcome
+
+    async def tick(self) -> list[Escalation]:
+        """One step of the SLA ladder over every waiting escalation; what it changed."""
+        now = self._clock()
+        changed = []
+        for escalation in await self.queue.list_open():
+            level = self.policy.level(escalation, now)
+            current = escalation
+            for step in range(escalation.escalation_level + 1, level + 1):  # one event per step crossed
+                raised = await self.queue.set_level(current.id, current.version, step)
+                if raised is None:
+                    break  # decided or deferred meanwhile
+                current = raised
+                await self._record_step(current, SlaLevel(step), now)
+            else:
+                if current is not escalation:
+                    changed.append(current)
+                if level is SlaLevel.FINAL and self.policy.auto_approves(current):
+                    note = "approved automatically: the SLA ran out and low-priority approvals are auto-approved"
+                    try:
+                        changed.append(await self._decide(current, EscalationStatus.APPROVED, note, SLA_ACTOR))
+                    except DecisionConflict:
+                        pass  # an operator decided at the same moment: theirs stands
+        return changed
+
+    async def _record_step(self, escalation: Escalation, level: SlaLevel, now: datetime) -> None:
+        data = {
+            "id": escalation.id,
+            "team": escalation.team,
+            "stage": escalation.stage_index,
+            "priority": escalation.priority.value,
+            "level": int(level),
+            "step": level.name.lower(),
+            "sla_deadline": escalation.sla_deadline.isoformat(),
+        }
+        await self._recorder.append(
+            escalation.run_id, f"escalation.{escalation.id}.sla.{escalation.version}", "escalation.sla", data
+        )
+        await self._events.emit(Event(type="escalation.sla", run_id=escalation.run_id, data=data, at=now))
+
+    async def _waiting(self, escalation_id: str, version: int | None) -> Escalation:
+        current = await self.queue.get(escalation_id)
+        if current is None:
+            raise EscalationNotFound(f"no escalation {escalation_id!r}; see `factory hitl list`")
+        if not current.waiting:
+            raise DecisionConflict(_decided_already(current))
+        if version is not None and version != current.version:
+            raise DecisionConflict(
+                f"{current.id} changed since you looked (version {version}, now {current.version}); look again"
+            )
+        return current
+
+    async def _decide(self, current: Escalation, status: EscalationStatus, text: str | None, by: str) -> Escalation:
+        change = Change(status=status, answer=text, decided_by=by, decided_at=self._clock())
+        return await self._apply(current, change)
+
+    async def _apply(self, current: Escalation, change: Change) -> Escalation:
+        changed = await self.queue.apply(current.id, current.version, change)
+        if changed is None:
+            latest = await self.queue.get(current.id)
+            raise DecisionConflict(
+                _decided_already(latest)
+                if latest and not latest.waiting
+                else f"{current.id} changed meanwhile; look again"
+            )
+        key, kind, payload = decision_audit(changed)
+        await self._recorder.append(changed.run_id, key, kind, payload)
+        await self._events.emit(Event(type=kind, run_id=changed.run_id, data=payload, at=self._clock()))
+        return changed
+
+
+def _decided_already(escalation: Escalation) -> str:
+    when = f" at {escalation.decided_at:%Y-%m-%d %H:%M:%S %Z}" if escalation.decided_at else ""
+    who = f" by {escalation.decided_by}" if escalation.decided_by else ""
+    return f"{escalation.id} was already {escalation.status.value}{who}{when}; nothing was changed"
