@@ -1,4 +1,4 @@
-"""Memory banks in PostgreSQL with pgvector: one table, an HNSW cosine index, banks as a column."""
+"""Memory banks in PostgreSQL with pgvector: one table, an HNSW cosine index on half floats, banks as a column."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ MIGRATIONS: list[tuple[str, str]] = [
     (
         "0302_memory_run_index",
         "CREATE INDEX IF NOT EXISTS memory_items_run ON memory_items (run_id);",  # run-scoped recall, exact
+    ),
+    (
+        # Ingest is HNSW insert work (~1.3 ms an item at 100k, twenty times the row itself), mostly
+        # distances and the pruning of neighbour lists. Half floats halve the index and the heap
+        # (similarity off by ~1e-3, far inside the dedupe threshold's margin); m = 12 keeps 24 neighbours
+        # a node instead of 32, so an insert prunes fewer, shorter lists. Over 100k synthetic items, one
+        # writer: 707 -> 1,021 items/s, recall@8 0.997 -> 0.992 (bench/memory.py).
+        "0303_memory_halfvec_m12",
+        f"""
+        SET LOCAL maintenance_work_mem = '256MB';
+        DROP INDEX IF EXISTS memory_items_embedding;
+        ALTER TABLE memory_items ALTER COLUMN embedding TYPE halfvec({DIMENSIONS});
+        CREATE INDEX memory_items_embedding ON memory_items
+            USING hnsw (embedding halfvec_cosine_ops) WITH (m = 12, ef_construction = 64);
+        """,
     ),
 ]
 
@@ -153,7 +168,7 @@ class PgVectorMemoryStore:
         cursor = await conn.execute(
             """
             SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
-            FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]) AS new(ord, bank, kind, vec)
+            FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
             CROSS JOIN LATERAL (
                 SELECT m.id, m.embedding FROM memory_items m
                 WHERE m.bank = new.bank AND m.kind = new.kind
@@ -179,7 +194,7 @@ class PgVectorMemoryStore:
             """
             INSERT INTO memory_items (bank, kind, text, embedding, run_id, metadata, created_at, updated_at)
             SELECT bank, kind, text, vec, run_id, metadata, %s, %s
-            FROM unnest(%s::text[], %s::text[], %s::text[], %b::vector[], %s::text[], %s::jsonb[])
+            FROM unnest(%s::text[], %s::text[], %s::text[], %b::vector[]::halfvec[], %s::text[], %s::jsonb[])
                 AS new(bank, kind, text, vec, run_id, metadata)
             RETURNING id
             """,
@@ -223,8 +238,8 @@ class PgVectorMemoryStore:
         if run_id is not None:
             source = f"(SELECT * FROM {source} OFFSET 0) AS m"
         sql = (
-            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(vec)b) AS similarity FROM {source}"
-            " ORDER BY embedding <=> %(vec)b LIMIT %(limit)s"
+            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(vec)b::halfvec) AS similarity FROM {source}"
+            " ORDER BY embedding <=> %(vec)b::halfvec LIMIT %(limit)s"
         )
         async with self._pool.connection() as conn, conn.transaction():
             await self._binary_vectors(conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -12,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from factory.migrations import migrate
 from memory.bank_memory import InMemoryMemoryStore
 from memory.bank_pg import PgVectorMemoryStore
-from memory.base import SHARED_BANK, MemoryKind, MemoryStore, NewMemory
+from memory.base import DIMENSIONS, SHARED_BANK, MemoryKind, MemoryStore, NewMemory
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.packing import compact, over_threshold, pack
 from memory.qa import ProjectQA
@@ -122,6 +123,25 @@ async def test_duplicates_within_one_batch_are_merged(store: MemoryStore, embedd
     outcome = await gateway.retain([fact(NEEDLE), fact(DISTRACTORS[0]), fact(NEEDLE)])
     assert [r.merged for r in outcome] == [False, False, True] and outcome[2].item_id == outcome[0].item_id
     assert await store.count(TEAM) == 2
+
+
+def random_batch(n: int, seed: int = 11) -> tuple[list[NewMemory], list[list[float]]]:
+    """``n`` facts with random unit vectors, spread over two banks."""
+    rows = np.random.default_rng(seed).standard_normal((n, DIMENSIONS))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    items = [fact(f"bulk fact number {i}", bank=(TEAM, SHARED_BANK)[i % 2], run=f"run-{i // 50}") for i in range(n)]
+    return items, rows.tolist()
+
+
+async def test_a_large_batch_is_stored_whole_and_in_order(store: MemoryStore) -> None:
+    items, vectors = random_batch(450)
+    outcome = await store.retain(items, vectors, dedupe_at=None)
+    assert not any(r.merged for r in outcome) and len({r.item_id for r in outcome}) == 450
+    assert await store.count() == 450 and await store.count(SHARED_BANK) == 225
+    for i in (0, 1, 224, 225, 226, 449):  # each outcome's id is its own item's
+        [(found, similarity)] = await store.search([items[i].bank], vectors[i], limit=1)
+        assert (found.id, found.text, found.run_id) == (outcome[i].item_id, items[i].text, items[i].run_id)
+        assert similarity > 0.999  # half floats in the index: ~1e-3 at worst
 
 
 async def test_packing_keeps_the_mental_model_and_stays_under_budget(
