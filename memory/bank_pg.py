@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from factory.errors import MemoryStoreError
 from memory.base import DIMENSIONS, MemoryItem, MemoryKind, NewMemory, Retained
@@ -69,6 +71,10 @@ _COLUMNS = "id, bank, kind, text, run_id, metadata, seen, created_at, updated_at
 # over 100k items, +0.2 ms). 100 for the per-item nearest lookup of dedupe, which runs once per item.
 EF_SEARCH = 200
 DEDUPE_EF_SEARCH = 100
+# A large batch is inserted over up to ``writers`` connections at once: the HNSW work runs in each
+# connection's backend, one core each. Below this many rows a writer, a second one is not worth it.
+WRITER_MIN_ROWS = 100
+WRITER_WAIT_S = 0.2  # how long to wait for a spare pool connection before inserting without it
 
 
 def vector_text(vector: Sequence[float]) -> str:
@@ -102,10 +108,19 @@ def _item(row: dict[str, Any]) -> MemoryItem:
 
 
 class PgVectorMemoryStore:
-    """``MemoryStore`` on PostgreSQL + pgvector."""
+    """``MemoryStore`` on PostgreSQL + pgvector.
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    ``writers``: how many pool connections a large ``retain`` inserts over in parallel (one backend,
+    so one core, each). A batch stays all or nothing: the writers' transactions commit back to back
+    once every row and merge is written, and an error before that rolls all of them back (only a
+    connection lost between those commits could keep part of a batch).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, *, writers: int = 2) -> None:
+        if writers < 1:
+            raise ValueError(f"writers must be at least 1, not {writers}")
         self._pool = pool
+        self._writers = writers
         self._vector_type: TypeInfo | None = None
         self._binary: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
 
@@ -131,7 +146,9 @@ class PgVectorMemoryStore:
         outcomes: list[Retained | None] = [None] * len(items)
         first_of = within_batch(items, vectors, dedupe_at) if dedupe_at is not None else list(range(len(items)))
         rows = _rows(vectors)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with AsyncExitStack() as stack:
+            conn = await stack.enter_async_context(self._pool.connection())
+            await stack.enter_async_context(conn.transaction())
             await self._binary_vectors(conn)
             nearest = await self._nearest_stored(conn, items, rows) if dedupe_at is not None else {}
             merges: dict[int, list[int]] = {}  # stored item id -> batch positions merged into it
@@ -141,7 +158,8 @@ class PgVectorMemoryStore:
                     outcomes[i] = Retained(item_id=near[0], merged=True, similarity=round(near[1], 4))
                     merges.setdefault(near[0], []).append(i)
             fresh = [i for i in range(len(items)) if first_of[i] == i and outcomes[i] is None]
-            ids = await self._insert(conn, [items[i] for i in fresh], [rows[i] for i in fresh], now)
+            writers = [conn, *await self._spare_writers(stack, len(fresh))]
+            ids = await self._insert_over(writers, [items[i] for i in fresh], [rows[i] for i in fresh], now)
             for i, item_id in zip(fresh, ids, strict=True):
                 outcomes[i] = Retained(item_id=item_id, merged=False)
             for i in range(len(items)):  # later copies within the batch merge into the first
@@ -158,6 +176,47 @@ class PgVectorMemoryStore:
                     (len(positions), now, runs, item_id),
                 )
         return [o for o in outcomes if o is not None]
+
+    async def _spare_writers(self, stack: AsyncExitStack, rows: int) -> list[AsyncConnection[Any]]:
+        """Extra connections for a batch of ``rows``, each in a transaction that ``stack`` commits just
+        before the caller's, once all the work is done. Only connections the pool can spare at once: when
+        it is busy the batch goes over fewer writers, so no two batches hold one and wait for another."""
+        spare: list[AsyncConnection[Any]] = []
+        while len(spare) + 1 < min(self._writers, rows // WRITER_MIN_ROWS):
+            try:
+                conn = await stack.enter_async_context(self._pool.connection(timeout=WRITER_WAIT_S))
+            except PoolTimeout:
+                break
+            await self._binary_vectors(conn)
+            await stack.enter_async_context(conn.transaction())
+            spare.append(conn)
+        return spare
+
+    async def _insert_over(
+        self,
+        writers: Sequence[AsyncConnection[Any]],
+        items: Sequence[NewMemory],
+        vectors: Sequence[np.ndarray[Any, Any]],
+        now: datetime,
+    ) -> list[int]:
+        """Contiguous slices of the rows, one per writer, inserted at once; ids in the rows' order."""
+        if len(writers) == 1:
+            return await self._insert(writers[0], items, vectors, now)
+        size = -(-len(items) // len(writers))
+        tasks = [
+            asyncio.create_task(self._insert(conn, items[at : at + size], vectors[at : at + size], now))
+            for conn, at in zip(writers, range(0, len(items), size), strict=False)
+        ]
+        try:
+            slices = await asyncio.gather(*tasks)
+        except (Exception, asyncio.CancelledError):
+            # The other slices stop (psycopg cancels their queries) before the transactions roll back;
+            # the caller sees the first error itself.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [item_id for ids in slices for item_id in ids]
 
     @staticmethod
     async def _nearest_stored(

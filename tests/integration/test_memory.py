@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from factory.migrations import migrate
 from memory.bank_memory import InMemoryMemoryStore
-from memory.bank_pg import PgVectorMemoryStore
+from memory.bank_pg import WRITER_MIN_ROWS, PgVectorMemoryStore
 from memory.base import DIMENSIONS, SHARED_BANK, MemoryKind, MemoryStore, NewMemory
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.packing import compact, over_threshold, pack
@@ -134,7 +134,7 @@ def random_batch(n: int, seed: int = 11) -> tuple[list[NewMemory], list[list[flo
 
 
 async def test_a_large_batch_is_stored_whole_and_in_order(store: MemoryStore) -> None:
-    items, vectors = random_batch(450)
+    items, vectors = random_batch(450)  # over several writers on pgvector
     outcome = await store.retain(items, vectors, dedupe_at=None)
     assert not any(r.merged for r in outcome) and len({r.item_id for r in outcome}) == 450
     assert await store.count() == 450 and await store.count(SHARED_BANK) == 225
@@ -142,6 +142,55 @@ async def test_a_large_batch_is_stored_whole_and_in_order(store: MemoryStore) ->
         [(found, similarity)] = await store.search([items[i].bank], vectors[i], limit=1)
         assert (found.id, found.text, found.run_id) == (outcome[i].item_id, items[i].text, items[i].run_id)
         assert similarity > 0.999  # half floats in the index: ~1e-3 at worst
+
+
+@pytest.fixture
+async def two_writers(pg_url: str) -> AsyncIterator[tuple[PgVectorMemoryStore, AsyncConnectionPool]]:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await migrate(conn)
+    pool = AsyncConnectionPool(pg_url, min_size=2, max_size=2, open=False, kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    try:
+        yield PgVectorMemoryStore(pool, writers=2), pool
+    finally:
+        await pool.close()
+
+
+async def transactions(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(DISTINCT xmin::text) FROM memory_items")
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_large_batch_goes_over_two_writers_all_or_nothing(
+    two_writers: tuple[PgVectorMemoryStore, AsyncConnectionPool],
+) -> None:
+    store, pool = two_writers
+    items, vectors = random_batch(300)
+    await store.retain(items, vectors, dedupe_at=None)
+    assert await store.count() == 300 and await transactions(pool) == 2  # two slices, one per writer
+    # the last slice fails in the database (jsonb refuses a NUL): the first one is rolled back with it
+    items, vectors = random_batch(300, seed=12)
+    items[-1] = items[-1].model_copy(update={"metadata": {"note": "a NUL \x00 here"}})
+    with pytest.raises(psycopg.errors.UntranslatableCharacter):
+        await store.retain(items, vectors, dedupe_at=None)
+    assert await store.count() == 300
+    await store.retain(items[:-1], vectors[:-1], dedupe_at=None)  # both connections are fine afterwards
+    assert await store.count() == 599 and await transactions(pool) == 4
+
+
+async def test_a_small_batch_or_a_busy_pool_uses_one_writer(
+    two_writers: tuple[PgVectorMemoryStore, AsyncConnectionPool],
+) -> None:
+    store, pool = two_writers
+    items, vectors = random_batch(2 * WRITER_MIN_ROWS - 1)  # under two writers' worth of rows
+    await store.retain(items, vectors, dedupe_at=None)
+    assert await transactions(pool) == 1
+    items, vectors = random_batch(3 * WRITER_MIN_ROWS, seed=13)
+    async with pool.connection():  # the pool's other connection is taken: no waiting for it
+        await store.retain(items, vectors, dedupe_at=None)
+    assert await store.count() == 5 * WRITER_MIN_ROWS - 1 and await transactions(pool) == 2
 
 
 async def test_packing_keeps_the_mental_model_and_stays_under_budget(
