@@ -168,14 +168,34 @@ class PgVectorMemoryStore:
                     assert target is not None
                     outcomes[i] = Retained(item_id=target.item_id, merged=True)
                     merges.setdefault(target.item_id, []).append(i)
-            for item_id, positions in merges.items():
-                runs = sorted({r for r in (items[p].run_id for p in positions) if r})
-                await conn.execute(
-                    "UPDATE memory_items SET seen = seen + %s, updated_at = %s,"
-                    " metadata = metadata || jsonb_build_object('also_runs', %s::text[]) WHERE id = %s",
-                    (len(positions), now, runs, item_id),
-                )
+            await self._merge(conn, merges, items, now)
         return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    async def _merge(conn: Any, merges: dict[int, list[int]], items: Sequence[NewMemory], now: datetime) -> None:
+        """One UPDATE for every stored item that batch positions merged into: ``seen`` grows by their
+        number and ``also_runs`` gains their run ids (kept sorted, each once)."""
+        if not merges:
+            return
+        await conn.execute(
+            """
+            UPDATE memory_items AS m SET seen = m.seen + u.times, updated_at = %s,
+                metadata = m.metadata || jsonb_build_object('also_runs', (
+                    SELECT coalesce(jsonb_agg(r ORDER BY r), '[]') FROM (
+                        SELECT jsonb_array_elements_text(coalesce(m.metadata -> 'also_runs', '[]'))
+                        UNION SELECT jsonb_array_elements_text(u.runs)
+                    ) AS known(r)
+                ))
+            FROM unnest(%s::bigint[], %s::int[], %s::jsonb[]) AS u(id, times, runs)
+            WHERE m.id = u.id
+            """,
+            (
+                now,
+                list(merges),
+                [len(positions) for positions in merges.values()],
+                [Jsonb([items[p].run_id for p in positions if items[p].run_id]) for positions in merges.values()],
+            ),
+        )
 
     async def _spare_writers(self, stack: AsyncExitStack, rows: int) -> list[AsyncConnection[Any]]:
         """Extra connections for a batch of ``rows``, each in a transaction that ``stack`` commits just

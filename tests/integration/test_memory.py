@@ -118,6 +118,16 @@ async def test_near_duplicates_are_merged_not_stored_twice(store: MemoryStore, e
     assert [r.merged for r in other] == [False, False]
 
 
+async def test_merges_over_several_retains_keep_every_run(store: MemoryStore) -> None:
+    vector = [1.0] + [0.0] * (DIMENSIONS - 1)
+    [first] = await store.retain([fact(NEEDLE, run="run-1")], [vector], dedupe_at=0.92)
+    for runs in (["run-3", "run-2"], ["run-2"], ["run-4", "run-4"]):  # one retain each, merged in
+        outcome = await store.retain([fact(NEEDLE, run=r) for r in runs], [vector] * len(runs), dedupe_at=0.92)
+        assert all(r.merged and r.item_id == first.item_id for r in outcome)
+    [(item, _)] = await store.search([TEAM], vector, limit=1)
+    assert item.seen == 6 and item.metadata["also_runs"] == ["run-2", "run-3", "run-4"]
+
+
 async def test_duplicates_within_one_batch_are_merged(store: MemoryStore, embedder: LocalEmbedder) -> None:
     gateway = MemoryGateway(store, embedder)
     outcome = await gateway.retain([fact(NEEDLE), fact(DISTRACTORS[0]), fact(NEEDLE)])
