@@ -26,7 +26,7 @@ up: install  ## start the embedded services and run the sample requirement throu
 	$(VENV)/bin/factory up
 	@# exit 3 is a designed outcome (a stage waits on the operator), not a failed start-up
 	$(VENV)/bin/factory run "$(REQUIREMENT)" || { code=$$?; [ $$code -eq 3 ] && \
-	  echo "make up: the run waits on you; see 'factory hitl list', then 'factory resume' or 'factory revise'"; \
+	  echo "make up: the run waits on you: 'factory hitl list' shows what, 'factory hitl answer|approve|reject' decides, 'factory resume' continues"; \
 	  [ $$code -eq 3 ]; }
 
 run: install
