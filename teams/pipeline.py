@@ -7,7 +7,6 @@ record and audit; on ESCALATE open an escalation and leave the run ``waiting_hum
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest, Refusal
+from broker.base import ClarificationBroker
 from factory.errors import BudgetExceeded, FactoryError, InputError, RunNotFound
 from hitl.base import Escalation, EscalationQueue
 from hitl.desk import decision_audit
@@ -25,8 +24,9 @@ from hitl.sla import SlaPolicy
 from memory.base import AuditLog, AuditReport
 from memory.packing import PackedContext
 from observability.base import Event, EventSink
+from teams.asking import ask_team, unanswered
 from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
-from teams.bundle import sha256_text, write_artifacts, write_manifest
+from teams.bundle import sha256_text, write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, GateLimits, Verdict, decide
@@ -34,6 +34,7 @@ from teams.results import Artifact, TaskResult, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact, TeamRunner
 from teams.slugs import TeamSlug
+from teams.snapshot import snapshot_run
 from teams.stage_memory import StageMemory
 from teams.tools import ArtifactRecall, Recall
 
@@ -353,9 +354,11 @@ class PipelineEngine:
                     f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly.",
                 ]
             elif decision.verdict is Verdict.CLARIFY:
-                outcome = await self._clarify(run, stage, member, execution.result)
+                outcome = await ask_team(
+                    self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, member, execution.result
+                )
                 if not outcome.answered or outcome.reply is None:
-                    return execution, _unanswered(decision, outcome), model_s
+                    return execution, unanswered(outcome), model_s
                 target = outcome.request.target_team
                 answers.append(
                     f"Answer from {target} to your question {outcome.request.question!r}: {outcome.reply.answer}"
@@ -365,53 +368,6 @@ class PipelineEngine:
                 return execution, decision, model_s
             stage.attempts += 1
             await self._d.store.save_stage(stage)
-
-    async def _clarify(self, run: Run, stage: StageRecord, member: Team, result: TaskResult) -> BrokerOutcome:
-        """Ask the target team through the broker; audited and announced whatever comes of it."""
-        assert result.clarification_needed is not None
-        stage.clarifications += 1
-        await self._d.store.save_stage(stage)
-        request = ClarificationRequest(
-            id=f"{run.id}:{stage.index}:{stage.attempts}:q{stage.clarifications}",
-            run_id=run.id,
-            objective_id=f"{run.id}:{stage.index}",
-            from_team=member.slug,
-            target_team=result.clarification_needed.target_team,
-            question=result.clarification_needed.question,
-            hop_chain=[member.slug],
-            context=member.goal[:8000],
-            created_at=now(),
-        )
-        where = {"stage": stage.index, "team": stage.team, "request_id": request.id}
-        await self._emit(
-            "clarification.requested", run.id, **where, target=request.target_team, question=request.question
-        )
-        if self._d.broker is None:
-            outcome = BrokerOutcome(
-                request=request, refusal=Refusal.UNAVAILABLE, detail="no clarification broker is running"
-            )
-        else:
-            outcome = await self._d.broker.request(request)
-        status = outcome.status
-        await self._d.audit.append(
-            run.id,
-            f"clarification.{request.id}",
-            "clarification",
-            {
-                **where,
-                "question": request.question,
-                "hop_chain": [*request.hop_chain, request.target_team],
-                "outcome": status,
-                "detail": outcome.detail,
-                "answer": outcome.reply.answer if outcome.reply else None,
-                "answered_by": outcome.reply.responder if outcome.reply else None,
-            },
-        )
-        if outcome.answered:
-            await self._emit("clarification.answered", run.id, **where, target=request.target_team)
-        else:
-            await self._emit("clarification.refused", run.id, **where, reason=status, detail=outcome.detail)
-        return outcome
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
@@ -522,52 +478,12 @@ class PipelineEngine:
         await self._emit("run.failed", run.id, stage=stage.index, team=stage.team, error=error)
 
     async def _finish(self, run: Run) -> None:
-        stages = await self._d.store.stages(run.id)
-        artifacts = await self._d.store.artifacts(run.id)
-        recorded = await self._d.audit.entries(run.id)
-
-        def payloads(*kinds: str) -> list[Any]:
-            return [json.loads(e.payload) for e in recorded if e.kind in kinds]
-
-        snapshot = {
-            "requirement": run.requirement,
-            "pipeline": run.pipeline,
-            "results": {s.team: s.result.model_dump(mode="json") if s.result else None for s in stages},
-            "models": {s.team: s.model for s in stages},
-            "tokens": {s.team: [s.tokens_in, s.tokens_out] for s in stages},
-            "cost_usd": round(sum(s.cost_usd for s in stages), 6),
-            "artifacts": {a.name: a.sha256 for a in artifacts},
-            "clarifications": payloads("clarification"),
-            "escalations": payloads("escalation.opened", "escalation.decided"),
-            "parent_run_id": run.parent_run_id,
-        }
-        entry = await self._d.audit.append(run.id, "run.snapshot", "run.snapshot", snapshot)
-        write_manifest(
-            Path(run.artifacts_dir),
-            {
-                "run_id": run.id,
-                "pipeline": run.pipeline,
-                "artifacts": [a.model_dump(exclude={"run_id"}) for a in artifacts],
-                "audit_head_sha256": entry.sha256,
-            },
-        )
+        artifacts = await snapshot_run(self._d.store, self._d.audit, run)
         await self._d.store.set_run_status(run.id, RunStatus.COMPLETE)
-        await self._emit("run.completed", run.id, artifacts=len(artifacts))
+        await self._emit("run.completed", run.id, artifacts=artifacts)
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
-
-
-def _unanswered(decision: GateDecision, outcome: BrokerOutcome) -> GateDecision:
-    """A clarification no team answered goes to the human, with the route it took and why it stopped."""
-    reason = outcome.status
-    return GateDecision(
-        Verdict.ESCALATE,
-        f"clarification {reason}: {outcome.detail}" if outcome.detail else f"clarification {reason}",
-        kind="clarification",
-        priority="high",
-        context={"hop_chain": [*outcome.request.hop_chain, outcome.request.target_team], "broker_outcome": reason},
-    )
 
 
 def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
