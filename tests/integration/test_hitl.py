@@ -182,3 +182,13 @@ async def test_a_run_is_driven_by_one_process_at_a_time(settings: Settings, redi
             with pytest.raises(RunBusy, match="another process"):
                 await second.engine.drive(out.run.id)
         assert (await second.engine.drive(out.run.id)).run.status is RunStatus.WAITING_HUMAN
+
+
+async def test_batch_approve_on_postgres_refuses_a_high_priority_item(pool: AsyncConnectionPool) -> None:
+    desk = DecisionDesk(PostgresEscalationQueue(pool), PostgresAuditLog(pool), LocalEventBus())
+    await desk.queue.open(esc("low", priority="low"))
+    await desk.queue.open(esc("high", priority="high"))
+    outcome = await desk.batch_approve(None, by="ana")
+    assert [e.id for e in outcome.approved] == ["low"]
+    assert outcome.refused == [("high", "high priority is not low-risk; decide it on its own")]
+    assert [e.id for e in await desk.queue.list_open()] == ["high"]

@@ -125,3 +125,17 @@ async def test_one_driver_per_run(tmp_path: Path) -> None:
         with pytest.raises(RunBusy, match="being driven"):
             await h.engine.drive(out.run.id)
     assert (await h.engine.drive(out.run.id)).run.status is RunStatus.WAITING_HUMAN  # released again
+
+
+async def test_a_floor_above_one_makes_every_stage_an_approval(tmp_path: Path) -> None:
+    h, spy, desk = harness(tmp_path, {}, GateLimits(confidence_floor=1.01))
+    out = await h.run()
+    approved = []
+    while out.run.status is RunStatus.WAITING_HUMAN:
+        [waiting] = out.escalations
+        assert waiting.kind.value == "approval" and waiting.priority.value == "medium"
+        approved.append((await desk.approve(waiting.id, by="lead")).team)
+        out = await h.engine.drive(out.run.id)
+    assert out.run.status is RunStatus.COMPLETE
+    assert approved == [s.team for s in out.stages] and len(approved) == 5
+    assert sum(len(p) for p in spy.prompts.values()) == 5  # approving never re-runs a stage
