@@ -3,13 +3,14 @@
 items on pgvector, and prompt tokens per stage with packing vs every earlier artifact in full.
 Prints JSON, each figure next to its goal.
 
-    python bench/memory.py [--items 100000] [--queries 200] [--sentences 512] [--no-pipeline]
+    python -m bench.memory [--items 100000] [--queries 200] [--writers 2] [--no-embedding] [--no-pipeline]
 
 - embedding: the int8 all-MiniLM-L6-v2 (``EmbeddedEmbedder``, 2 threads) on generated sentences of
   10-40 words in one call (as the gateway embeds a stage's items), directly and through
   ``LiteLLMRouter.embed`` (local/embed); and one query's latency (as recall embeds it);
 - ingest: ``PgVectorMemoryStore.retain`` with precomputed vectors into the real table and its HNSW
-  index, without dedupe (all items) and with dedupe (a smaller sample, half of it near-copies);
+  index, without dedupe (all items) and with dedupe (a smaller sample, half of it near-copies); the
+  store as the factory builds it (a batch of 500 goes over two connections), ``--writers 1`` for one;
 - recall: ``store.search`` top-8 over the items spread over 17 team banks + the shared world, each
   query on ``[team, SHARED_BANK]``, against exact search (numpy brute force over the same vectors,
   filtered by bank; checked against PostgreSQL with the index disabled). The vectors are synthetic
@@ -333,12 +334,16 @@ async def store_bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await migrate(conn)
         row = await (await conn.execute("SHOW shared_buffers")).fetchone()
+        index = await (
+            await conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'memory_items_embedding'")
+        ).fetchone()
     pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
     await pool.open(wait=True, timeout=30)
     try:
-        store = PgVectorMemoryStore(pool)
+        store = PgVectorMemoryStore(pool) if args.writers is None else PgVectorMemoryStore(pool, writers=args.writers)
         corpus = Corpus(args.items)
         report: dict[str, Any] = {"ingest": await ingest(store, corpus, args.batch)}
+        report["ingest"]["writers"] = store.writers
         report["ingest"]["goal_items_per_s"] = 1000
         report["recall"] = await recall(store, pool, corpus, args.queries)
         report["recall"]["goal_p50_ms"] = 10.0
@@ -347,6 +352,7 @@ async def store_bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         report["ingest_dedupe"] = await ingest_dedupe(store, corpus, args.dedupe_items, 50)
         report["ingest_dedupe"]["goal_items_per_s"] = 1000
         report["shared_buffers"] = row[0] if row else None
+        report["index"] = index[0] if index else None
         report["vectors"] = "synthetic: unit vectors around 200 cluster centres (cosine ~0.7 to the centre)"
         return report
     finally:
@@ -503,6 +509,7 @@ async def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500, help="items per retain call when ingesting")
+    parser.add_argument("--writers", type=int, help="connections a retain inserts over (default: the store's)")
     parser.add_argument("--dedupe-items", type=int, default=2000)
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--artifact-chars", type=int, default=3000, help="artifact size in the realistic run")

@@ -124,6 +124,11 @@ class PgVectorMemoryStore:
         self._vector_type: TypeInfo | None = None
         self._binary: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
 
+    @property
+    def writers(self) -> int:
+        """At most how many connections one ``retain`` inserts over."""
+        return self._writers
+
     async def _binary_vectors(self, conn: AsyncConnection[Any]) -> None:
         """Lets ``conn`` send numpy arrays as binary vectors (the type is looked up once per store)."""
         if conn in self._binary:
