@@ -102,7 +102,9 @@ class StoredArtifact(BaseModel):
 class RunStore(Protocol):
     """Durable state of runs, stages and artifacts."""
 
-    async def create_run(self, run: Run) -> None: ...
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+        """Store a new run with its stages, atomically; a run that exists is left as it is."""
+        ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
 

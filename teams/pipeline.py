@@ -142,13 +142,13 @@ class PipelineEngine:
 
     async def create(self, run: Run, reused: Sequence[StageRecord] = (), link: dict[str, Any] | None = None) -> None:
         """Store the run and its stages; ``reused`` stages (of a revised run) count as complete."""
-        await self._d.store.create_run(run)
-        for index, slug in enumerate(run.pipeline):
-            if index < len(reused):
-                stage = reused[index].model_copy(update={"run_id": run.id})
-            else:
-                stage = StageRecord(run_id=run.id, index=index, team=slug)
-            await self._d.store.save_stage(stage)
+        stages = [
+            reused[index].model_copy(update={"run_id": run.id})
+            if index < len(reused)
+            else StageRecord(run_id=run.id, index=index, team=slug)
+            for index, slug in enumerate(run.pipeline)
+        ]
+        await self._d.store.create_run(run, stages)
         await self._d.audit.append(
             run.id,
             "run.created",

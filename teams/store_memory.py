@@ -21,8 +21,12 @@ class InMemoryRunStore:
         self.usage_rows: list[UsageRecord] = []
         self._leased: set[str] = set()
 
-    async def create_run(self, run: Run) -> None:
-        self._runs.setdefault(run.id, run.model_copy(deep=True))
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+        if run.id in self._runs:
+            return
+        self._runs[run.id] = run.model_copy(deep=True)
+        for stage in stages:
+            await self.save_stage(stage)
 
     async def get_run(self, run_id: str) -> Run | None:
         run = self._runs.get(run_id)

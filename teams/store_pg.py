@@ -91,12 +91,31 @@ _SAVE_STAGE = (
     f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT (run_id, idx) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
 )
+_INSERT_STAGE = f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT DO NOTHING"
 _SAVE_ARTIFACT = (
     "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name) DO UPDATE SET"
     " stage_index = EXCLUDED.stage_index, team = EXCLUDED.team, kind = EXCLUDED.kind,"
     " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes"
 )
+
+
+def _stage_row(stage: StageRecord) -> tuple[object, ...]:
+    return (
+        stage.run_id,
+        stage.index,
+        stage.team,
+        stage.status.value,
+        stage.attempts,
+        stage.clarifications,
+        stage.tokens_in,
+        stage.tokens_out,
+        stage.cost_usd,
+        stage.model,
+        stage.started_at,
+        stage.finished_at,
+        Jsonb(stage.result.model_dump(mode="json")) if stage.result else None,
+    )
 
 
 def _artifact_row(a: StoredArtifact) -> tuple[object, ...]:
@@ -109,25 +128,29 @@ class PostgresRunStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def create_run(self, run: Run) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+        row = (
+            run.id,
+            run.requirement,
+            list(run.pipeline),
+            run.pipeline_name,
+            run.status.value,
+            run.artifacts_dir,
+            run.parent_run_id,
+            run.feedback,
+            run.created_at,
+            run.updated_at,
+        )
+        # The run and its stages commit together, in one round trip.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
                 "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
                 " parent_run_id, feedback, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
-                (
-                    run.id,
-                    run.requirement,
-                    list(run.pipeline),
-                    run.pipeline_name,
-                    run.status.value,
-                    run.artifacts_dir,
-                    run.parent_run_id,
-                    run.feedback,
-                    run.created_at,
-                    run.updated_at,
-                ),
+                row,
             )
+            if stages:
+                await cur.executemany(_INSERT_STAGE, [_stage_row(s) for s in stages])
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self._pool.connection() as conn:
@@ -140,22 +163,7 @@ class PostgresRunStore:
             await conn.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
 
     async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
-        result = Jsonb(stage.result.model_dump(mode="json")) if stage.result else None
-        row = (
-            stage.run_id,
-            stage.index,
-            stage.team,
-            stage.status.value,
-            stage.attempts,
-            stage.clarifications,
-            stage.tokens_in,
-            stage.tokens_out,
-            stage.cost_usd,
-            stage.model,
-            stage.started_at,
-            stage.finished_at,
-            result,
-        )
+        row = _stage_row(stage)
         async with self._pool.connection() as conn:
             if not artifacts:
                 await conn.execute(_SAVE_STAGE, row)
