@@ -30,6 +30,7 @@ from factory.cli_common import (
 if TYPE_CHECKING:
     from factory.settings import Settings
     from factory.wiring import Factory
+    from hitl.attention import Attention
     from hitl.base import Escalation
 
 hitl_app = typer.Typer(no_args_is_help=True, help="The decision queue: escalations waiting on a human.")
@@ -57,12 +58,7 @@ def _due(e: Escalation, now: datetime) -> str:
 @hitl_app.command("list")
 def hitl_list(as_json: AsJson = False) -> None:
     """What needs your attention: a summary, then open escalations, most urgent first."""
-    from hitl.attention import attention
-
-    async def go(factory: Factory) -> Any:
-        return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
-
-    summary = _with_factory(go)
+    summary = _attention()
     if as_json:
         print_json([w.escalation.model_dump(mode="json") | {"sla_level": int(w.sla_level)} for w in summary.items])
         return
@@ -79,12 +75,7 @@ def hitl_list(as_json: AsJson = False) -> None:
 @hitl_app.command("summary")
 def hitl_summary(as_json: AsJson = False) -> None:
     """Counts by priority, SLA breaches, the oldest waits and the blocked runs."""
-    from hitl.attention import attention
-
-    async def go(factory: Factory) -> Any:
-        return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
-
-    summary = _with_factory(go)
+    summary = _attention()
     if as_json:
         print_json(summary.model_dump(mode="json", exclude={"items"}))
         return
@@ -204,6 +195,16 @@ def hitl_batch_approve(
         if not outcome.approved and not outcome.refused:
             typer.echo("nothing low-risk is waiting")
     raise typer.Exit(EXIT_FAILED if outcome.refused else EXIT_OK)
+
+
+def _attention() -> Attention:
+    from hitl.attention import attention
+
+    async def go(factory: Factory) -> Attention:
+        return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
+
+    result: Attention = _with_factory(go)
+    return result
 
 
 def _with_factory(go: Callable[[Factory], Awaitable[Any]], settings: Settings | None = None) -> Any:

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.integration.cli import FACTORY, factory, run_json
+from tests.integration.conftest import write_script
 from tests.integration.test_resume_after_kill import _wait_for_running_stage
 
 pytestmark = pytest.mark.integration
@@ -22,21 +22,8 @@ FIELDS = {"id", "run_id", "kind", "priority", "status", "team", "question", "sla
 
 
 @pytest.fixture
-def env(cli_env: dict[str, str], pg_url: str, redis_base_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
-    script = tmp_path / "script.json"
-    script.write_text("{}")
-    return {
-        **cli_env,
-        "FACTORY_DATABASE_URL": pg_url,
-        "FACTORY_REDIS_URL": redis_base_url,
-        "FACTORY_REDIS_PREFIX": redis_prefix,
-        "FACTORY_SCRIPTED_MODEL": str(script),
-        "FACTORY_OPERATOR": "ana",
-    }
-
-
-def _script(env: dict[str, str], script: dict[str, Any]) -> None:
-    Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(script))
+def env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "FACTORY_OPERATOR": "ana"}
 
 
 def _waiting(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -48,7 +35,7 @@ def _waiting(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def test_a_decision_made_after_every_process_ended_resumes_the_run(env: dict[str, str], pg_url: str) -> None:
     blocked = {"status": "BLOCKED", "reasoning": "r", "blockers": ["which datastore?"], "confidence": 0.3}
-    _script(env, {"teams": {"backend-engineering": [blocked]}})
+    write_script(env, {"teams": {"backend-engineering": [blocked]}})
     started = factory("run", REQ, "--json", env=env)
     assert started.returncode == 3, started.stderr
     run_id = run_json(started)["run_id"]
@@ -75,7 +62,7 @@ def test_a_decision_made_after_every_process_ended_resumes_the_run(env: dict[str
     again = factory("hitl", "answer", item["id"], "something else", env=env)
     assert again.returncode == 1 and "already answered by ana" in again.stderr
 
-    _script(env, {})  # each process reads the script afresh: no second BLOCKED answer
+    write_script(env, {})  # each process reads the script afresh: no second BLOCKED answer
     worker = factory("worker", "--once", env=env)
     assert worker.returncode == 0, worker.stderr
     assert f"resumed {run_id}: complete" in worker.stdout
@@ -124,14 +111,14 @@ def test_reject_needs_a_reason_and_defer_keeps_the_run_waiting(env: dict[str, st
 
 
 def test_the_worker_resumes_a_run_whose_process_was_killed(env: dict[str, str], pg_url: str) -> None:
-    _script(env, {"latency_s": 1.5})
+    write_script(env, {"latency_s": 1.5})
     proc = subprocess.Popen([FACTORY, "run", REQ], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run_id = _wait_for_running_stage(pg_url, 1)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    _script(env, {})
+    write_script(env, {})
     worker = factory("worker", "--once", env=env)
     assert worker.returncode == 0, worker.stderr
     assert f"resumed {run_id}: complete" in worker.stdout

@@ -11,26 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.integration.cli import factory, run_json
+from tests.integration.conftest import write_script
 
 pytestmark = pytest.mark.integration
 REQ = "Build a URL shortener service with an HTTP API: create links, redirect, count clicks."
-
-
-@pytest.fixture
-def env(cli_env: dict[str, str], pg_url: str, redis_base_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
-    script = tmp_path / "script.json"
-    script.write_text("{}")
-    return {
-        **cli_env,
-        "FACTORY_DATABASE_URL": pg_url,
-        "FACTORY_REDIS_URL": redis_base_url,
-        "FACTORY_REDIS_PREFIX": redis_prefix,
-        "FACTORY_SCRIPTED_MODEL": str(script),
-    }
-
-
-def _script(env: dict[str, str], script: dict[str, Any]) -> None:
-    Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(script))
 
 
 async def test_phase1_run_completes_on_real_services(
@@ -90,7 +74,7 @@ def test_blocked_team_exits_3_with_an_escalation_row(env: dict[str, str], pg_url
         "status": "BLOCKED", "reasoning": "cannot pick a store", "blockers": ["no database decision"],
         "assumptions_made": [], "verified_facts": [], "clarification_needed": None, "artifacts": [], "confidence": 0.1,
     }  # fmt: skip
-    _script(env, {"teams": {"backend-engineering": [blocked]}})
+    write_script(env, {"teams": {"backend-engineering": [blocked]}})
     proc = factory("run", REQ, "--json", "--non-interactive", env=env)
     assert proc.returncode == 3, proc.stderr
     out = run_json(proc)
