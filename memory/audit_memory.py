@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,9 @@ class InMemoryAuditLog:
         )
         chain.append(entry)
         return entry.model_copy()
+
+    async def append_many(self, run_id: str, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> list[AuditEntry]:
+        return [await self.append(run_id, key, kind, payload) for key, kind, payload in entries]
 
     async def entries(self, run_id: str) -> list[AuditEntry]:
         return [e.model_copy() for e in self._chains.get(run_id, [])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -88,6 +89,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 _COLUMNS = "run_id, seq, key, kind, payload, prev_sha256, sha256, created_at"
 
 
+_APPEND = "SELECT * FROM audit_append(%s, %s, %s, %s)"
+
+
 class PostgresAuditLog:
     """``AuditLog`` on a psycopg pool; appends for one run are serialised by a row lock."""
 
@@ -96,12 +100,22 @@ class PostgresAuditLog:
 
     async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> AuditEntry:
         async with self._pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT * FROM audit_append(%s, %s, %s, %s)", (run_id, key, kind, canonical(payload))
-            )
+            cur = await conn.cursor(row_factory=dict_row).execute(_APPEND, (run_id, key, kind, canonical(payload)))
             row = await cur.fetchone()
         assert row is not None  # the function always returns the entry
         return AuditEntry.model_validate(row)
+
+    async def append_many(self, run_id: str, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> list[AuditEntry]:
+        async with self._pool.connection() as conn, conn.pipeline():
+            cursors = []
+            for key, kind, payload in entries:
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(
+                    "SELECT * FROM audit_append(%s, %s, %s, %s)", (run_id, key, kind, canonical(payload))
+                )
+                cursors.append(cursor)
+            rows = [await cursor.fetchone() for cursor in cursors]
+        return [AuditEntry.model_validate(row) for row in rows]
 
     async def entries(self, run_id: str) -> list[AuditEntry]:
         async with self._pool.connection() as conn:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from memory.base import MemoryItem, MemoryKind, NewMemory, Retained
+from memory.base import MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained
 from memory.dedupe import unit_rows, within_batch
 
 
@@ -33,7 +33,7 @@ class InMemoryMemoryStore:
                 self._merge(target.item_id, item, now)
                 outcomes.append(Retained(item_id=target.item_id, merged=True))
                 continue
-            if dedupe_at is not None:
+            if dedupe_at is not None and item.kind in MERGEABLE:
                 near = self._nearest(item, unit[i])
                 if near is not None and near[1] >= dedupe_at:
                     self._merge(near[0], item, now)

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from factory.errors import MemoryStoreError
-from memory.base import DIMENSIONS, MemoryItem, MemoryKind, NewMemory, Retained
+from memory.base import DIMENSIONS, MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained
 from memory.dedupe import within_batch
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -88,8 +88,12 @@ def _rows(vectors: Sequence[Sequence[float]]) -> list[np.ndarray[Any, np.dtype[n
 
 
 def _search_settings(ef_search: int) -> str:
-    """Both HNSW settings in one round trip (for the current transaction only)."""
-    return f"SET LOCAL hnsw.ef_search = {int(ef_search)}; SET LOCAL hnsw.iterative_scan = relaxed_order"
+    """Both HNSW settings in one statement (for the current transaction only, as SET LOCAL), so it
+    can be pipelined with the search."""
+    return (
+        f"SELECT set_config('hnsw.ef_search', '{int(ef_search)}', true),"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+    )
 
 
 def _item(row: dict[str, Any]) -> MemoryItem:
@@ -247,26 +251,31 @@ class PgVectorMemoryStore:
     async def _nearest_stored(
         conn: Any, items: Sequence[NewMemory], vectors: Sequence[np.ndarray[Any, Any]]
     ) -> dict[int, tuple[int, float]]:
-        """For each item, the most similar stored item of the same bank and kind: one round trip."""
-        await conn.execute(_search_settings(DEDUPE_EF_SEARCH))
-        cursor = await conn.execute(
-            """
-            SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
-            FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
-            CROSS JOIN LATERAL (
-                SELECT m.id, m.embedding FROM memory_items m
-                WHERE m.bank = new.bank AND m.kind = new.kind
-                ORDER BY m.embedding <=> new.vec LIMIT 1
-            ) AS near
-            """,
-            (
-                list(range(len(items))),
-                [i.bank for i in items],
-                [i.kind.value for i in items],
-                list(vectors),
-            ),
-        )
-        return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
+        """For each item of a kind that merges, the most similar stored item of the same bank and kind:
+        one round trip."""
+        wanted = [i for i, item in enumerate(items) if item.kind in MERGEABLE]
+        if not wanted:
+            return {}
+        async with conn.pipeline():
+            await conn.execute(_search_settings(DEDUPE_EF_SEARCH))
+            cursor = await conn.execute(
+                """
+                SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
+                FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
+                CROSS JOIN LATERAL (
+                    SELECT m.id, m.embedding FROM memory_items m
+                    WHERE m.bank = new.bank AND m.kind = new.kind
+                    ORDER BY m.embedding <=> new.vec LIMIT 1
+                ) AS near
+                """,
+                (
+                    wanted,
+                    [items[i].bank for i in wanted],
+                    [items[i].kind.value for i in wanted],
+                    [vectors[i] for i in wanted],
+                ),
+            )
+            return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
 
     @staticmethod
     async def _insert(
@@ -325,12 +334,17 @@ class PgVectorMemoryStore:
             f"SELECT {_COLUMNS}, 1 - (embedding <=> %(vec)b::halfvec) AS similarity FROM {source}"
             " ORDER BY embedding <=> %(vec)b::halfvec LIMIT %(limit)s"
         )
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn:
             await self._binary_vectors(conn)
-            await conn.execute(_search_settings(max(EF_SEARCH, limit)))
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(sql, params)
-            rows = await cursor.fetchall()
+            if run_id is not None:  # an exact scan: no HNSW settings, one round trip
+                await cursor.execute(sql, params)
+                rows = await cursor.fetchall()
+            else:
+                async with conn.pipeline(), conn.transaction():  # settings and search sent together
+                    await conn.execute(_search_settings(max(EF_SEARCH, limit)))
+                    await cursor.execute(sql, params)
+                    rows = await cursor.fetchall()
         found = [(_item(r), float(r["similarity"])) for r in rows]
         found.sort(key=lambda pair: pair[1], reverse=True)  # relaxed order: sort the few found
         return found

@@ -21,6 +21,10 @@ class MemoryKind(StrEnum):
     MENTAL_MODEL = "mental_model"
 
 
+#: Kinds whose near-duplicates merge. A mental model never does: the newest one is current.
+MERGEABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_MODEL}
+
+
 class NewMemory(BaseModel):
     """An item to retain in a bank (its vector is computed by the gateway)."""
 
@@ -64,8 +68,8 @@ class MemoryStore(Protocol):
     async def retain(
         self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
     ) -> list[Retained]:
-        """Store items; with ``dedupe_at``, an item at least that similar to one of the same bank
-        and kind (stored, or earlier in the batch) is merged into it instead."""
+        """Store items; with ``dedupe_at``, an item of a ``MERGEABLE`` kind at least that similar to one
+        of the same bank and kind (stored, or earlier in the batch) is merged into it instead."""
         ...
 
     async def search(
@@ -126,6 +130,10 @@ class AuditLog(Protocol):
 
     async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> AuditEntry:
         """Append an entry, or return the existing one with that key."""
+        ...
+
+    async def append_many(self, run_id: str, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> list[AuditEntry]:
+        """Append ``(key, kind, payload)`` entries in order, as ``append`` each (one round trip)."""
         ...
 
     async def entries(self, run_id: str) -> list[AuditEntry]: ...

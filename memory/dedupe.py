@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from memory.base import NewMemory
+from memory.base import MERGEABLE, NewMemory
 
 Matrix = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -22,13 +22,15 @@ def unit_rows(vectors: Sequence[Sequence[float]]) -> Matrix:
 
 def within_batch(items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], threshold: float) -> list[int]:
     """For each item, the position of the first item of the batch it duplicates (itself if none):
-    same bank and kind and cosine similarity at least ``threshold``."""
+    same bank and ``MERGEABLE`` kind and cosine similarity at least ``threshold``."""
     if not items:
         return []
     unit = unit_rows(vectors)
     similar = unit @ unit.T
     first = list(range(len(items)))
     for i in range(1, len(items)):
+        if items[i].kind not in MERGEABLE:
+            continue
         for j in range(i):
             if (
                 first[j] == j

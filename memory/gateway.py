@@ -119,6 +119,9 @@ class MemoryGateway:
 
     async def set_mental_model(self, team: str, text: str, *, run_id: str | None) -> None:
         """The team's living summary; the newest one is current."""
-        await self.retain(
-            [NewMemory(bank=team, kind=MemoryKind.MENTAL_MODEL, text=text[:4000], run_id=run_id)], dedupe=False
-        )
+        await self.retain([mental_model_item(team, text, run_id=run_id)])
+
+
+def mental_model_item(team: str, text: str, *, run_id: str | None) -> NewMemory:
+    """A team's mental model as an item to retain (with others in one batch, or alone)."""
+    return NewMemory(bank=team, kind=MemoryKind.MENTAL_MODEL, text=text[:4000], run_id=run_id)

@@ -268,18 +268,11 @@ class PipelineEngine:
         # starts a new attempt, so no audit key or escalation id is ever reused.
         stage.attempts += 1
         stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
-        await self._d.store.save_stage(stage)
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
-        # recall(query) searches every earlier artifact of the run, not only those the team reads.
-        recall: Recall = ArtifactRecall([(p.team, p.artifact) for p in prior])
-        packed: PackedContext | None = None
-        if self._d.memory is not None:
-            try:
-                packed = await self._d.memory.context(member, run)
-                recall = self._d.memory.recall(member, run, has_items=bool(prior))
-            except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
-                log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
-                await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
+        async with asyncio.TaskGroup() as group:  # independent: both done before the model is called
+            group.create_task(self._d.store.save_stage(stage))
+            packing = group.create_task(self._memory_context(run, stage, member, prior))
+        recall, packed = packing.result()
         try:
             execution, decision, model_s = await self._execute_until_decided(
                 run, stage, member, context, recall, packed.text if packed else None, operator_notes
@@ -289,13 +282,29 @@ class PipelineEngine:
             decision = GateDecision(Verdict.ESCALATE, str(exc), kind="budget", priority="high")
         stage.result = execution.result
         if decision.verdict is Verdict.ADVANCE:
-            await self._complete(run, stage, execution.result, packed)
+            await self._complete(run, stage, execution.result, packed, execution)
             advanced = True
         else:
             await self._escalate(run, stage, execution.result, decision)
             advanced = False
         timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s))
         return advanced
+
+    async def _memory_context(
+        self, run: Run, stage: StageRecord, member: Team, prior: list[PriorArtifact]
+    ) -> tuple[Recall, PackedContext | None]:
+        """The stage's ``recall`` tool and its packed memory (None without memory, or if it fails)."""
+        # recall(query) searches every earlier artifact of the run, not only those the team reads.
+        fallback = ArtifactRecall([(p.team, p.artifact) for p in prior])
+        if self._d.memory is None:
+            return fallback, None
+        try:
+            packed = await self._d.memory.context(member, run)
+        except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
+            log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
+            await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
+            return fallback, None
+        return self._d.memory.recall(member, run, has_items=bool(prior)), packed
 
     async def _execute_until_decided(
         self,
@@ -346,7 +355,9 @@ class PipelineEngine:
                 limits=self._d.limits,
                 system_blocked=execution.system_blocked,
             )
-            await self._audit_execution(run, stage, execution, decision)
+            execution.audit = _execution_entry(stage, execution, decision)
+            if decision.verdict is not Verdict.ADVANCE:  # an advancing one is recorded with its commit
+                await self._d.audit.append(run.id, *execution.audit)
             if decision.verdict is Verdict.RETRY:
                 feedback = [
                     *anchored,
@@ -377,25 +388,6 @@ class PipelineEngine:
             stage.cost_usd += response.cost_usd
             stage.model = f"{response.alias} -> {response.model}"
 
-    async def _audit_execution(
-        self, run: Run, stage: StageRecord, execution: Execution, decision: GateDecision
-    ) -> None:
-        await self._d.audit.append(
-            run.id,
-            f"stage.{stage.index}.execution.{stage.attempts}",
-            "stage.execution",
-            {
-                "stage": stage.index,
-                "team": stage.team,
-                "attempt": stage.attempts,
-                "result": execution.result.model_dump(mode="json"),
-                "output_problem": execution.problem,
-                "tool_calls": [t.as_dict() for t in execution.tool_calls],
-                "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
-                "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
-            },
-        )
-
     def _compactor(self, member: Team) -> Compactor | None:
         memory = self._d.memory
         if memory is None:
@@ -419,29 +411,36 @@ class PipelineEngine:
         await self._emit("memory.retained", run.id, stage=stage.index, team=stage.team, items=kept)
 
     async def _complete(
-        self, run: Run, stage: StageRecord, result: TaskResult, packed: PackedContext | None = None
+        self,
+        run: Run,
+        stage: StageRecord,
+        result: TaskResult,
+        packed: PackedContext | None = None,
+        execution: Execution | None = None,
     ) -> None:
-        root = Path(run.artifacts_dir)
-        await asyncio.to_thread(write_artifacts, root, result.artifacts)  # disk I/O off the event loop
-        stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
-        stage.status, stage.finished_at = StageStatus.COMPLETE, now()
-        await self._d.store.save_stage(stage, stored)
-        await self._d.audit.append(
-            run.id,
-            f"stage.{stage.index}.complete",
-            "stage.complete",
-            {"stage": stage.index, "team": stage.team, "artifacts": {a.name: a.sha256 for a in stored}},
-        )
-        await self._emit(
-            "stage.completed",
-            run.id,
-            stage=stage.index,
-            team=stage.team,
-            tokens_in=stage.tokens_in,
-            tokens_out=stage.tokens_out,
-            confidence=result.confidence,
-        )
-        await self._retain(run, stage, result, packed)
+        """Commit a stage: its files, its record with its artifacts, its audit entries (the deciding
+        execution's, if not recorded yet, then the completion), and its memory."""
+        # Retention (extraction, embedding, the memory store) runs beside the stage's commit; a
+        # stage re-run after a crash retains again, and near-duplicates merge rather than repeat.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._retain(run, stage, result, packed))
+            await asyncio.to_thread(write_artifacts, Path(run.artifacts_dir), result.artifacts)  # off the loop
+            stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
+            stage.status, stage.finished_at = StageStatus.COMPLETE, now()
+            await self._d.store.save_stage(stage, stored)
+            done = {"stage": stage.index, "team": stage.team, "artifacts": {a.name: a.sha256 for a in stored}}
+            entries = [execution.audit] if execution is not None and execution.audit else []
+            entries.append((f"stage.{stage.index}.complete", "stage.complete", done))
+            await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one round trip
+            await self._emit(
+                "stage.completed",
+                run.id,
+                stage=stage.index,
+                team=stage.team,
+                tokens_in=stage.tokens_in,
+                tokens_out=stage.tokens_out,
+                confidence=result.confidence,
+            )
 
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
@@ -484,6 +483,23 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
+
+
+def _execution_entry(
+    stage: StageRecord, execution: Execution, decision: GateDecision
+) -> tuple[str, str, dict[str, Any]]:
+    """The audit entry of one execution: its result, tool calls, model calls and the gate's verdict."""
+    payload = {
+        "stage": stage.index,
+        "team": stage.team,
+        "attempt": stage.attempts,
+        "result": execution.result.model_dump(mode="json"),
+        "output_problem": execution.problem,
+        "tool_calls": [t.as_dict() for t in execution.tool_calls],
+        "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
+        "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
+    }
+    return f"stage.{stage.index}.execution.{stage.attempts}", "stage.execution", payload
 
 
 def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:

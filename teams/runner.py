@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from memory.gateway import approx_tokens
 from routing.base import ChatModel, ChatRequest, ChatResponse, Message
@@ -38,6 +39,7 @@ class Execution:
     problem: str | None = None
     model_s: float = 0.0
     compactions: int = 0  # times the growing buffer was retained to memory and truncated
+    audit: tuple[str, str, dict[str, Any]] | None = None  # its audit entry (key, kind, payload)
 
 
 #: Called when an objective's messages pass the threshold of the context window: retains the batch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from memory.gateway import MemoryGateway, TokenCount
+from memory.gateway import MemoryGateway, TokenCount, mental_model_item
 from memory.packing import PackedContext, compact, pack
 from memory.retention import Extractor, StageOutcome, stage_memories
 from teams.base import Run
@@ -95,7 +95,8 @@ class StageMemory:
         )
         previous = packed.mental_model if packed is not None else await self.gateway.mental_model(member.slug)
         extraction = await self.extractor.extract(outcome, previous)
-        retained = await self.gateway.retain(stage_memories(outcome, extraction))
-        if extraction.mental_model:
-            await self.gateway.set_mental_model(member.slug, extraction.mental_model, run_id=run.id)
-        return len(retained)
+        items = stage_memories(outcome, extraction)
+        refreshed = [mental_model_item(member.slug, extraction.mental_model, run_id=run.id)]
+        # One embedding batch and one transaction for what the stage learned and the refreshed model.
+        await self.gateway.retain([*items, *(refreshed if extraction.mental_model else [])])
+        return len(items)

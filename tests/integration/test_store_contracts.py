@@ -108,3 +108,13 @@ async def test_escalations_list_by_priority_then_deadline(stores: Stores) -> Non
     assert again.priority is Priority.LOW  # opening twice keeps the first
     assert [e.id for e in await stores.escalations.list_open()] == ["c", "b", "d", "a"]
     assert await stores.escalations.list_open("run-2") == []
+
+
+async def test_audit_append_many_keeps_order_and_is_idempotent(stores: Stores) -> None:
+    first = await stores.audit.append("run-1", "k1", "created", {"a": 1})
+    batch = await stores.audit.append_many(
+        "run-1", [("k1", "created", {"a": 9}), ("k2", "next", {"b": 2}), ("k3", "last", {"c": 3})]
+    )
+    assert batch[0] == first  # an existing key returns the stored entry
+    assert [e.seq for e in batch] == [0, 1, 2] and batch[2].prev_sha256 == batch[1].sha256
+    assert (await stores.audit.verify("run-1")).entries == 3
