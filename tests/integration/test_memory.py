@@ -135,6 +135,16 @@ async def test_duplicates_within_one_batch_are_merged(store: MemoryStore, embedd
     assert await store.count(TEAM) == 2
 
 
+async def test_mental_models_never_merge_the_newest_is_current(store: MemoryStore) -> None:
+    vector = [1.0] + [0.0] * (DIMENSIONS - 1)
+    models = [NewMemory(bank=TEAM, kind=MemoryKind.MENTAL_MODEL, text=t, run_id="run-1") for t in ("A", "B", "A")]
+    first = await store.retain(models[:2], [vector] * 2, dedupe_at=0.92)  # identical vectors, one batch
+    again = await store.retain(models[2:], [vector], dedupe_at=0.92)  # and against the stored ones
+    assert not any(r.merged for r in [*first, *again])
+    latest = await store.latest(TEAM, MemoryKind.MENTAL_MODEL)
+    assert latest is not None and latest.text == "A" and latest.id == again[0].item_id
+
+
 def random_batch(n: int, seed: int = 11) -> tuple[list[NewMemory], list[list[float]]]:
     """``n`` facts with random unit vectors, spread over two banks."""
     rows = np.random.default_rng(seed).standard_normal((n, DIMENSIONS))
