@@ -2,7 +2,8 @@
 
 A script maps team slugs to queued answers; each answer is a JSON object (sent as JSON text) or a
 raw string (sent as is, e.g. to test malformed output). A team with no queued answer gets a valid
-COMPLETE result built from the request's schema, so any pipeline runs end to end.
+COMPLETE result built from the request's schema, so any pipeline runs end to end (and for any other
+schema, such as memory extraction's, a small valid instance of it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,41 @@ def complete_answer(request: ChatRequest) -> dict[str, Any]:
     }
 
 
+def schema_instance(schema: dict[str, Any], text: str) -> Any:
+    """A small valid instance of a JSON schema (objects, arrays, strings, numbers, anyOf, const,
+    enum), its strings built from ``text``: what a scripted model answers to a non-TaskResult schema
+    (memory extraction, Q&A)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "anyOf" in schema:
+        return schema_instance(schema["anyOf"][0], text)
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: schema_instance(sub, f"{text} {name}") for name, sub in properties.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {"type": "string"}), text)] if schema.get("maxItems", 1) else []
+    if kind == "string":
+        return text[: schema.get("maxLength", len(text))]
+    if kind in ("number", "integer"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return None
+
+
+def scripted_answer(request: ChatRequest) -> Any:
+    """A TaskResult for a team's objective; for any other schema, a small valid instance of it."""
+    branches = (request.json_schema or {}).get("anyOf", [request.json_schema or {}])
+    if request.json_schema and not any("status" in b.get("properties", {}) for b in branches):
+        digest = hashlib.sha256(request.messages[-1].content.encode()).hexdigest()[:12]
+        return schema_instance(request.json_schema, f"Scripted {request.purpose} for {request.team} ({digest}).")
+    return complete_answer(request)
+
+
 class ScriptedModel:
     """``ChatModel`` that answers from a script, instantly or after a fixed latency."""
 
@@ -69,7 +105,7 @@ class ScriptedModel:
     def answer(self, request: ChatRequest) -> Completion:
         """The next answer for the request's team, with token counts estimated at 4 characters a token."""
         queue = self._queues.get(request.team or "")
-        answer = queue.popleft() if queue else complete_answer(request)
+        answer = queue.popleft() if queue else scripted_answer(request)
         text = answer if isinstance(answer, str) else json.dumps(answer)
         tokens_in = sum(len(m.content) for m in request.messages) // 4
         return Completion(text=text, tokens_in=tokens_in, tokens_out=len(text) // 4)

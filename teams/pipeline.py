@@ -106,6 +106,10 @@ class PipelineEngine:
     def __init__(self, deps: PipelineDeps) -> None:
         self._d = deps
 
+    @property
+    def deps(self) -> PipelineDeps:
+        return self._d
+
     async def start(self, requirement: str, pipeline: str, out_dir: Path | None = None) -> RunOutcome:
         """Validate everything, then create the run and drive it."""
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
