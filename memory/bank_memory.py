@@ -87,3 +87,6 @@ class InMemoryMemoryStore:
 
     async def count(self, bank: str | None = None) -> int:
         return sum(1 for i in self._items if bank is None or i.bank == bank)
+
+    async def banks_with(self, run_id: str, kind: MemoryKind) -> set[str]:
+        return {i.bank for i in self._items if i.run_id == run_id and i.kind == kind}

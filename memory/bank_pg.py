@@ -360,6 +360,13 @@ class PgVectorMemoryStore:
             row = await cursor.fetchone()
         return _item(row) if row else None
 
+    async def banks_with(self, run_id: str, kind: MemoryKind) -> set[str]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT DISTINCT bank FROM memory_items WHERE run_id = %s AND kind = %s", (run_id, kind.value)
+            )
+            return {row[0] for row in await cursor.fetchall()}
+
     async def count(self, bank: str | None = None) -> int:
         async with self._pool.connection() as conn:
             if bank is None:

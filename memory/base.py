@@ -90,6 +90,10 @@ class MemoryStore(Protocol):
 
     async def count(self, bank: str | None = None) -> int: ...
 
+    async def banks_with(self, run_id: str, kind: MemoryKind) -> set[str]:
+        """The banks holding an item of ``kind`` retained for ``run_id``."""
+        ...
+
 
 class AuditEntry(BaseModel):
     """One link of a run's audit chain."""

@@ -183,13 +183,15 @@ class PipelineEngine:
         run = await self._d.store.get_run(run_id)
         if run is None:
             raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
+        stages = await self._d.store.stages(run_id)
+        await self._recover_memory(run, stages)
         if run.status in (RunStatus.COMPLETE, RunStatus.CANCELLED):
             return await self.outcome(run_id)
         await self._d.store.set_run_status(run_id, RunStatus.RUNNING)
         timings: list[StageTiming] = []
         prior: list[PriorArtifact] = []
         error = None
-        for stage in await self._d.store.stages(run_id):
+        for stage in stages:
             if stage.status is StageStatus.COMPLETE and stage.result is not None:
                 prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
                 continue
@@ -221,6 +223,23 @@ class PipelineEngine:
         outcome = await self.outcome(run_id)
         outcome.timings, outcome.error = timings, error
         return outcome
+
+    async def _recover_memory(self, run: Run, stages: list[StageRecord]) -> None:
+        """Retain what complete stages learned if their memory is missing (see ``unretained``)."""
+        complete: dict[str, StageRecord] = {
+            s.team: s for s in stages if s.status is StageStatus.COMPLETE and s.result is not None
+        }
+        if self._d.memory is None or not complete:
+            return
+        try:
+            missing = await self._d.memory.unretained(run, list(complete))
+        except FactoryError as exc:
+            log.warning("could not check the memory of run %s: %s", run.id, exc)
+            return
+        for slug in missing:
+            stage = complete[slug]
+            assert stage.result is not None
+            await self._retain(run, stage, stage.result, None)
 
     async def _decision(self, run: Run, stage: StageRecord) -> StageDecision:
         """How a stage resumes: a stage never executed simply runs; one that ran before carries the

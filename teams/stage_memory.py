@@ -7,8 +7,10 @@ the earlier artifacts it names and ``recall`` searches the run's own artifacts (
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from memory.base import MemoryKind
 from memory.gateway import MemoryGateway, TokenCount, mental_model_item
 from memory.packing import PackedContext, compact, pack
 from memory.retention import Extractor, StageOutcome, stage_memories
@@ -79,6 +81,14 @@ class StageMemory:
 
     async def compact(self, member: Team, run_id: str, batch: list[str]) -> str:
         return await compact(self.gateway, member.slug, run_id, batch)
+
+    async def unretained(self, run: Run, teams: Sequence[str]) -> list[str]:
+        """Which of ``teams`` (stages complete in ``run``) have no memory from it yet: a process that
+        died between a stage's commit and its retention, or stages a revision reused."""
+        if not teams:
+            return []
+        done = await self.gateway.store.banks_with(run.id, MemoryKind.MENTAL_MODEL)
+        return [t for t in teams if t not in done]
 
     async def retain(self, member: Team, run: Run, result: TaskResult, packed: PackedContext | None = None) -> int:
         """Facts, decisions, artifact chunks and a refreshed mental model; the number of items kept.

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from factory.errors import MemoryStoreError
 from factory.migrations import migrate
 from memory.bank_memory import InMemoryMemoryStore
 from memory.bank_pg import WRITER_MIN_ROWS, PgVectorMemoryStore
 from memory.base import DIMENSIONS, SHARED_BANK, MemoryKind, MemoryStore, NewMemory
 from memory.gateway import MemoryGateway, approx_tokens
-from memory.packing import compact, over_threshold, pack
+from memory.packing import PackedContext, compact, over_threshold, pack
 from memory.qa import ProjectQA
 from memory.retention import StageOutcome, StructuredExtractor, stage_memories
 from routing.base import ChatRequest, ChatResponse
 from routing.embeddings import EmbeddedEmbedder
+from teams.base import Run, RunStatus
+from teams.pipeline import PipelineEngine
+from teams.results import TaskResult
+from teams.roster import Team
+from teams.stage_memory import StageMemory
+from tests.unit.teams.test_gate import PHASE1, Harness
 
 pytestmark = pytest.mark.integration
 
@@ -288,3 +298,39 @@ async def test_project_qa_falls_back_to_the_evidence_on_garbage(
     assert answer.answered_by == "memory" and answer.citations and answer.citations[0].excerpt == NEEDLE
     with pytest.raises(ValueError, match="empty"):
         await ProjectQA(gateway, Answering(garbage), [TEAM], timeout_s=5).ask("  ")
+
+
+class FailsOnceFor(StageMemory):
+    """Stage memory whose retention fails once for one team, as if the process died right after
+    that stage's commit (or memory was down at that moment)."""
+
+    def __init__(self, team: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        object.__setattr__(self, "failing", team)
+
+    async def retain(self, member: Team, run: Run, result: TaskResult, packed: PackedContext | None = None) -> int:
+        if member.slug == self.failing:
+            object.__setattr__(self, "failing", None)
+            raise MemoryStoreError("memory went away")
+        return await super().retain(member, run, result, packed)
+
+
+async def test_a_stage_committed_without_its_memory_gets_it_when_the_run_is_driven_again(
+    store: MemoryStore, embedder: LocalEmbedder, tmp_path: Path
+) -> None:
+    h = Harness(tmp_path, {})
+    memory = FailsOnceFor(
+        "backend-engineering", gateway=MemoryGateway(store, embedder), extractor=StructuredExtractor(),
+        count=approx_tokens, budget_tokens=600, window_tokens=8192,
+    )  # fmt: skip
+    h.engine = PipelineEngine(replace(h.engine.deps, memory=memory))
+    out = await h.run()
+    assert out.run.status is RunStatus.COMPLETE and "memory.retain_failed" in h.events
+    assert await memory.unretained(out.run, PHASE1) == ["backend-engineering"]
+    before = await store.count()
+    await h.engine.drive(out.run.id)  # `factory resume`, even of a complete run, mends it
+    assert await memory.unretained(out.run, PHASE1) == []
+    assert await store.count() > before
+    again = await store.count()
+    await h.engine.drive(out.run.id)  # and only once
+    assert await store.count() == again
