@@ -223,6 +223,7 @@ def _decide(settings: Settings, resume: bool, decide: Callable[[Factory], Awaita
     """Record the decision; then say what happens to its run (or, with ``resume``, continue it here)."""
 
     async def main() -> tuple[Escalation, str, Any]:
+        from factory.errors import RunBusy
         from factory.wiring import open_factory, responders_for_run
         from factory.worker import workers_alive
 
@@ -236,7 +237,10 @@ def _decide(settings: Settings, resume: bool, decide: Callable[[Factory], Awaita
             if resume:
                 run = await factory.store.get_run(decided.run_id)
                 show_progress(factory, len(run.pipeline) if run else 0, False)
-                return decided, "", await factory.engine.drive(decided.run_id)
+                try:
+                    return decided, "", await factory.engine.drive(decided.run_id)
+                except RunBusy:
+                    return decided, f"run {decided.run_id} is already being continued by another process", None
             if await workers_alive(factory.redis, settings.redis_prefix):
                 return decided, f"a factory worker continues run {decided.run_id}", None
             return (

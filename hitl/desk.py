@@ -9,6 +9,7 @@ decision is appended to the run's audit chain (who, when, what, the text) and em
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -198,23 +199,28 @@ class DecisionDesk:
         changed = []
         for escalation in await self.queue.list_open():
             level = self.policy.level(escalation, now)
-            current = escalation
-            for step in range(escalation.escalation_level + 1, level + 1):  # one event per step crossed
-                raised = await self.queue.set_level(current.id, current.version, step)
-                if raised is None:
-                    break  # decided or deferred meanwhile
-                current = raised
-                await self._record_step(current, SlaLevel(step), now)
-            else:
-                if current is not escalation:
-                    changed.append(current)
-                if level is SlaLevel.FINAL and self.policy.auto_approves(current):
-                    note = "approved automatically: the SLA ran out and low-priority approvals are auto-approved"
-                    try:
-                        changed.append(await self._decide(current, EscalationStatus.APPROVED, note, SLA_ACTOR))
-                    except DecisionConflict:
-                        pass  # an operator decided at the same moment: theirs stands
+            current = await self._climb(escalation, level, now)
+            if current is None:
+                continue  # decided or deferred meanwhile
+            if current is not escalation:
+                changed.append(current)
+            if level is SlaLevel.FINAL and self.policy.auto_approves(current):
+                note = "approved automatically: the SLA ran out and low-priority approvals are auto-approved"
+                with contextlib.suppress(DecisionConflict):  # an operator decided at that moment: theirs stands
+                    changed.append(await self._decide(current, EscalationStatus.APPROVED, note, SLA_ACTOR))
         return changed
+
+    async def _climb(self, escalation: Escalation, level: SlaLevel, now: datetime) -> Escalation | None:
+        """Raise ``escalation`` to ``level`` one step at a time, each step recorded and announced;
+        None if it changed under us."""
+        current = escalation
+        for step in range(escalation.escalation_level + 1, level + 1):
+            raised = await self.queue.set_level(current.id, current.version, step)
+            if raised is None:
+                return None
+            current = raised
+            await self._record_step(current, SlaLevel(step), now)
+        return current
 
     async def _record_step(self, escalation: Escalation, level: SlaLevel, now: datetime) -> None:
         data = {
