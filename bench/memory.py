@@ -498,7 +498,7 @@ async def tokens_bench(admin_url: str, data_dir: Path, artifact_chars: int) -> d
     report["settings"] = {
         "memory_budget_tokens": settings.memory_budget_tokens,
         "context_budget_chars": settings.context_budget_chars,
-        "memory_extraction": "structured (the scripted model cannot answer the factory/cheap extraction)",
+        "memory_extraction": "structured (the result's own fields: the figures compare packing, not extractors)",
         "tokens": "characters / 4, as the scripted model reports tokens_in to the usage ledger",
     }
     return report
