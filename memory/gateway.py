@@ -96,12 +96,16 @@ class MemoryGateway:
             reverse=True,
         )
         chosen: list[Recalled] = []
+        seen: set[str] = set()
         used = 0
         for candidate in ranked:
+            if candidate.item.text in seen:
+                continue  # the same text kept in the team's bank and the shared world: once is enough
             cost = count(candidate.item.text)
             if used + cost > budget_tokens:
                 continue  # a smaller item further down may still fit
             chosen.append(candidate)
+            seen.add(candidate.item.text)
             used += cost
             if len(chosen) == limit:
                 break

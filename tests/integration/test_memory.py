@@ -334,3 +334,11 @@ async def test_a_stage_committed_without_its_memory_gets_it_when_the_run_is_driv
     again = await store.count()
     await h.engine.drive(out.run.id)  # and only once
     assert await store.count() == again
+
+
+async def test_recall_gives_a_text_kept_in_two_banks_once(store: MemoryStore, embedder: LocalEmbedder) -> None:
+    gateway = MemoryGateway(store, embedder)
+    kept = await gateway.retain([fact(NEEDLE), fact(NEEDLE, bank=SHARED_BANK)])
+    assert kept[0].item_id != kept[1].item_id  # stored in both banks
+    found = await gateway.recall(TEAM, "Where are short links stored?", budget_tokens=2000)
+    assert [r.item.text for r in found] == [NEEDLE]
