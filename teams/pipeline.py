@@ -11,93 +11,42 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.base import ClarificationBroker
-from factory.errors import BudgetExceeded, FactoryError, InputError, RunNotFound
-from hitl.base import Escalation, EscalationQueue
+from factory.errors import BudgetExceeded, FactoryError, RunNotFound
 from hitl.desk import decision_audit
-from hitl.sla import SlaPolicy
-from memory.base import AuditLog, AuditReport
 from memory.packing import PackedContext
-from observability.base import Event, EventSink
+from observability.base import Event
 from teams.asking import ask_team, unanswered
-from teams.base import Objective, Run, RunStatus, RunStore, StageRecord, StageStatus, StoredArtifact
-from teams.bundle import sha256_text, write_artifacts
+from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
+from teams.bundle import write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
-from teams.gate import GateDecision, GateLimits, Verdict, decide
-from teams.results import Artifact, TaskResult, blocked
+from teams.gate import GateDecision, Verdict, decide
+from teams.records import (
+    PipelineDeps,
+    RunOutcome,
+    StageTiming,
+    execution_entry,
+    stored_artifact,
+    validate_requirement,
+)
+from teams.results import TaskResult, blocked
 from teams.roster import Team, resolve_pipeline, team
-from teams.runner import Compactor, Execution, PriorArtifact, TeamRunner
+from teams.runner import Compactor, Execution, PriorArtifact
 from teams.slugs import TeamSlug
 from teams.snapshot import snapshot_run
-from teams.stage_memory import StageMemory
 from teams.tools import ArtifactRecall, Recall
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PipelineDeps", "PipelineEngine", "RunOutcome", "StageTiming", "stored_artifact", "validate_requirement"]
+
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def validate_requirement(text: str, max_bytes: int) -> str:
-    """A requirement worth running, or ``InputError`` saying what to fix."""
-    if not text or not text.strip():
-        raise InputError("the requirement is empty; describe what to build, e.g. 'a URL shortener with an API'")
-    size = len(text.encode("utf-8"))
-    if size > max_bytes:
-        raise InputError(
-            f"the requirement is {size} bytes, over the {max_bytes}-byte limit;"
-            " shorten it or raise FACTORY_MAX_REQUIREMENT_BYTES"
-        )
-    if "\x00" in text:
-        raise InputError("the requirement contains a NUL byte; send plain text")
-    return text.strip()
-
-
-@dataclass(frozen=True)
-class PipelineDeps:
-    """Everything the engine needs, built once in the composition root."""
-
-    store: RunStore
-    audit: AuditLog
-    escalations: EscalationQueue
-    runner: TeamRunner
-    events: EventSink
-    limits: GateLimits
-    runs_dir: Path
-    max_requirement_bytes: int = 64 * 1024
-    #: Routes NEEDS_CLARIFICATION to the target team; without one, the question goes to the human.
-    broker: ClarificationBroker | None = None
-    #: Packs each stage's context from memory and retains what it learned; without it a stage
-    #: reads the earlier artifacts it names, cut to the runner's budget.
-    memory: StageMemory | None = None
-    #: Deadlines of the escalations the gate opens.
-    sla: SlaPolicy = field(default_factory=SlaPolicy)
-
-
-@dataclass
-class StageTiming:
-    """Where one stage's time went: all of it, and the part spent waiting on the model."""
-
-    team: str
-    wall_s: float
-    model_s: float
-
-
-@dataclass
-class RunOutcome:
-    run: Run
-    stages: list[StageRecord]
-    escalations: list[Escalation]
-    audit: AuditReport
-    timings: list[StageTiming] = field(default_factory=list)
-    error: str | None = None
 
 
 class PipelineEngine:
@@ -378,7 +327,7 @@ class PipelineEngine:
                 limits=self._d.limits,
                 system_blocked=execution.system_blocked,
             )
-            execution.audit = _execution_entry(stage, execution, decision)
+            execution.audit = execution_entry(stage, execution, decision)
             if decision.verdict is not Verdict.ADVANCE:  # an advancing one is recorded with its commit
                 await self._d.audit.append(run.id, *execution.audit)
             if decision.verdict is Verdict.RETRY:
@@ -506,33 +455,3 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
-
-
-def _execution_entry(
-    stage: StageRecord, execution: Execution, decision: GateDecision
-) -> tuple[str, str, dict[str, Any]]:
-    """The audit entry of one execution: its result, tool calls, model calls and the gate's verdict."""
-    payload = {
-        "stage": stage.index,
-        "team": stage.team,
-        "attempt": stage.attempts,
-        "result": execution.result.model_dump(mode="json"),
-        "output_problem": execution.problem,
-        "tool_calls": [t.as_dict() for t in execution.tool_calls],
-        "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
-        "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
-    }
-    return f"stage.{stage.index}.execution.{stage.attempts}", "stage.execution", payload
-
-
-def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
-    """The store's record of an artifact written to the run's bundle."""
-    return StoredArtifact(
-        run_id=run.id,
-        stage_index=stage.index,
-        team=stage.team,
-        name=artifact.name,
-        kind=artifact.kind,
-        sha256=sha256_text(artifact.content),
-        bytes=len(artifact.content.encode("utf-8")),
-    )

@@ -1,0 +1,105 @@
+"""What the pipeline engine is given and gives back, and the records it makes of a stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.base import ClarificationBroker
+from factory.errors import InputError
+from hitl.base import Escalation, EscalationQueue
+from hitl.sla import SlaPolicy
+from memory.base import AuditLog, AuditReport
+from observability.base import EventSink
+from teams.base import Run, RunStore, StageRecord, StoredArtifact
+from teams.bundle import sha256_text
+from teams.gate import GateDecision, GateLimits
+from teams.results import Artifact
+from teams.runner import Execution, TeamRunner
+from teams.stage_memory import StageMemory
+
+
+def validate_requirement(text: str, max_bytes: int) -> str:
+    """A requirement worth running, or ``InputError`` saying what to fix."""
+    if not text or not text.strip():
+        raise InputError("the requirement is empty; describe what to build, e.g. 'a URL shortener with an API'")
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InputError(
+            f"the requirement is {size} bytes, over the {max_bytes}-byte limit;"
+            " shorten it or raise FACTORY_MAX_REQUIREMENT_BYTES"
+        )
+    if "\x00" in text:
+        raise InputError("the requirement contains a NUL byte; send plain text")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    """Everything the engine needs, built once in the composition root."""
+
+    store: RunStore
+    audit: AuditLog
+    escalations: EscalationQueue
+    runner: TeamRunner
+    events: EventSink
+    limits: GateLimits
+    runs_dir: Path
+    max_requirement_bytes: int = 64 * 1024
+    #: Routes NEEDS_CLARIFICATION to the target team; without one, the question goes to the human.
+    broker: ClarificationBroker | None = None
+    #: Packs each stage's context from memory and retains what it learned; without it a stage
+    #: reads the earlier artifacts it names, cut to the runner's budget.
+    memory: StageMemory | None = None
+    #: Deadlines of the escalations the gate opens.
+    sla: SlaPolicy = field(default_factory=SlaPolicy)
+
+
+@dataclass
+class StageTiming:
+    """Where one stage's time went: all of it, and the part spent waiting on the model."""
+
+    team: str
+    wall_s: float
+    model_s: float
+
+
+@dataclass
+class RunOutcome:
+    run: Run
+    stages: list[StageRecord]
+    escalations: list[Escalation]
+    audit: AuditReport
+    timings: list[StageTiming] = field(default_factory=list)
+    error: str | None = None
+
+
+def execution_entry(
+    stage: StageRecord, execution: Execution, decision: GateDecision
+) -> tuple[str, str, dict[str, Any]]:
+    """The audit entry of one execution: its result, tool calls, model calls and the gate's verdict."""
+    payload = {
+        "stage": stage.index,
+        "team": stage.team,
+        "attempt": stage.attempts,
+        "result": execution.result.model_dump(mode="json"),
+        "output_problem": execution.problem,
+        "tool_calls": [t.as_dict() for t in execution.tool_calls],
+        "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
+        "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
+    }
+    return f"stage.{stage.index}.execution.{stage.attempts}", "stage.execution", payload
+
+
+def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
+    """The store's record of an artifact written to the run's bundle."""
+    return StoredArtifact(
+        run_id=run.id,
+        stage_index=stage.index,
+        team=stage.team,
+        name=artifact.name,
+        kind=artifact.kind,
+        sha256=sha256_text(artifact.content),
+        bytes=len(artifact.content.encode("utf-8")),
+    )
