@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -36,16 +37,37 @@ if TYPE_CHECKING:
 hitl_app = typer.Typer(no_args_is_help=True, help="The decision queue: escalations waiting on a human.")
 
 By = Annotated[str | None, typer.Option("--by", help="Who decides (default: FACTORY_OPERATOR, else your user).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run here once nothing else blocks it.")]
+Resume = Annotated[
+    bool | None,
+    typer.Option(
+        "--resume/--no-resume",
+        help="Continue the run here once nothing else blocks it (default: when no `factory worker` runs).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _text(value: str) -> str:
-    return sys.stdin.read() if value == "-" else value
+def _text(value: str, what: str, *, required: bool = True) -> str:
+    """The text of a decision (``-``: standard input), checked before any service is started."""
+    from hitl.desk import MAX_TEXT_BYTES
+
+    if value == "-":
+        try:
+            value = sys.stdin.read(MAX_TEXT_BYTES + 1)
+        except UnicodeDecodeError:
+            err(f"the {what} on standard input is not UTF-8 text", EXIT_INPUT)
+    if required and not value.strip():
+        err(f"the {what} is empty; write what the team should know", EXIT_INPUT)
+    return value
 
 
 def _operator(settings: Settings, by: str | None) -> str:
-    return (by or settings.operator or getpass.getuser() or "operator").strip()[:200]
+    if by or settings.operator:
+        return (by or settings.operator or "").strip()[:200]
+    try:
+        return getpass.getuser()[:200]
+    except (KeyError, OSError):  # no user name in this environment (e.g. a container)
+        return "operator"
 
 
 def _due(e: Escalation, now: datetime) -> str:
@@ -120,10 +142,11 @@ def hitl_show(escalation_id: str, as_json: AsJson = False) -> None:
 
 
 @hitl_app.command("answer")
-def hitl_answer(escalation_id: str, text: str, by: By = None, resume: Resume = False) -> None:
+def hitl_answer(escalation_id: str, text: str, by: By = None, resume: Resume = None) -> None:
     """Answer a question (or say what unblocks a team); its stage runs again with your answer."""
+    answer = _text(text, "answer")
     settings = load_settings()
-    _decide(settings, resume, lambda f: f.desk.answer(escalation_id, _text(text), by=_operator(settings, by)))
+    _decide(settings, resume, lambda f: f.desk.answer(escalation_id, answer, by=_operator(settings, by)))
 
 
 @hitl_app.command("approve")
@@ -131,7 +154,7 @@ def hitl_approve(
     escalation_id: str,
     notes: Annotated[str | None, typer.Option(help="Optional notes, kept with the decision.")] = None,
     by: By = None,
-    resume: Resume = False,
+    resume: Resume = None,
 ) -> None:
     """Approve a stage's artifacts (or more budget); the run continues."""
     settings = load_settings()
@@ -143,23 +166,26 @@ def hitl_reject(
     escalation_id: str,
     reason: Annotated[str, typer.Option(help="Why; the stage runs again with it as feedback (required).")],
     by: By = None,
-    resume: Resume = False,
+    resume: Resume = None,
 ) -> None:
     """Reject with a reason: the stage runs again with it (a budget escalation: the run is cancelled)."""
+    why = _text(reason, "reason")
     settings = load_settings()
-    _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=_text(reason), by=_operator(settings, by)))
+    _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=why, by=_operator(settings, by)))
 
 
 @hitl_app.command("defer")
 def hitl_defer(
     escalation_id: str,
-    hours: Annotated[float | None, typer.Option(min=0.01, help="Decide within this many hours.")] = None,
+    hours: Annotated[float | None, typer.Option(min=0.01, max=24 * 30, help="Decide within this many hours.")] = None,
     until: Annotated[datetime | None, typer.Option(help="Decide by this time (ISO 8601; UTC if no zone).")] = None,
     by: By = None,
 ) -> None:
     """Put off a decision to a new deadline (default: one more SLA window); the run keeps waiting."""
     if hours is not None and until is not None:
         err("give --hours or --until, not both", EXIT_INPUT)
+    if hours is not None and not math.isfinite(hours):
+        err("--hours must be a number of hours, e.g. 4", EXIT_INPUT)
     deadline = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
     if until is not None:
         deadline = until if until.tzinfo else until.replace(tzinfo=UTC)
@@ -219,43 +245,62 @@ def _with_factory(go: Callable[[Factory], Awaitable[Any]], settings: Settings | 
     return run_async(main())
 
 
-def _decide(settings: Settings, resume: bool, decide: Callable[[Factory], Awaitable[Escalation]]) -> None:
-    """Record the decision; then say what happens to its run (or, with ``resume``, continue it here)."""
+LEASE_WAIT_S = 10.0  # how long a decision waits for a process that is just letting go of the run
 
-    async def main() -> tuple[Escalation, str, Any]:
-        from factory.errors import RunBusy
+
+def _decide(settings: Settings, resume: bool | None, decide: Callable[[Factory], Awaitable[Escalation]]) -> None:
+    """Record the decision, then continue its run here (``resume``; by default when no worker runs)
+    or say who will."""
+
+    async def main() -> tuple[str, Any]:
         from factory.wiring import open_factory, responders_for_run
         from factory.worker import workers_alive
 
-        async with open_factory(settings, serve=responders_for_run(settings) if resume else ()) as factory:
+        serve = responders_for_run(settings) if resume is not False else ()
+        async with open_factory(settings, serve=serve) as factory:
             decided = await decide(factory)
+            who = f" by {decided.decided_by}" if decided.decided_by else ""
+            due = f", due {decided.sla_deadline:%Y-%m-%d %H:%M %Z}" if decided.waiting else ""
+            typer.echo(f"{decided.id} {decided.status.value}{who}{due}")
             if decided.waiting:  # deferred
-                return decided, f"run {decided.run_id} keeps waiting on it", None
+                return f"run {decided.run_id} keeps waiting on it", None
             still = await factory.escalations.list_open(decided.run_id)
             if still:
-                return decided, f"run {decided.run_id} still waits on {', '.join(e.id for e in still)}", None
-            if resume:
-                run = await factory.store.get_run(decided.run_id)
-                show_progress(factory, len(run.pipeline) if run else 0, False)
-                try:
-                    return decided, "", await factory.engine.drive(decided.run_id)
-                except RunBusy:
-                    return decided, f"run {decided.run_id} is already being continued by another process", None
-            if await workers_alive(factory.redis, settings.redis_prefix):
-                return decided, f"a factory worker continues run {decided.run_id}", None
-            return (
-                decided,
-                f"continue run {decided.run_id}: `factory resume {decided.run_id}` (or start `factory worker`)",
-                None,
-            )
+                return f"run {decided.run_id} still waits on {', '.join(e.id for e in still)}", None
+            worker = bool(await workers_alive(factory.redis, settings.redis_prefix))
+            if resume is False or (resume is None and worker):
+                if worker:
+                    return f"a factory worker continues run {decided.run_id}", None
+                return (
+                    f"continue run {decided.run_id}: `factory resume {decided.run_id}` (or start `factory worker`)",
+                    None,
+                )
+            run = await factory.store.get_run(decided.run_id)
+            show_progress(factory, len(run.pipeline) if run else 0, False)
+            outcome = await _drive_when_free(factory, decided.run_id)
+            if outcome is None:
+                return f"run {decided.run_id} is being continued by another process", None
+            return "", outcome
 
-    decided, next_step, outcome = run_async(main())
-    who = f" by {decided.decided_by}" if decided.decided_by else ""
-    due = f", due {decided.sla_deadline:%Y-%m-%d %H:%M %Z}" if decided.waiting else ""
-    typer.echo(f"{decided.id} {decided.status.value}{who}{due}")
+    next_step, outcome = run_async(main())
     if outcome is not None:
         report(outcome, False)
     typer.echo(next_step)
+
+
+async def _drive_when_free(factory: Factory, run_id: str) -> Any:
+    """Drive the run, waiting (bounded) for a process that holds it only for a moment, e.g. a
+    `factory resume` that looked before the decision; None if it stays held (someone drives it)."""
+    from factory.errors import RunBusy
+
+    deadline = asyncio.get_running_loop().time() + LEASE_WAIT_S
+    while True:
+        try:
+            return await factory.engine.drive(run_id)
+        except RunBusy:
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.25)
 
 
 def worker(

@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     @field_validator("hitl_low_risk_kinds", "hitl_low_risk_priorities")
     @classmethod
     def _known_names(cls, value: str, info: ValidationInfo) -> str:
-        allowed = {e.value for e in (EscalationKind if info.field_name == "hitl_low_risk_kinds" else Priority)}
+        kinds = {EscalationKind.APPROVAL.value, EscalationKind.BUDGET.value}  # what an approval can decide
+        allowed = kinds if info.field_name == "hitl_low_risk_kinds" else {p.value for p in Priority}
         names = [n.strip() for n in value.split(",") if n.strip()]
         unknown = [n for n in names if n not in allowed]
         if unknown:

@@ -61,19 +61,20 @@ class Worker:
     async def resume_pass(self) -> WorkerStep:
         """Drive every run that can move: decided escalations, or a driver that is gone."""
         step = WorkerStep()
-        runs = await self._f.store.runs_with_status(
-            [RunStatus.RUNNING, RunStatus.WAITING_HUMAN], limit=self._max_runs * 5
+        # Runs still waiting on an open escalation are left out before the limit, so a decided run
+        # is never starved by a long queue of undecided ones.
+        waiting = sorted({e.run_id for e in await self._f.escalations.list_open()})
+        movable = await self._f.store.runs_with_status(
+            [RunStatus.RUNNING, RunStatus.WAITING_HUMAN], limit=self._max_runs, exclude=waiting
         )
-        waiting = {e.run_id for e in await self._f.escalations.list_open()}
-        movable = [r for r in runs if not (r.status is RunStatus.WAITING_HUMAN and r.id in waiting)]
-        for run in movable[: self._max_runs]:
+        for run in movable:
             try:
                 outcome = await self._engine.drive(run.id)
             except RunBusy:
                 step.busy.append(run.id)
                 continue
-            except FactoryError as exc:
-                log.warning("worker could not resume %s: %s", run.id, exc)
+            except Exception as exc:  # one bad run never stops the others (the run keeps its state)
+                log.warning("worker could not resume %s: %s", run.id, exc, exc_info=not isinstance(exc, FactoryError))
                 step.failed.append((run.id, str(exc)))
                 continue
             if outcome.timings or outcome.run.status is not run.status:
@@ -106,8 +107,8 @@ class Worker:
         while not stop.is_set():
             try:
                 await step()
-            except (FactoryError, RedisError, OSError) as exc:
-                # A service that comes back is used again on the next pass; say what went wrong.
-                log.warning("worker %s step failed: %s", name, exc)
+            except Exception as exc:  # a service that comes back is used again on the next pass
+                known = isinstance(exc, FactoryError | RedisError | OSError)
+                log.warning("worker %s step failed: %s", name, exc, exc_info=not known)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._poll_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from factory.errors import DecisionConflict, DecisionRefused, EscalationNotFound
@@ -31,6 +31,7 @@ from hitl.sla import SlaPolicy
 from observability.base import Event, EventSink
 
 SLA_ACTOR = "sla-ladder"  # decided_by of what the ladder's default action decides
+MAX_DEFERRAL = timedelta(days=30)
 MAX_TEXT_BYTES = 64 * 1024
 
 _ANSWERABLE = frozenset({EscalationKind.CLARIFICATION, EscalationKind.BLOCKED})
@@ -50,6 +51,8 @@ class LowRisk:
 
     def refusal(self, escalation: Escalation) -> str | None:
         """Why batch approval may not decide ``escalation``, or None if it may."""
+        if escalation.kind not in _APPROVABLE:
+            return f"a {escalation.kind.value} escalation needs an answer, not an approval"
         if escalation.kind not in self.kinds:
             return f"{escalation.kind.value} escalations are not low-risk; decide it on its own"
         if escalation.priority not in self.priorities:
@@ -157,6 +160,10 @@ class DecisionDesk:
         deadline = until or self.policy.deadline(current.priority, now)
         if deadline <= now:
             raise DecisionRefused(f"the new deadline {deadline:%Y-%m-%d %H:%M %Z} is not in the future")
+        if deadline - now > MAX_DEFERRAL:
+            raise DecisionRefused(
+                f"a decision can be put off {MAX_DEFERRAL.days} days at most; reject it if the run should not go on"
+            )
         change = Change(
             status=EscalationStatus.DEFERRED, decided_by=by, sla_deadline=deadline, sla_started_at=now,
             escalation_level=0,
@@ -166,8 +173,8 @@ class DecisionDesk:
     async def batch_approve(
         self, escalation_ids: Sequence[str] | None, *, by: str, notes: str | None = None
     ) -> BatchOutcome:
-        """Approve each low-risk escalation (all waiting ones when ``escalation_ids`` is None);
-        the others are refused with the reason, and left as they were."""
+        """Approve each low-risk escalation of ``escalation_ids`` (None: every waiting low-risk one);
+        the others named are refused with the reason, and left as they were."""
         text = _text(notes, "notes", required=False)
         outcome = BatchOutcome()
         if escalation_ids is None:
@@ -184,6 +191,8 @@ class DecisionDesk:
                     candidates.append(found)
         for escalation in candidates:
             why = self.low_risk.refusal(escalation)
+            if why is not None and escalation_ids is None:
+                continue  # --all: only what is low-risk is in the batch at all
             if why is not None:
                 outcome.refused.append((escalation.id, why))
                 continue

@@ -45,6 +45,7 @@ class RedisEventStream:
         self._wake = asyncio.Event()  # something was queued
         self._idle = asyncio.Event()  # nothing queued and nothing in flight
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[Event] = []  # taken off the queue, being sent
         self._closing = False
         self.dropped = 0  # events lost to a full queue
         self.failed = 0  # events Redis refused or never got
@@ -74,17 +75,19 @@ class RedisEventStream:
             await asyncio.wait_for(self._idle.wait(), timeout_s if timeout_s is not None else self._close_timeout_s)
 
     async def aclose(self) -> None:
-        """Send what is queued (within the close timeout), then stop the publisher."""
+        """Send what is queued (within the close timeout), then stop the publisher; never raises."""
         await self.flush()
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._queue:
-            log.warning("%d live events not published before shutdown", len(self._queue))
-            self.failed += len(self._queue)
+        lost = len(self._queue) + len(self._in_flight)
+        if lost:
+            log.warning("%d live events not published before shutdown", lost)
+            self.failed += lost
             self._queue.clear()
+            self._in_flight = []
 
     async def _publish(self) -> None:
         while True:
@@ -95,8 +98,9 @@ class RedisEventStream:
             self._idle.clear()
             # A short wait gathers the events that follow into the same round trip.
             await asyncio.sleep(self._linger_s)
-            events = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            await self._send(events)
+            self._in_flight = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            await self._send(self._in_flight)
+            self._in_flight = []
 
     async def _send(self, events: list[Event]) -> None:
         try:
@@ -106,8 +110,9 @@ class RedisEventStream:
                     pipe.xadd(self.run_stream(event.run_id), fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
                     pipe.xadd(f"{self._prefix}events", fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            # Never fail the run over its live view; the record is in PostgreSQL.
+        except Exception as exc:  # Redis gone, or an event it cannot take: the run's record is in PostgreSQL
+            if not isinstance(exc, RedisError | OSError):
+                log.exception("live events could not be encoded")
             self.failed += len(events)
             log.warning("%d live events (first %s of run %s) not published: %s", len(events), events[0].type,
                         events[0].run_id, exc)  # fmt: skip

@@ -117,8 +117,10 @@ class RunStore(Protocol):
 
     async def stages(self, run_id: str) -> list[StageRecord]: ...
 
-    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
-        """Runs in any of ``statuses``, oldest update first."""
+    async def runs_with_status(
+        self, statuses: Sequence[RunStatus], *, limit: int = 100, exclude: Sequence[str] = ()
+    ) -> list[Run]:
+        """Runs in any of ``statuses`` but for the ``exclude``d ids, oldest update first."""
         ...
 
     def lease(self, run_id: str) -> AbstractAsyncContextManager[None]:

@@ -34,8 +34,16 @@ def write_artifact(root: Path, artifact: Artifact) -> Path:
 
 
 def write_artifacts(root: Path, artifacts: Sequence[Artifact]) -> None:
+    """Write a stage's artifacts; a name the file system refuses (e.g. ``docs`` beside ``docs/a.md``)
+    is a ``PipelineError`` naming it."""
     for artifact in artifacts:
-        write_artifact(root, artifact)
+        try:
+            write_artifact(root, artifact)
+        except OSError as exc:
+            raise PipelineError(
+                f"artifact {artifact.name!r} cannot be written to the bundle ({exc.strerror or exc});"
+                " revise the stage with feedback on its file names"
+            ) from exc
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from factory.errors import BudgetExceeded, FactoryError, RunNotFound
+from factory.errors import BudgetExceeded, FactoryError, PipelineError, RunNotFound
 from hitl.desk import decision_audit
 from memory.packing import PackedContext
 from observability.base import Event
 from teams.asking import ask_team, unanswered
 from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
-from teams.bundle import write_artifacts
+from teams.bundle import sha256_text, write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, Verdict, decide
@@ -29,7 +29,9 @@ from teams.records import (
     PipelineDeps,
     RunOutcome,
     StageTiming,
+    completion_entry,
     execution_entry,
+    opened_entry,
     stored_artifact,
     validate_requirement,
 )
@@ -41,6 +43,10 @@ from teams.snapshot import snapshot_run
 from teams.tools import ArtifactRecall, Recall
 
 log = logging.getLogger(__name__)
+
+#: A stage is executed at most this many iteration caps in all, across resumes and decisions: a run
+#: that crashes the process at the same stage every time ends failed instead of looping.
+MAX_RESUMES = 5
 
 __all__ = ["PipelineDeps", "PipelineEngine", "RunOutcome", "StageTiming", "stored_artifact", "validate_requirement"]
 
@@ -133,6 +139,7 @@ class PipelineEngine:
         if run is None:
             raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
         stages = await self._d.store.stages(run_id)
+        await self._recover_audit(run, stages)
         await self._recover_memory(run, stages)
         if run.status in (RunStatus.COMPLETE, RunStatus.CANCELLED):
             return await self.outcome(run_id)
@@ -173,6 +180,22 @@ class PipelineEngine:
         outcome.timings, outcome.error = timings, error
         return outcome
 
+    async def _recover_audit(self, run: Run, stages: list[StageRecord]) -> None:
+        """Record the completion of stages committed just before a crash took their audit entry
+        (their deciding execution's details went with the process; the entry says it was recovered)."""
+        complete = [s for s in stages if s.status is StageStatus.COMPLETE and s.result is not None]
+        if not complete:
+            return
+        recorded = {e.key for e in await self._d.audit.entries(run.id)}
+        missing = [
+            completion_entry(s, {a.name: sha256_text(a.content) for a in s.result.artifacts}, recovered=True)
+            for s in complete
+            if s.result is not None and f"stage.{s.index}.complete" not in recorded
+        ]
+        if missing:
+            log.warning("run %s: recording %d stage completions a crash left unaudited", run.id, len(missing))
+            await self._d.audit.append_many(run.id, missing)
+
     async def _recover_memory(self, run: Run, stages: list[StageRecord]) -> None:
         """Retain what complete stages learned if their memory is missing (see ``unretained``)."""
         complete: dict[str, StageRecord] = {
@@ -195,9 +218,15 @@ class PipelineEngine:
         operator's decisions on its escalations (recorded in the audit once, whoever resumes)."""
         if stage.attempts == 0 and stage.status is not StageStatus.WAITING_HUMAN:
             return StageDecision(Resumption.RERUN)
-        decision = stage_decision(await self._d.escalations.for_stage(run.id, stage.index))
+        history = await self._d.escalations.for_stage(run.id, stage.index)
+        decision = stage_decision(history)
+        # Every escalation of the stage and its decision are on record (idempotent: a crash between
+        # an escalation or decision and its audit entry leaves nothing missing once resumed).
+        entries = [opened_entry(e) for e in history]
         if decision.decided is not None:
-            await self._d.audit.append(run.id, *decision_audit(decision.decided))
+            entries.append(decision_audit(decision.decided))
+        if entries:
+            await self._d.audit.append_many(run.id, entries)
         if decision.action is Resumption.WAIT and stage.status is not StageStatus.WAITING_HUMAN:
             stage.status = StageStatus.WAITING_HUMAN  # a crash came between the escalation and its stage
             await self._d.store.save_stage(stage)
@@ -238,13 +267,24 @@ class PipelineEngine:
         context = [p for p in prior if p.team in wanted]
         # The attempt number is committed before the model is called: a re-run after a crash
         # starts a new attempt, so no audit key or escalation id is ever reused.
+        if stage.attempts >= self._d.limits.iteration_cap * MAX_RESUMES:
+            raise PipelineError(
+                f"{stage.team} was executed {stage.attempts} times across resumes without completing;"
+                " revise the run from this team with feedback (`factory revise`)"
+            )
         stage.attempts += 1
-        stage.status, stage.started_at, stage.finished_at = StageStatus.RUNNING, now(), None
+        # A new attempt owns no result yet: an approval decided after a crash can never accept an
+        # earlier attempt's result in its place.
+        stage.status, stage.started_at, stage.finished_at, stage.result = StageStatus.RUNNING, now(), None, None
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
-        async with asyncio.TaskGroup() as group:  # independent: both done before the model is called
-            group.create_task(self._d.store.save_stage(stage))
-            packing = group.create_task(self._memory_context(run, stage, member, prior))
-        recall, packed = packing.result()
+        packing = asyncio.create_task(self._memory_context(run, stage, member, prior))  # beside the save
+        try:
+            await self._d.store.save_stage(stage)
+        except BaseException:
+            packing.cancel()
+            await asyncio.gather(packing, return_exceptions=True)
+            raise
+        recall, packed = await packing
         try:
             execution, decision, model_s = await self._execute_until_decided(
                 run, stage, member, context, recall, packed.text if packed else None, operator_notes
@@ -272,7 +312,7 @@ class PipelineEngine:
             return fallback, None
         try:
             packed = await self._d.memory.context(member, run)
-        except FactoryError as exc:  # memory down: the stage still runs on the artifacts themselves
+        except Exception as exc:  # memory down or failing: the stage still runs on the artifacts themselves
             log.warning("memory unavailable for %s, using the earlier artifacts: %s", stage.team, exc)
             await self._emit("memory.unavailable", run.id, stage=stage.index, team=stage.team, error=str(exc))
             return fallback, None
@@ -376,7 +416,7 @@ class PipelineEngine:
             return
         try:
             kept = await self._d.memory.retain(team(stage.team), run, result, packed)
-        except FactoryError as exc:
+        except Exception as exc:  # memory is derived and recovered on resume: never fail the stage for it
             log.warning("memory retention for %s failed: %s", stage.team, exc)
             await self._emit("memory.retain_failed", run.id, stage=stage.index, team=stage.team, error=str(exc))
             return
@@ -392,39 +432,42 @@ class PipelineEngine:
     ) -> None:
         """Commit a stage: its files, its record with its artifacts, its audit entries (the deciding
         execution's, if not recorded yet, then the completion), and its memory."""
-        # Retention (extraction, embedding, the memory store) runs beside the stage's commit; a
-        # stage re-run after a crash retains again, and near-duplicates merge rather than repeat.
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._retain(run, stage, result, packed))
+        # Retention (extraction, embedding, the memory store) runs beside the stage's commit (it
+        # never raises); if the commit fails it is stopped: an uncommitted stage leaves no memory.
+        retaining = asyncio.create_task(self._retain(run, stage, result, packed))
+        try:
             await asyncio.to_thread(write_artifacts, Path(run.artifacts_dir), result.artifacts)  # off the loop
             stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
             stage.status, stage.finished_at = StageStatus.COMPLETE, now()
             await self._d.store.save_stage(stage, stored)
-            done = {"stage": stage.index, "team": stage.team, "artifacts": {a.name: a.sha256 for a in stored}}
-            entries = [execution.audit] if execution is not None and execution.audit else []
-            entries.append((f"stage.{stage.index}.complete", "stage.complete", done))
+        except BaseException:
+            retaining.cancel()
+            await asyncio.gather(retaining, return_exceptions=True)
+            raise
+        entries = [execution.audit] if execution is not None and execution.audit else []
+        entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}))
+        try:
             await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one round trip
-            await self._emit(
-                "stage.completed",
-                run.id,
-                stage=stage.index,
-                team=stage.team,
-                tokens_in=stage.tokens_in,
-                tokens_out=stage.tokens_out,
-                confidence=result.confidence,
-            )
+        finally:
+            await retaining
+        await self._emit(
+            "stage.completed",
+            run.id,
+            stage=stage.index,
+            team=stage.team,
+            tokens_in=stage.tokens_in,
+            tokens_out=stage.tokens_out,
+            confidence=result.confidence,
+        )
 
     async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
-        escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
-        kind, priority, question = escalation.kind, escalation.priority, escalation.question
+        # The stage (with the result the operator will judge) is stored before its escalation: after
+        # a crash in between, the stage waits with no escalation and simply runs again.
         stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
         await self._d.store.save_stage(stage)
-        await self._d.audit.append(
-            run.id,
-            f"escalation.{escalation.id}",
-            "escalation.opened",
-            escalation.model_dump(mode="json", exclude={"created_at", "sla_deadline"}),
-        )
+        escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
+        kind, priority, question = escalation.kind, escalation.priority, escalation.question
+        await self._d.audit.append(run.id, *opened_entry(escalation))
         await self._emit(
             "escalation.opened",
             run.id,

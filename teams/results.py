@@ -7,6 +7,7 @@ validate is repaired or turned into BLOCKED by the runner, never trusted.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
@@ -89,6 +90,8 @@ class TaskResult(BaseModel):
         names = [a.name for a in artifacts]
         if len(names) != len(set(names)):
             raise ValueError("artifact names must be unique within one result")
+        if clash := folder_clash(names):
+            raise ValueError(f"artifact {clash!r} is also a folder of another artifact; rename one")
         return artifacts
 
     @model_validator(mode="after")
@@ -98,6 +101,14 @@ class TaskResult(BaseModel):
         if self.status is TaskStatus.BLOCKED and not self.blockers:
             raise ValueError("BLOCKED requires at least one blocker")
         return self
+
+
+def folder_clash(names: Sequence[str]) -> str | None:
+    """A name that is also a folder of another name (``docs`` beside ``docs/a.md``), if any: both
+    cannot be files of one bundle."""
+    folders = {"/".join(parts[:i]) for parts in (n.split("/") for n in names) for i in range(1, len(parts))}
+    clash = sorted(folders.intersection(names))
+    return clash[0] if clash else None
 
 
 def blocked(reason: str, *, reasoning: str = "") -> TaskResult:

@@ -44,8 +44,12 @@ class InMemoryRunStore:
         found = [s for (r, _i), s in self._stages.items() if r == run_id]
         return [s.model_copy(deep=True) for s in sorted(found, key=lambda s: s.index)]
 
-    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
-        found = sorted((r for r in self._runs.values() if r.status in statuses), key=lambda r: r.updated_at)
+    async def runs_with_status(
+        self, statuses: Sequence[RunStatus], *, limit: int = 100, exclude: Sequence[str] = ()
+    ) -> list[Run]:
+        found = sorted(
+            (r for r in self._runs.values() if r.status in statuses and r.id not in exclude), key=lambda r: r.updated_at
+        )
         return [r.model_copy(deep=True) for r in found[:limit]]
 
     @asynccontextmanager

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -100,6 +103,19 @@ _SAVE_ARTIFACT = (
 )
 
 
+async def _unlock_or_close(conn: AsyncConnection[Any], key: str) -> None:
+    """Let go of the run's lock after a failed or cancelled drive; if that cannot be done for sure,
+    close the connection (its session, and the lock, end with it) rather than pool it still locked."""
+    try:
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+            return
+    except BaseException:
+        pass
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
 def _stage_row(stage: StageRecord) -> tuple[object, ...]:
     return (
         stage.run_id,
@@ -173,11 +189,13 @@ class PostgresRunStore:
                 await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
                 await cur.execute(_SAVE_STAGE, row)
 
-    async def runs_with_status(self, statuses: Sequence[RunStatus], *, limit: int = 100) -> list[Run]:
+    async def runs_with_status(
+        self, statuses: Sequence[RunStatus], *, limit: int = 100, exclude: Sequence[str] = ()
+    ) -> list[Run]:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT * FROM runs WHERE status = ANY(%s) ORDER BY updated_at LIMIT %s",
-                ([s.value for s in statuses], limit),
+                "SELECT * FROM runs WHERE status = ANY(%s) AND NOT id = ANY(%s) ORDER BY updated_at LIMIT %s",
+                ([s.value for s in statuses], list(exclude), limit),
             )
             return [Run.model_validate(r) for r in await cur.fetchall()]
 
@@ -186,23 +204,22 @@ class PostgresRunStore:
         # A session advisory lock on a connection held for the block: it ends with the process.
         key = f"factory.run:{run_id}"
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
-            row = await cur.fetchone()
-            if not (row and row[0]):
-                raise RunBusy(
-                    f"run {run_id} is being driven by another process (a `factory run`, `resume` or"
-                    " `worker`); wait for it, or stop that process and try again"
-                )
+            released = False  # whether this session surely holds no lock of the run
             try:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+                row = await cur.fetchone()
+                if not (row and row[0]):
+                    released = True
+                    raise RunBusy(
+                        f"run {run_id} is being driven by another process (a `factory run`, `resume` or"
+                        " `worker`); wait for it, or stop that process and try again"
+                    )
                 yield
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                released = True
             finally:
-                try:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-                except BaseException:
-                    # Never hand a connection that may still hold the lock back to the pool.
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                    raise
+                if not released:
+                    await _unlock_or_close(conn, key)
 
     async def stages(self, run_id: str) -> list[StageRecord]:
         async with self._pool.connection() as conn:

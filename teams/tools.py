@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from memory.retention import chunks
 from teams.parsing import describe_errors
-from teams.results import MAX_ARTIFACTS, Artifact, ArtifactKind, Clarification, TaskResult, TaskStatus
+from teams.results import MAX_ARTIFACTS, Artifact, ArtifactKind, Clarification, TaskResult, TaskStatus, folder_clash
 from teams.roster import Team
 from teams.slugs import TeamSlug
 
@@ -257,9 +257,11 @@ class Toolbox:
 
     def merge(self, result: TaskResult) -> TaskResult:
         """The result with the written files it does not itself carry (its own version wins)."""
-        own = {a.name for a in result.artifacts}
-        room = MAX_ARTIFACTS - len(result.artifacts)
-        extra = [a for name, a in self.written.items() if name not in own][: max(room, 0)]
-        if not extra:
+        merged = list(result.artifacts)
+        for name, artifact in self.written.items():
+            names = [a.name for a in merged]
+            if len(merged) < MAX_ARTIFACTS and name not in names and folder_clash([*names, name]) is None:
+                merged.append(artifact)
+        if len(merged) == len(result.artifacts):
             return result
-        return TaskResult.model_validate({**result.model_dump(), "artifacts": [*result.artifacts, *extra]})
+        return TaskResult.model_validate({**result.model_dump(), "artifacts": merged})

@@ -56,7 +56,7 @@ def test_a_decision_made_after_every_process_ended_resumes_the_run(env: dict[str
 
     refused = factory("hitl", "approve", item["id"], env=env)
     assert refused.returncode == 2 and "answer it" in refused.stderr
-    answered = factory("hitl", "answer", item["id"], "PostgreSQL, one table per aggregate", env=env)
+    answered = factory("hitl", "answer", item["id"], "PostgreSQL, one table per aggregate", "--no-resume", env=env)
     assert answered.returncode == 0, answered.stderr
     assert "answered by ana" in answered.stdout and f"factory resume {run_id}" in answered.stdout
     again = factory("hitl", "answer", item["id"], "something else", env=env)
@@ -84,7 +84,9 @@ def test_batch_approve_refuses_what_is_not_low_risk(env: dict[str, str]) -> None
     assert started.returncode == 3, started.stderr
     [item] = _waiting(env)
     assert (item["kind"], item["priority"]) == ("approval", "medium")
-    batch = factory("hitl", "batch-approve", "--all", env=env)
+    everything = factory("hitl", "batch-approve", "--all", env=env)  # only low-risk items are in it at all
+    assert everything.returncode == 0 and "nothing low-risk is waiting" in everything.stdout
+    batch = factory("hitl", "batch-approve", item["id"], env=env)
     assert batch.returncode == 1
     assert f"refused  {item['id']}: medium priority is not low-risk" in batch.stdout
     assert [i["status"] for i in _waiting(env)] == ["open"]
@@ -108,6 +110,14 @@ def test_reject_needs_a_reason_and_defer_keeps_the_run_waiting(env: dict[str, st
     assert factory("resume", run_json(started)["run_id"], env=env).returncode == 3
     unknown = factory("hitl", "answer", "esc-nope", "x", env=env)
     assert unknown.returncode == 2 and "no escalation" in unknown.stderr
+    for bad in (["--hours", "nan"], ["--hours", "100000"], ["--until", "9999-12-31T23:00:00"]):
+        refused = factory("hitl", "defer", item["id"], *bad, env=env)
+        assert refused.returncode == 2, (bad, refused.stderr)
+    empty = factory("hitl", "answer", item["id"], "-", env=env, stdin="  \n")
+    assert empty.returncode == 2 and "answer is empty" in empty.stderr
+    approved = factory("hitl", "approve", item["id"], env=env)  # no worker runs: it continues the run here
+    assert approved.returncode == 0, approved.stderr
+    assert "approved by ana" in approved.stdout and "complete" in approved.stdout
 
 
 def test_the_worker_resumes_a_run_whose_process_was_killed(env: dict[str, str], pg_url: str) -> None:

@@ -26,6 +26,7 @@ from hitl.sla import SlaPolicy
 from memory.audit_pg import PostgresAuditLog
 from observability.events import LocalEventBus
 from teams.base import RunStatus
+from teams.store_pg import PostgresRunStore
 from tests.unit.teams.test_decisions import LOW, PromptSpy
 
 pytestmark = pytest.mark.integration
@@ -188,7 +189,32 @@ async def test_batch_approve_on_postgres_refuses_a_high_priority_item(pool: Asyn
     desk = DecisionDesk(PostgresEscalationQueue(pool), PostgresAuditLog(pool), LocalEventBus())
     await desk.queue.open(esc("low", priority="low"))
     await desk.queue.open(esc("high", priority="high"))
-    outcome = await desk.batch_approve(None, by="ana")
+    outcome = await desk.batch_approve(["low", "high"], by="ana")
     assert [e.id for e in outcome.approved] == ["low"]
     assert outcome.refused == [("high", "high priority is not low-risk; decide it on its own")]
     assert [e.id for e in await desk.queue.list_open()] == ["high"]
+    assert (await desk.batch_approve(None, by="ana")).approved == []  # all low-risk: none left
+
+
+async def test_a_lease_ends_with_a_failed_or_cancelled_driver(pool: AsyncConnectionPool) -> None:
+    store = PostgresRunStore(pool)
+    with pytest.raises(RuntimeError):
+        async with store.lease("run-x"):
+            raise RuntimeError("the drive failed")
+    held = asyncio.Event()
+
+    async def driver() -> None:
+        async with store.lease("run-x"):
+            held.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(driver())
+    await held.wait()
+    with pytest.raises(RunBusy):
+        async with store.lease("run-x"):
+            pass
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for _ in range(3):  # at once, and none of the pool's connections holds a lock of the run any more
+        async with store.lease("run-x"):
+            pass

@@ -17,7 +17,7 @@ from hitl.in_memory import InMemoryEscalationQueue
 from hitl.postgres import PostgresEscalationQueue
 from memory.audit_memory import InMemoryAuditLog
 from memory.audit_pg import PostgresAuditLog
-from teams.base import Run, StageRecord, StageStatus, StoredArtifact
+from teams.base import Run, RunStatus, StageRecord, StageStatus, StoredArtifact
 from teams.results import TaskResult
 from teams.store_memory import InMemoryRunStore
 from teams.store_pg import PostgresRunStore
@@ -46,7 +46,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
 
 
 def _run(run_id: str = "run-1") -> Run:
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) + timedelta(seconds=int(run_id.rsplit("-", 1)[1]))
     return Run(
         id=run_id, requirement="r", pipeline=["qa-engineering"], pipeline_name="custom", created_at=now, updated_at=now
     )
@@ -118,3 +118,12 @@ async def test_audit_append_many_keeps_order_and_is_idempotent(stores: Stores) -
     assert batch[0] == first  # an existing key returns the stored entry
     assert [e.seq for e in batch] == [0, 1, 2] and batch[2].prev_sha256 == batch[1].sha256
     assert (await stores.audit.verify("run-1")).entries == 3
+
+
+async def test_runs_by_status_leave_out_the_excluded_before_the_limit(stores: Stores) -> None:
+    for n in range(4):
+        await stores.runs.create_run(_run(f"run-{n}"))
+    assert [r.id for r in await stores.runs.runs_with_status([RunStatus.RUNNING], limit=2)] == ["run-0", "run-1"]
+    found = await stores.runs.runs_with_status([RunStatus.RUNNING], limit=2, exclude=["run-0", "run-1"])
+    assert [r.id for r in found] == ["run-2", "run-3"]
+    assert await stores.runs.runs_with_status([RunStatus.COMPLETE]) == []

@@ -125,7 +125,7 @@ async def test_batch_approve_takes_only_low_risk_items(desk: Any) -> None:
     assert [e.id for e in outcome.approved] == ["esc-1"]
     refused = dict(outcome.refused)
     assert "high priority is not low-risk" in refused["esc-2"]
-    assert "blocked escalations are not low-risk" in refused["esc-3"]
+    assert "needs an answer, not an approval" in refused["esc-3"]
     assert refused["esc-9"] == "no such escalation"
     assert {e.id for e in await desk.queue.list_open()} == {"esc-2", "esc-3"}  # refused ones untouched
     wider = DecisionDesk(desk.queue, desk.audit, desk.events, low_risk=LowRisk(priorities=frozenset(Priority)))

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from factory.errors import RunBusy
-from hitl.desk import DecisionDesk
+from hitl.base import EscalationKind, Priority
+from hitl.desk import DecisionDesk, LowRisk
 from routing.base import ChatRequest, ChatResponse
 from routing.budget import BudgetedModel, BudgetLimits
 from routing.ledger import RecordingModel
 from routing.scripted import ScriptedModel
 from teams.base import RunStatus, StageStatus
 from teams.gate import GateLimits
+from teams.pipeline import MAX_RESUMES, PipelineEngine
 from tests.unit.teams.test_gate import Harness, result
 
 LOW = result(confidence=0.3)  # COMPLETE below the floor: an approval escalation
@@ -139,3 +143,90 @@ async def test_a_floor_above_one_makes_every_stage_an_approval(tmp_path: Path) -
     assert out.run.status is RunStatus.COMPLETE
     assert approved == [s.team for s in out.stages] and len(approved) == 5
     assert sum(len(p) for p in spy.prompts.values()) == 5  # approving never re-runs a stage
+
+
+class Crash(Exception):
+    """A process killed at that point."""
+
+
+class CrashOnce:
+    """Wraps a store or queue: the named method dies once, as a killed process would."""
+
+    def __init__(self, inner: Any, method: str) -> None:
+        self._inner, self._method, self.armed = inner, method, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        async def once(*args: Any, **kwargs: Any) -> Any:
+            if self.armed:
+                self.armed = False
+                raise Crash(name)
+            return await attr(*args, **kwargs)
+
+        return once
+
+
+async def test_an_approval_after_a_crash_never_accepts_an_earlier_attempts_result(tmp_path: Path) -> None:
+    good = result(confidence=0.95)
+    good["reasoning"] = "third attempt"
+    h, spy, desk = harness(tmp_path, {"teams": {"qa-engineering": [LOW, LOW, good]}})
+    crashing = CrashOnce(h.escalations, "open")
+    h.engine = PipelineEngine(replace(h.engine.deps, escalations=crashing))
+    out = await h.run()
+    await desk.reject(out.escalations[0].id, reason="too shallow", by="ana")
+    crashing.armed = True  # the second attempt's escalation is never stored: the process dies first
+    with pytest.raises(Crash):
+        await h.engine.drive(out.run.id)
+    again = await h.engine.drive(out.run.id)  # no escalation to decide: the stage simply runs again
+    assert again.run.status is RunStatus.COMPLETE
+    qa = (await h.store.stages(out.run.id))[3]
+    assert qa.attempts == 3 and qa.result is not None and qa.result.reasoning == "third attempt"
+
+
+async def test_a_stage_that_kills_every_process_ends_failed_not_in_a_loop(tmp_path: Path) -> None:
+    h, _spy, _desk = harness(tmp_path, {}, GateLimits(iteration_cap=1))
+
+    class Killer(ScriptedModel):
+        async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+            if request.team == "qa-engineering":
+                raise Crash("the model call kills the process")
+            return await super().complete(request, timeout_s=timeout_s)
+
+    h.runner._model = RecordingModel(Killer(), h.store)  # type: ignore[attr-defined]
+    with pytest.raises(Crash):
+        await h.run()
+    [run_id] = list(h.store._runs)
+    for _ in range(MAX_RESUMES - 1):  # each resume dies again, as a worker restarting would see
+        with pytest.raises(Crash):
+            await h.engine.drive(run_id)
+    out = await h.engine.drive(run_id)
+    assert out.run.status is RunStatus.FAILED and "executed 5 times across resumes" in (out.error or "")
+
+
+async def test_a_completion_a_crash_kept_off_the_audit_is_recorded_on_resume(tmp_path: Path) -> None:
+    h, _spy, _desk = harness(tmp_path, {})
+    crashing = CrashOnce(h.audit, "append_many")
+    h.engine = PipelineEngine(replace(h.engine.deps, audit=crashing))
+    crashing.armed = True  # the first stage's commit is stored, its audit entries are not
+    with pytest.raises(Crash):
+        await h.run()
+    [run_id] = list(h.store._runs)
+    out = await h.engine.drive(run_id)
+    assert out.run.status is RunStatus.COMPLETE and out.audit.intact
+    entries = await h.audit.entries(run_id)
+    completions = [json.loads(e.payload) for e in entries if e.kind == "stage.complete"]
+    assert len(completions) == 5 and completions[0].get("recovered") is True
+    assert completions[0]["artifacts"]  # the hashes of what was committed
+
+
+async def test_batch_approval_never_decides_what_needs_an_answer(tmp_path: Path) -> None:
+    blocked = result("BLOCKED", blockers=["which database?"])
+    h, _spy, _desk = harness(tmp_path, {"teams": {"qa-engineering": [blocked]}})
+    out = await h.run()
+    anything = LowRisk(kinds=frozenset(EscalationKind), priorities=frozenset(Priority))
+    desk = DecisionDesk(h.escalations, h.audit, h.bus, low_risk=anything)
+    batch = await desk.batch_approve([out.escalations[0].id], by="ana")
+    assert batch.approved == [] and "needs an answer" in batch.refused[0][1]

@@ -140,3 +140,12 @@ def test_parse_accepts_fenced_json_and_raw_newlines_in_strings() -> None:
 
     body = json.dumps(valid()).replace('"# A"', '"# A\nline two"')
     assert parse_task_result(f"Here you go:\n```json\n{body}\n```").artifacts[0].content == "# A\nline two"
+
+
+def test_an_artifact_cannot_also_be_another_ones_folder() -> None:
+    artifacts = [
+        {"name": "docs", "kind": "markdown", "content": "x"},
+        {"name": "docs/a.md", "kind": "markdown", "content": "y"},
+    ]
+    with pytest.raises(ValidationError, match="also a folder"):
+        TaskResult.model_validate({"status": "COMPLETE", "reasoning": "r", "artifacts": artifacts, "confidence": 0.9})
