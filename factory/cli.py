@@ -6,7 +6,6 @@ Heavy modules are imported inside commands, so a command that calls no model sta
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -155,6 +154,8 @@ def responders(
     settings = load_settings()
 
     async def go() -> None:
+        import asyncio
+
         from factory.wiring import open_factory
 
         stop = asyncio.Event()

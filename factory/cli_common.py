@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -40,6 +39,8 @@ def load_settings() -> Settings:
 
 def run_async(coro: Any) -> Any:
     try:
+        import asyncio  # here, not at the top: commands that run nothing start faster
+
         return asyncio.run(coro)
     except FactoryError as exc:
         err(str(exc), exc.exit_code)

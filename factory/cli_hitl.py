@@ -6,7 +6,6 @@ A decision is recorded at once; the run it unblocks continues in a ``factory wor
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import math
 import sys
@@ -291,6 +290,8 @@ def _decide(settings: Settings, resume: bool | None, decide: Callable[[Factory],
 async def _drive_when_free(factory: Factory, run_id: str) -> Any:
     """Drive the run, waiting (bounded) for a process that holds it only for a moment, e.g. a
     `factory resume` that looked before the decision; None if it stays held (someone drives it)."""
+    import asyncio
+
     from factory.errors import RunBusy
 
     deadline = asyncio.get_running_loop().time() + LEASE_WAIT_S
@@ -323,6 +324,8 @@ def worker(
                 for outcome in step.resumed:
                     typer.echo(f"resumed {outcome.run.id}: {outcome.run.status.value}")
                 return
+            import asyncio
+
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
