@@ -46,18 +46,21 @@ Resume = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _text(value: str, what: str, *, required: bool = True) -> str:
-    """The text of a decision (``-``: standard input), checked before any service is started."""
-    from hitl.desk import MAX_TEXT_BYTES
+def _text(value: str, what: str) -> str:
+    """The text of a decision (``-``: standard input), checked as the desk checks it, before any
+    service is started."""
+    from factory.errors import DecisionRefused
+    from hitl.desk import MAX_TEXT_BYTES, checked_text
 
     if value == "-":
         try:
             value = sys.stdin.read(MAX_TEXT_BYTES + 1)
         except UnicodeDecodeError:
             err(f"the {what} on standard input is not UTF-8 text", EXIT_INPUT)
-    if required and not value.strip():
-        err(f"the {what} is empty; write what the team should know", EXIT_INPUT)
-    return value
+    try:
+        return checked_text(value, what, required=True) or ""
+    except DecisionRefused as exc:
+        err(str(exc), exc.exit_code)
 
 
 def _operator(settings: Settings, by: str | None) -> str:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from factory.errors import FactoryError, RunBusy
 from factory.wiring import Factory
 from teams.base import RunStatus
-from teams.pipeline import PipelineEngine, RunOutcome
+from teams.pipeline import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ class Worker:
 
     def __init__(self, factory: Factory, *, poll_s: float, max_runs_per_pass: int = 20) -> None:
         self._f = factory
-        self._engine: PipelineEngine = factory.engine
         self._poll_s = poll_s
         self._max_runs = max_runs_per_pass
 
@@ -69,7 +68,7 @@ class Worker:
         )
         for run in movable:
             try:
-                outcome = await self._engine.drive(run.id)
+                outcome = await self._f.engine.drive(run.id)
             except RunBusy:
                 step.busy.append(run.id)
                 continue
@@ -86,7 +85,7 @@ class Worker:
         """Run both loops and the heartbeat until ``stop`` is set."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(stop, self._ladder_step, "sla ladder"))
-            group.create_task(self._every(stop, self._resume_step, "resume"))
+            group.create_task(self._every(stop, self.resume_pass, "resume"))
             group.create_task(self._every(stop, self._heartbeat, "heartbeat"))
         with contextlib.suppress(RedisError, OSError):
             await self._f.redis.delete(worker_key(self._f.settings.redis_prefix))
@@ -96,14 +95,11 @@ class Worker:
             log.info("sla ladder: %s at level %d (%s)", escalation.id, escalation.escalation_level,
                      escalation.status.value)  # fmt: skip
 
-    async def _resume_step(self) -> None:
-        await self.resume_pass()
-
     async def _heartbeat(self) -> None:
         ttl = max(5, int(self._poll_s * 3) + 1)
         await self._f.redis.set(worker_key(self._f.settings.redis_prefix), "1", ex=ttl)
 
-    async def _every(self, stop: asyncio.Event, step: Callable[[], Awaitable[None]], name: str) -> None:
+    async def _every(self, stop: asyncio.Event, step: Callable[[], Awaitable[object]], name: str) -> None:
         while not stop.is_set():
             try:
                 await step()

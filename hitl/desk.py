@@ -88,7 +88,14 @@ def decision_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
     return f"escalation.{e.id}.decided", "escalation.decided", payload
 
 
-def _text(value: str | None, what: str, *, required: bool) -> str | None:
+def opened_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
+    """The audit entry of an escalation as it was opened (the key makes recording it idempotent)."""
+    payload = escalation.model_dump(mode="json", exclude={"created_at", "sla_deadline"})
+    return f"escalation.{escalation.id}", "escalation.opened", payload
+
+
+def checked_text(value: str | None, what: str, *, required: bool) -> str | None:
+    """A decision's text, stripped; ``DecisionRefused`` if empty (when required), NUL-bearing or too long."""
     if value is None or not value.strip():
         if required:
             raise DecisionRefused(f"the {what} is empty; write what the team should know")
@@ -122,7 +129,7 @@ class DecisionDesk:
 
     async def answer(self, escalation_id: str, text: str, *, by: str, version: int | None = None) -> Escalation:
         """Answer a question or what unblocks a team; the stage runs again with the answer."""
-        answer = _text(text, "answer", required=True)
+        answer = checked_text(text, "answer", required=True)
         current = await self._waiting(escalation_id, version)
         if current.kind not in _ANSWERABLE:
             raise DecisionRefused(
@@ -136,7 +143,7 @@ class DecisionDesk:
         self, escalation_id: str, *, by: str, notes: str | None = None, version: int | None = None
     ) -> Escalation:
         """Approve a stage's artifacts (or more budget); the run continues."""
-        text = _text(notes, "notes", required=False)
+        text = checked_text(notes, "notes", required=False)
         current = await self._waiting(escalation_id, version)
         if current.kind not in _APPROVABLE:
             raise DecisionRefused(
@@ -147,7 +154,7 @@ class DecisionDesk:
 
     async def reject(self, escalation_id: str, *, reason: str, by: str, version: int | None = None) -> Escalation:
         """Reject with a reason: the stage runs again with it as feedback (a budget: the run stops)."""
-        text = _text(reason, "reason", required=True)
+        text = checked_text(reason, "reason", required=True)
         current = await self._waiting(escalation_id, version)
         return await self._decide(current, EscalationStatus.REJECTED, text, by)
 
@@ -175,7 +182,7 @@ class DecisionDesk:
     ) -> BatchOutcome:
         """Approve each low-risk escalation of ``escalation_ids`` (None: every waiting low-risk one);
         the others named are refused with the reason, and left as they were."""
-        text = _text(notes, "notes", required=False)
+        text = checked_text(notes, "notes", required=False)
         outcome = BatchOutcome()
         if escalation_ids is None:
             candidates = await self.queue.list_open()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import BudgetExceeded, FactoryError, PipelineError, RunNotFound
-from hitl.desk import decision_audit
+from hitl.desk import decision_audit, opened_audit
 from memory.packing import PackedContext
 from observability.base import Event
 from teams.asking import ask_team, unanswered
@@ -31,7 +31,6 @@ from teams.records import (
     StageTiming,
     completion_entry,
     execution_entry,
-    opened_entry,
     stored_artifact,
     validate_requirement,
 )
@@ -222,7 +221,7 @@ class PipelineEngine:
         decision = stage_decision(history)
         # Every escalation of the stage and its decision are on record (idempotent: a crash between
         # an escalation or decision and its audit entry leaves nothing missing once resumed).
-        entries = [opened_entry(e) for e in history]
+        entries = [opened_audit(e) for e in history]
         if decision.decided is not None:
             entries.append(decision_audit(decision.decided))
         if entries:
@@ -281,8 +280,7 @@ class PipelineEngine:
         try:
             await self._d.store.save_stage(stage)
         except BaseException:
-            packing.cancel()
-            await asyncio.gather(packing, return_exceptions=True)
+            await _stop(packing)
             raise
         recall, packed = await packing
         try:
@@ -441,8 +439,7 @@ class PipelineEngine:
             stage.status, stage.finished_at = StageStatus.COMPLETE, now()
             await self._d.store.save_stage(stage, stored)
         except BaseException:
-            retaining.cancel()
-            await asyncio.gather(retaining, return_exceptions=True)
+            await _stop(retaining)
             raise
         entries = [execution.audit] if execution is not None and execution.audit else []
         entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}))
@@ -467,7 +464,7 @@ class PipelineEngine:
         await self._d.store.save_stage(stage)
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
-        await self._d.audit.append(run.id, *opened_entry(escalation))
+        await self._d.audit.append(run.id, *opened_audit(escalation))
         await self._emit(
             "escalation.opened",
             run.id,
@@ -498,3 +495,9 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel a side task whose work lost its purpose (its stage did not commit) and wait for it."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

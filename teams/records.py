@@ -92,12 +92,6 @@ def execution_entry(
     return f"stage.{stage.index}.execution.{stage.attempts}", "stage.execution", payload
 
 
-def opened_entry(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
-    """The audit entry of an escalation as it was opened (the key makes recording it idempotent)."""
-    payload = escalation.model_dump(mode="json", exclude={"created_at", "sla_deadline"})
-    return f"escalation.{escalation.id}", "escalation.opened", payload
-
-
 def completion_entry(stage: StageRecord, hashes: dict[str, str], **extra: Any) -> tuple[str, str, dict[str, Any]]:
     """The audit entry of a committed stage: its artifacts' SHA-256."""
     payload = {"stage": stage.index, "team": stage.team, "artifacts": hashes, **extra}
