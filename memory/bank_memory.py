@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from memory.base import MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained
-from memory.dedupe import unit_rows, within_batch
+from memory.base import MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
+from memory.dedupe import checked, dense, unit_rows, within_batch
 
 
 class InMemoryMemoryStore:
@@ -16,16 +16,15 @@ class InMemoryMemoryStore:
 
     def __init__(self) -> None:
         self._items: list[MemoryItem] = []
-        self._vectors: list[np.ndarray] = []
+        self._vectors: list[np.ndarray | None] = []
 
     async def retain(
-        self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
+        self, items: Sequence[NewMemory], vectors: Sequence[Vector], *, dedupe_at: float | None
     ) -> list[Retained]:
-        if len(items) != len(vectors):
-            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        vectors = checked(items, vectors)
         now = datetime.now(UTC)
         first_of = within_batch(items, vectors, dedupe_at) if dedupe_at is not None else list(range(len(items)))
-        unit = unit_rows(vectors) if items else np.zeros((0, 0), dtype=np.float32)
+        unit = dense(vectors) if items else np.zeros((0, 0), dtype=np.float32)
         outcomes: list[Retained] = []
         for i, item in enumerate(items):
             if first_of[i] != i:
@@ -41,14 +40,14 @@ class InMemoryMemoryStore:
                     continue
             stored = MemoryItem(**item.model_dump(), id=len(self._items) + 1, created_at=now, updated_at=now)
             self._items.append(stored)
-            self._vectors.append(unit[i])
+            self._vectors.append(unit[i] if vectors[i] is not None else None)
             outcomes.append(Retained(item_id=stored.id, merged=False))
         return outcomes
 
     def _nearest(self, item: NewMemory, vector: np.ndarray) -> tuple[int, float] | None:
         best: tuple[int, float] | None = None
         for stored, other in zip(self._items, self._vectors, strict=True):
-            if stored.bank == item.bank and stored.kind == item.kind:
+            if stored.bank == item.bank and stored.kind == item.kind and other is not None:
                 similarity = float(vector @ other)
                 if best is None or similarity > best[1]:
                     best = (stored.id, similarity)
@@ -76,7 +75,10 @@ class InMemoryMemoryStore:
         found = [
             (item, float(query @ other))
             for item, other in zip(self._items, self._vectors, strict=True)
-            if item.bank in banks and (not kinds or item.kind in kinds) and (run_id is None or item.run_id == run_id)
+            if other is not None
+            and item.bank in banks
+            and (not kinds or item.kind in kinds)
+            and (run_id is None or item.run_id == run_id)
         ]
         found.sort(key=lambda pair: pair[1], reverse=True)
         return found[:limit]

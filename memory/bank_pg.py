@@ -19,8 +19,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from factory.errors import MemoryStoreError
-from memory.base import DIMENSIONS, MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained
-from memory.dedupe import within_batch
+from memory.base import DIMENSIONS, MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
+from memory.dedupe import checked, within_batch
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -63,6 +63,19 @@ MIGRATIONS: list[tuple[str, str]] = [
             USING hnsw (embedding halfvec_cosine_ops) WITH (m = 12, ef_construction = 64);
         """,
     ),
+    (
+        # A stage's retention was its HNSW inserts, on the critical path of every stage (~0.5-1.2 ms an
+        # item on 2 cores). Mental models are never searched by similarity: stored without a vector,
+        # they cost no embedding and no index entry. A merge (``seen``, ``also_runs``) changes no
+        # indexed column: with room left on the page it is a HOT update, which re-inserts nothing in
+        # the vector index (at fillfactor 100 every merge was a full HNSW insert of the same vector).
+        "0304_memory_unindexed_models",
+        """
+        ALTER TABLE memory_items ALTER COLUMN embedding DROP NOT NULL;
+        UPDATE memory_items SET embedding = NULL WHERE kind = 'mental_model';
+        ALTER TABLE memory_items SET (fillfactor = 85);
+        """,
+    ),
 ]
 
 _COLUMNS = "id, bank, kind, text, run_id, metadata, seen, created_at, updated_at"
@@ -82,9 +95,13 @@ def vector_text(vector: Sequence[float]) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 
-def _rows(vectors: Sequence[Sequence[float]]) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
-    """Vectors as float32 arrays, sent in pgvector's binary form (a tenth of the text form's work)."""
-    return list(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
+Row = np.ndarray[Any, np.dtype[np.float32]] | None
+
+
+def _rows(vectors: Sequence[Vector]) -> list[Row]:
+    """Vectors as float32 arrays, sent in pgvector's binary form (a tenth of the text form's work);
+    ``None`` stays ``None`` (stored as NULL)."""
+    return [None if v is None else np.asarray(v, dtype=np.float32) for v in vectors]
 
 
 def _search_settings(ef_search: int) -> str:
@@ -93,6 +110,20 @@ def _search_settings(ef_search: int) -> str:
     return (
         f"SELECT set_config('hnsw.ef_search', '{int(ef_search)}', true),"
         " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+    )
+
+
+def _retain_settings() -> str:
+    """A retain transaction's settings: the dedupe lookup's HNSW settings, and an asynchronous commit.
+
+    Memory is derived: a stage's retention lost to a database crash in the instant after its commit
+    (nothing else can lose it: WAL is written in order, so the next durable commit, such as the next
+    stage's record, makes it durable too) is retained again on resume (``unretained``). Not waiting
+    for the WAL flush takes a disk sync off every stage's critical path."""
+    return (
+        f"SELECT set_config('hnsw.ef_search', '{DEDUPE_EF_SEARCH}', true),"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        " set_config('synchronous_commit', 'off', true)"
     )
 
 
@@ -145,10 +176,9 @@ class PgVectorMemoryStore:
         self._binary.add(conn)
 
     async def retain(
-        self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
+        self, items: Sequence[NewMemory], vectors: Sequence[Vector], *, dedupe_at: float | None
     ) -> list[Retained]:
-        if len(items) != len(vectors):
-            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        vectors = checked(items, vectors)
         if not items:
             return []
         now = datetime.now(UTC)
@@ -159,6 +189,7 @@ class PgVectorMemoryStore:
             conn = await stack.enter_async_context(self._pool.connection())
             await stack.enter_async_context(conn.transaction())
             await self._binary_vectors(conn)
+            await conn.execute(_retain_settings())
             nearest = await self._nearest_stored(conn, items, rows) if dedupe_at is not None else {}
             merges: dict[int, list[int]] = {}  # stored item id -> batch positions merged into it
             for i in range(len(items)):
@@ -218,6 +249,7 @@ class PgVectorMemoryStore:
                 break
             await self._binary_vectors(conn)
             await stack.enter_async_context(conn.transaction())
+            await conn.execute(_retain_settings())
             spare.append(conn)
         return spare
 
@@ -225,7 +257,7 @@ class PgVectorMemoryStore:
         self,
         writers: Sequence[AsyncConnection[Any]],
         items: Sequence[NewMemory],
-        vectors: Sequence[np.ndarray[Any, Any]],
+        vectors: Sequence[Row],
         now: datetime,
     ) -> list[int]:
         """Contiguous slices of the rows, one per writer, inserted at once; ids in the rows' order."""
@@ -249,38 +281,34 @@ class PgVectorMemoryStore:
 
     @staticmethod
     async def _nearest_stored(
-        conn: Any, items: Sequence[NewMemory], vectors: Sequence[np.ndarray[Any, Any]]
+        conn: Any, items: Sequence[NewMemory], vectors: Sequence[Row]
     ) -> dict[int, tuple[int, float]]:
         """For each item of a kind that merges, the most similar stored item of the same bank and kind:
         one round trip."""
         wanted = [i for i, item in enumerate(items) if item.kind in MERGEABLE]
         if not wanted:
             return {}
-        async with conn.pipeline():
-            await conn.execute(_search_settings(DEDUPE_EF_SEARCH))
-            cursor = await conn.execute(
-                """
-                SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
-                FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
-                CROSS JOIN LATERAL (
-                    SELECT m.id, m.embedding FROM memory_items m
-                    WHERE m.bank = new.bank AND m.kind = new.kind
-                    ORDER BY m.embedding <=> new.vec LIMIT 1
-                ) AS near
-                """,
-                (
-                    wanted,
-                    [items[i].bank for i in wanted],
-                    [items[i].kind.value for i in wanted],
-                    [vectors[i] for i in wanted],
-                ),
-            )
-            return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
+        cursor = await conn.execute(
+            """
+            SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
+            FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
+            CROSS JOIN LATERAL (
+                SELECT m.id, m.embedding FROM memory_items m
+                WHERE m.bank = new.bank AND m.kind = new.kind
+                ORDER BY m.embedding <=> new.vec LIMIT 1
+            ) AS near
+            """,
+            (
+                wanted,
+                [items[i].bank for i in wanted],
+                [items[i].kind.value for i in wanted],
+                [vectors[i] for i in wanted],
+            ),
+        )
+        return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
 
     @staticmethod
-    async def _insert(
-        conn: Any, items: Sequence[NewMemory], vectors: Sequence[np.ndarray[Any, Any]], now: datetime
-    ) -> list[int]:
+    async def _insert(conn: Any, items: Sequence[NewMemory], vectors: Sequence[Row], now: datetime) -> list[int]:
         if not items:
             return []
         cursor = await conn.execute(
@@ -315,8 +343,8 @@ class PgVectorMemoryStore:
     ) -> list[tuple[MemoryItem, float]]:
         if limit <= 0 or not banks:
             return []
-        filters = ["bank = ANY(%(banks)s)"]
-        params: dict[str, Any] = {"banks": list(banks), "vec": _rows([vector])[0], "limit": limit}
+        filters = ["bank = ANY(%(banks)s)", "embedding IS NOT NULL"]
+        params: dict[str, Any] = {"banks": list(banks), "vec": np.asarray(vector, dtype=np.float32), "limit": limit}
         if kinds:
             filters.append("kind = ANY(%(kinds)s)")
             params["kinds"] = [k.value for k in kinds]

@@ -24,6 +24,13 @@ class MemoryKind(StrEnum):
 #: Kinds whose near-duplicates merge. A mental model never does: the newest one is current.
 MERGEABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_MODEL}
 
+#: Kinds found by similarity. A mental model is found by its bank (the newest one), never by a
+#: search: it is stored without a vector, which spares its embedding and its vector index entry.
+SEARCHABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_MODEL}
+
+#: One item's vector; ``None`` for an item of a kind that is not ``SEARCHABLE``.
+Vector = Sequence[float] | None
+
 
 class NewMemory(BaseModel):
     """An item to retain in a bank (its vector is computed by the gateway)."""
@@ -66,10 +73,13 @@ class MemoryStore(Protocol):
     """Banks of items with vectors; cosine search; near-duplicates merged, not stored twice."""
 
     async def retain(
-        self, items: Sequence[NewMemory], vectors: Sequence[Sequence[float]], *, dedupe_at: float | None
+        self, items: Sequence[NewMemory], vectors: Sequence[Vector], *, dedupe_at: float | None
     ) -> list[Retained]:
         """Store items; with ``dedupe_at``, an item of a ``MERGEABLE`` kind at least that similar to one
-        of the same bank and kind (stored, or earlier in the batch) is merged into it instead."""
+        of the same bank and kind (stored, or earlier in the batch) is merged into it instead.
+
+        Every ``SEARCHABLE`` item needs its vector; others are stored without one (a vector given
+        for them is not kept)."""
         ...
 
     async def search(
@@ -81,7 +91,8 @@ class MemoryStore(Protocol):
         kinds: Sequence[MemoryKind] | None = None,
         run_id: str | None = None,
     ) -> list[tuple[MemoryItem, float]]:
-        """The ``limit`` items nearest to ``vector`` (cosine similarity, best first)."""
+        """The ``limit`` items nearest to ``vector`` (cosine similarity, best first); only
+        ``SEARCHABLE`` items are ever found."""
         ...
 
     async def latest(self, bank: str, kind: MemoryKind) -> MemoryItem | None:

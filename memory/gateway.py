@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from memory.base import SHARED_BANK, MemoryKind, MemoryStore, NewMemory, Recalled, Retained
+from memory.base import SEARCHABLE, SHARED_BANK, MemoryKind, MemoryStore, NewMemory, Recalled, Retained
 from routing.base import Embedder
 
 TokenCount = Callable[[str], int]
@@ -55,12 +55,14 @@ class MemoryGateway:
         return await self._embedder.embed(list(texts), timeout_s=self._timeout_s) if texts else []
 
     async def retain(self, items: Sequence[NewMemory], *, dedupe: bool = True) -> list[Retained]:
-        """Embed and store; near-duplicates (same bank and kind) are merged, not stored twice."""
+        """Embed and store; near-duplicates (same bank and kind) are merged, not stored twice. Only
+        ``SEARCHABLE`` items are embedded (a mental model is found by its bank)."""
         if not items:
             return []
-        unique = list(dict.fromkeys(i.text for i in items))  # the same text in two banks is embedded once
+        # The same text in two banks is embedded once.
+        unique = list(dict.fromkeys(i.text for i in items if i.kind in SEARCHABLE))
         by_text = dict(zip(unique, await self.embed(unique), strict=True))
-        vectors = [by_text[i.text] for i in items]
+        vectors = [by_text.get(i.text) if i.kind in SEARCHABLE else None for i in items]
         return await self.store.retain(items, vectors, dedupe_at=self.dedupe_at if dedupe else None)
 
     async def recall(
@@ -78,12 +80,12 @@ class MemoryGateway:
     ) -> list[Recalled]:
         """The best items for ``query`` from ``team``'s bank (and the shared world), best first,
         as many as fit in ``budget_tokens``; ``banks`` overrides which banks are searched."""
-        if not query.strip() or budget_tokens <= 0:
+        wanted = [k for k in (kinds or MemoryKind) if k in SEARCHABLE]  # a mental model is never searched
+        if not query.strip() or budget_tokens <= 0 or not wanted:
             return []
         [vector] = await self.embed([query])
         if banks is None:
             banks = [team, SHARED_BANK] if shared and team != SHARED_BANK else [team]
-        wanted = list(kinds) if kinds else [k for k in MemoryKind if k is not MemoryKind.MENTAL_MODEL]
         found = await self.store.search(banks, vector, limit=limit * self.policy.overfetch, kinds=wanted, run_id=run_id)
         now = datetime.now(UTC)
         ranked = sorted(

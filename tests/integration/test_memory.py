@@ -154,6 +154,39 @@ async def test_mental_models_never_merge_the_newest_is_current(store: MemoryStor
     assert latest is not None and latest.text == "A" and latest.id == again[0].item_id
 
 
+class CountingEmbedder:
+    """Unit vectors from a text's length; remembers every text it was asked to embed."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
+        self.texts += texts
+        return [[1.0, float(len(t))] + [0.0] * (DIMENSIONS - 2) for t in texts]
+
+
+async def test_mental_models_are_stored_without_a_vector_and_never_searched(store: MemoryStore) -> None:
+    embedder = CountingEmbedder()
+    gateway = MemoryGateway(store, embedder)
+    model = NewMemory(bank=TEAM, kind=MemoryKind.MENTAL_MODEL, text="What the team knows", run_id="run-1")
+    outcome = await gateway.retain([model, fact(NEEDLE)])
+    assert embedder.texts == [NEEDLE] and not any(r.merged for r in outcome)  # the model is not embedded
+    # found by its bank, never by a search (of any kind list, in or out of the run)
+    assert (await gateway.mental_model(TEAM)) == "What the team knows"
+    vector = [1.0, float(len(model.text))] + [0.0] * (DIMENSIONS - 2)
+    for run_id in (None, "run-1"):
+        found = await store.search([TEAM], vector, limit=10, run_id=run_id)
+        assert [item.text for item, _ in found] == [NEEDLE]
+    assert await gateway.recall(TEAM, "team knows", budget_tokens=500, kinds=[MemoryKind.MENTAL_MODEL]) == []
+    # a vector given for a mental model is not kept; a searchable item without one is refused
+    await store.retain([model], [vector], dedupe_at=0.92)
+    assert [item.text for item, _ in await store.search([TEAM], vector, limit=10)] == [NEEDLE]
+    with pytest.raises(ValueError, match="fact item needs its vector"):
+        await store.retain([fact("no vector")], [None], dedupe_at=None)
+    with pytest.raises(ValueError, match="1 items but 2 vectors"):
+        await store.retain([fact("two vectors")], [vector, vector], dedupe_at=None)
+
+
 def random_batch(n: int, seed: int = 11) -> tuple[list[NewMemory], list[list[float]]]:
     """``n`` facts with random unit vectors, spread over two banks."""
     rows = np.random.default_rng(seed).standard_normal((n, DIMENSIONS))
