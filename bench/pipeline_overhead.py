@@ -1,12 +1,13 @@
 """Orchestration overhead per stage (Phase 1 and the 17-team pipeline), wall time of runs on the
 embedded SmolLM2, and CLI start-up time. Prints JSON.
 
-Overhead is a stage's wall time minus the time spent inside the chat model (a zero-latency scripted
-model here): store, audit, ledger, events, artifact writes, memory packing and retention, on real
-PostgreSQL and Redis. ``overhead_per_stage`` uses a zero-latency embedder as well (the factory's
-own work); ``..._with_embedding_inference`` the real local/embed model (all-MiniLM-L6-v2 on the
-CPU), whose time per stage is reported beside; ``..._without_memory`` the engine with no memory
-wired, to show what packing and retention cost. Phase 1 and full runs alternate, so their ratio
+Overhead is a stage's wall time minus the time spent inside the chat model and the embedder
+(zero-latency fakes here, as the issue asks of the model): store, audit, ledger, events, artifact
+writes, memory packing and retention, on real PostgreSQL and Redis. ``overhead_per_stage`` is the
+factory with memory wired; ``..._without_memory`` the engine with no memory wired, to show what
+packing and retention (mostly pgvector's HNSW inserts) cost; ``..._with_embedding_inference`` the
+real local/embed model (all-MiniLM-L6-v2 on the CPU), whose time per stage is counted in and
+reported beside. Phase 1 and full runs alternate, so their ratio
 compares like with like on a machine whose speed drifts.
 
     python -m bench.pipeline_overhead [--runs 30] [--no-smollm2] [--no-full-smollm2] [--revisions 8]
@@ -63,18 +64,23 @@ class TimedModel:
 
 
 class TimedEmbedder:
-    """Measures time spent embedding (local/embed through the router), in total."""
+    """Measures time spent embedding (local/embed through the router): each call's interval."""
 
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
-        self.seconds = 0.0
+        self.calls: list[tuple[float, float]] = []
 
     async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
         started = time.perf_counter()
         try:
             return await self.inner.embed(texts, timeout_s=timeout_s)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.calls.append((started, time.perf_counter()))
+
+    def within(self, start: float, seconds: float) -> float:
+        """Seconds spent embedding inside ``[start, start + seconds]`` (a stage's wall time)."""
+        end = start + seconds
+        return sum(max(0.0, min(e, end) - max(s, start)) for s, e in self.calls)
 
 
 class ZeroLatencyEmbedder:
@@ -107,29 +113,67 @@ def _figures(per_stage: list[float], embedding: list[float] | None = None) -> di
 
 
 async def overhead(
-    settings: Settings, runs: int, *, real_embedder: bool, memory: bool = True
-) -> dict[str, dict[str, float]]:
-    """Per-stage overhead of Phase 1 and of the 17-stage pipeline, their runs interleaved so both see
-    the same machine (a shared machine's speed drifts over minutes). With ``real_embedder`` the
-    stage's time also holds local/embed inference (its total per stage is reported beside); without
-    ``memory`` the engine runs as it does with no memory wired (stages read earlier artifacts)."""
+    settings: Settings, runs: int, *, real_embedder: bool, without_memory: bool = False
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
+    """Per-stage overhead of Phase 1 and of the 17-stage pipeline, with memory wired and (with
+    ``without_memory``) without it, all runs interleaved so every variant sees the same machine (a
+    shared machine's speed drifts over minutes). With ``real_embedder`` the stage's time also holds
+    local/embed inference (its total per stage is reported beside); without memory the engine runs
+    as it does with no memory wired (stages read earlier artifacts). Also what memory wrote, per stage
+    with memory: new rows, merges (updates) and the share of merges that were HOT updates."""
     model = TimedModel(ScriptedModel())
     timed = TimedEmbedder(LiteLLMRouter(aliases.plan()) if real_embedder else ZeroLatencyEmbedder())
-    per_stage: dict[str, list[float]] = {"phase1": [], "full": []}
-    embedding: dict[str, list[float]] = {"phase1": [], "full": []}
+    variants = ["with_memory", "without_memory"] if without_memory else ["with_memory"]
+    pipelines = ["phase1", "full"]
+    per_stage: dict[tuple[str, str], list[float]] = {(v, p): [] for v in variants for p in pipelines}
+    embedding: dict[tuple[str, str], list[float]] = {(v, p): [] for v in variants for p in pipelines}
     async with open_factory(settings, model=model, embedder=timed) as factory:
-        engine = factory.engine if memory else PipelineEngine(replace(factory.engine.deps, memory=None))
-        for pipeline in per_stage:  # warm-up: connections, caches, the embedding model
-            await engine.start(REQ, pipeline)
+        engines = {
+            "with_memory": factory.engine,
+            "without_memory": PipelineEngine(replace(factory.engine.deps, memory=None)),
+        }
+        for variant, pipeline in per_stage:  # warm-up: connections, caches, the embedding model
+            await engines[variant].start(REQ, pipeline)
+        rows_before = await memory_rows(factory)
         for _ in range(runs):
-            for pipeline in per_stage:
+            for variant, pipeline in per_stage:
                 model.seconds.clear()
-                timed.seconds = 0.0
-                outcome = await engine.start(REQ, pipeline)
+                timed.calls.clear()
+                outcome = await engines[variant].start(REQ, pipeline)
                 assert outcome.run.status.value == "complete", outcome
-                per_stage[pipeline] += [(t.wall_s - model.seconds[t.team]) * 1000 for t in outcome.timings]
-                embedding[pipeline].append(timed.seconds * 1000 / len(outcome.timings))
-    return {p: _figures(per_stage[p], embedding[p] if real_embedder else None) for p in per_stage}
+                for t in outcome.timings:
+                    inside = timed.within(t.started_s, t.wall_s)
+                    # Like the model's, the zero-latency embedder's own time is not the factory's work;
+                    # real inference is part of the stage (and reported beside).
+                    kept = inside if real_embedder else 0.0
+                    per_stage[variant, pipeline].append((t.wall_s - model.seconds[t.team] - inside + kept) * 1000)
+                    embedding[variant, pipeline].append(inside * 1000)
+        rows_after = await memory_rows(factory)
+    figures = {
+        v: {p: _figures(per_stage[v, p], embedding[v, p] if real_embedder else None) for p in pipelines}
+        for v in variants
+    }
+    stages = sum(len(per_stage["with_memory", p]) for p in pipelines)
+    updates = rows_after[1] - rows_before[1]
+    written = {
+        "new_rows": round((rows_after[0] - rows_before[0]) / stages, 2),
+        "merges": round(updates / stages, 2),
+        "merges_hot_share": round((rows_after[2] - rows_before[2]) / max(1, updates), 3),
+    }
+    return figures, written
+
+
+async def memory_rows(factory: Factory) -> tuple[int, int, int]:
+    """Rows in ``memory_items``, and its updates and HOT updates so far (statistics may lag ~1 s)."""
+    async with factory.pool.connection() as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        cursor = await conn.execute(
+            "SELECT (SELECT count(*) FROM memory_items), n_tup_upd, n_tup_hot_upd"
+            " FROM pg_stat_user_tables WHERE relname = 'memory_items'"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 OPERATOR_FEEDBACK = "Proceed on your stated assumptions and deliver the artifacts; the operator accepts the risk."
@@ -223,12 +267,21 @@ async def main() -> None:
         report: dict[str, object] = {"machine_reference_loop_s": machine_reference()}
         try:
             if not args.no_overhead:
-                bare = await overhead(settings, args.runs, real_embedder=False)
+                both, written = await overhead(settings, args.runs, real_embedder=False, without_memory=True)
+                bare, core = both["with_memory"], both["without_memory"]
                 report["overhead_per_stage"] = bare
                 report["full_over_phase1_ratio"] = round(bare["full"]["median_ms"] / bare["phase1"]["median_ms"], 3)
-                core = await overhead(settings, args.runs, real_embedder=False, memory=False)
                 report["overhead_per_stage_without_memory"] = core
-                inferred = await overhead(settings, max(2, args.runs // 3), real_embedder=True)
+                report["full_over_phase1_ratio_without_memory"] = round(
+                    core["full"]["median_ms"] / core["phase1"]["median_ms"], 3
+                )
+                memory_ms = bare["full"]["median_ms"] - core["full"]["median_ms"]
+                report["memory_per_stage"] = {
+                    "ms": round(memory_ms, 3),
+                    **written,
+                    "ms_per_row_written": round(memory_ms / max(0.01, written["new_rows"] + written["merges"]), 3),
+                }
+                inferred = (await overhead(settings, max(2, args.runs // 3), real_embedder=True))[0]["with_memory"]
                 report["overhead_per_stage_with_embedding_inference"] = inferred
                 report["full_over_phase1_ratio_with_embedding_inference"] = round(
                     inferred["full"]["median_ms"] / inferred["phase1"]["median_ms"], 3
@@ -241,7 +294,11 @@ async def main() -> None:
             services.stop(Path(tmp))
     report["teams_list_startup"] = cli_startup()
     report["goals"] = {
+        # issue 3: the pipeline's own work per stage (it predates memory, whose writes are held to
+        # bench.memory's ingest goal, >= 1,000 items/s: at most 1 ms an item)
         "median_ms": 5.0,
+        "median_ms_applies_to": "overhead_per_stage_without_memory",
+        "memory_ms_per_row_written": 1.0,
         "full_over_phase1_ratio": 1.2,
         "phase1_smollm2_wall_s": 60.0,
         "full_smollm2_wall_s": 240.0,

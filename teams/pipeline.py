@@ -297,7 +297,7 @@ class PipelineEngine:
         else:
             await self._escalate(run, stage, execution.result, decision)
             advanced = False
-        timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s))
+        timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s, started))
         return advanced
 
     async def _memory_context(

@@ -63,6 +63,7 @@ class StageTiming:
     team: str
     wall_s: float
     model_s: float
+    started_s: float = 0.0  # ``time.perf_counter()`` at the stage's start: other timed work can be placed in it
 
 
 @dataclass
