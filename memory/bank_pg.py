@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from factory.errors import MemoryStoreError
-from memory.base import DIMENSIONS, MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
+from memory.base import DIMENSIONS, MERGEABLE, SEARCHABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
 from memory.dedupe import checked, within_batch
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -69,6 +69,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         # they cost no embedding and no index entry. A merge (``seen``, ``also_runs``) changes no
         # indexed column: with room left on the page it is a HOT update, which re-inserts nothing in
         # the vector index (at fillfactor 100 every merge was a full HNSW insert of the same vector).
+        # The fillfactor applies to pages written from now on; older pages get room when the table
+        # is rewritten (VACUUM FULL).
         "0304_memory_unindexed_models",
         """
         ALTER TABLE memory_items ALTER COLUMN embedding DROP NOT NULL;
@@ -110,20 +112,6 @@ def _search_settings(ef_search: int) -> str:
     return (
         f"SELECT set_config('hnsw.ef_search', '{int(ef_search)}', true),"
         " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-    )
-
-
-def _retain_settings() -> str:
-    """A retain transaction's settings: the dedupe lookup's HNSW settings, and an asynchronous commit.
-
-    Memory is derived: a stage's retention lost to a database crash in the instant after its commit
-    (nothing else can lose it: WAL is written in order, so the next durable commit, such as the next
-    stage's record, makes it durable too) is retained again on resume (``unretained``). Not waiting
-    for the WAL flush takes a disk sync off every stage's critical path."""
-    return (
-        f"SELECT set_config('hnsw.ef_search', '{DEDUPE_EF_SEARCH}', true),"
-        " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('synchronous_commit', 'off', true)"
     )
 
 
@@ -189,7 +177,6 @@ class PgVectorMemoryStore:
             conn = await stack.enter_async_context(self._pool.connection())
             await stack.enter_async_context(conn.transaction())
             await self._binary_vectors(conn)
-            await conn.execute(_retain_settings())
             nearest = await self._nearest_stored(conn, items, rows) if dedupe_at is not None else {}
             merges: dict[int, list[int]] = {}  # stored item id -> batch positions merged into it
             for i in range(len(items)):
@@ -197,7 +184,12 @@ class PgVectorMemoryStore:
                 if first_of[i] == i and near is not None and dedupe_at is not None and near[1] >= dedupe_at:
                     outcomes[i] = Retained(item_id=near[0], merged=True, similarity=round(near[1], 4))
                     merges.setdefault(near[0], []).append(i)
-            fresh = [i for i in range(len(items)) if first_of[i] == i and outcomes[i] is None]
+            # Items that are not searchable (a stage's mental model, which marks its memory as retained)
+            # go first, into this connection's slice: its transaction commits last.
+            fresh = sorted(
+                (i for i in range(len(items)) if first_of[i] == i and outcomes[i] is None),
+                key=lambda i: items[i].kind in SEARCHABLE,
+            )
             writers = [conn, *await self._spare_writers(stack, len(fresh))]
             ids = await self._insert_over(writers, [items[i] for i in fresh], [rows[i] for i in fresh], now)
             for i, item_id in zip(fresh, ids, strict=True):
@@ -249,7 +241,6 @@ class PgVectorMemoryStore:
                 break
             await self._binary_vectors(conn)
             await stack.enter_async_context(conn.transaction())
-            await conn.execute(_retain_settings())
             spare.append(conn)
         return spare
 
@@ -288,24 +279,26 @@ class PgVectorMemoryStore:
         wanted = [i for i, item in enumerate(items) if item.kind in MERGEABLE]
         if not wanted:
             return {}
-        cursor = await conn.execute(
-            """
-            SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
-            FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
-            CROSS JOIN LATERAL (
-                SELECT m.id, m.embedding FROM memory_items m
-                WHERE m.bank = new.bank AND m.kind = new.kind
-                ORDER BY m.embedding <=> new.vec LIMIT 1
-            ) AS near
-            """,
-            (
-                wanted,
-                [items[i].bank for i in wanted],
-                [items[i].kind.value for i in wanted],
-                [vectors[i] for i in wanted],
-            ),
-        )
-        return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
+        async with conn.pipeline():
+            await conn.execute(_search_settings(DEDUPE_EF_SEARCH))
+            cursor = await conn.execute(
+                """
+                SELECT new.ord, near.id, 1 - (near.embedding <=> new.vec) AS similarity
+                FROM unnest(%s::int[], %s::text[], %s::text[], %b::vector[]::halfvec[]) AS new(ord, bank, kind, vec)
+                CROSS JOIN LATERAL (
+                    SELECT m.id, m.embedding FROM memory_items m
+                    WHERE m.bank = new.bank AND m.kind = new.kind
+                    ORDER BY m.embedding <=> new.vec LIMIT 1
+                ) AS near
+                """,
+                (
+                    wanted,
+                    [items[i].bank for i in wanted],
+                    [items[i].kind.value for i in wanted],
+                    [vectors[i] for i in wanted],
+                ),
+            )
+            return {row[0]: (row[1], float(row[2])) for row in await cursor.fetchall()}
 
     @staticmethod
     async def _insert(conn: Any, items: Sequence[NewMemory], vectors: Sequence[Row], now: datetime) -> list[int]:

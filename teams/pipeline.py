@@ -107,19 +107,24 @@ class PipelineEngine:
             for index, slug in enumerate(run.pipeline)
         ]
         await self._d.store.create_run(run, stages)
-        await self._d.audit.append(
-            run.id,
-            "run.created",
-            "run.created",
-            {
-                "requirement": run.requirement,
-                "pipeline": run.pipeline,
-                "pipeline_name": run.pipeline_name,
-                "parent_run_id": run.parent_run_id,
-                "feedback": run.feedback,
-                **(link or {}),
-            },
-        )
+        created = {
+            "requirement": run.requirement,
+            "pipeline": run.pipeline,
+            "pipeline_name": run.pipeline_name,
+            "parent_run_id": run.parent_run_id,
+            "feedback": run.feedback,
+            **(link or {}),
+        }
+        # A reused stage's completion is recorded with the run's creation, naming the run it comes
+        # from (not later, as if a crash had kept it off the audit).
+        reused_entries = [
+            completion_entry(
+                s, {a.name: sha256_text(a.content) for a in s.result.artifacts}, reused_from=run.parent_run_id
+            )
+            for s in stages[: len(reused)]
+            if s.result is not None
+        ]
+        await self._d.audit.append_many(run.id, [("run.created", "run.created", created), *reused_entries])
         await self._emit("run.started", run.id, pipeline=run.pipeline, artifacts_dir=run.artifacts_dir)
 
     async def drive(self, run_id: str, *, leased: bool = False) -> RunOutcome:

@@ -150,10 +150,11 @@ class Crash(Exception):
 
 
 class CrashOnce:
-    """Wraps a store or queue: the named method dies once, as a killed process would."""
+    """Wraps a store or queue: the named method dies once (once armed, after ``after`` calls go
+    through), as a killed process would."""
 
-    def __init__(self, inner: Any, method: str) -> None:
-        self._inner, self._method, self.armed = inner, method, False
+    def __init__(self, inner: Any, method: str, *, after: int = 0) -> None:
+        self._inner, self._method, self.armed, self._after = inner, method, False, after
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -162,8 +163,11 @@ class CrashOnce:
 
         async def once(*args: Any, **kwargs: Any) -> Any:
             if self.armed:
-                self.armed = False
-                raise Crash(name)
+                if self._after:
+                    self._after -= 1
+                else:
+                    self.armed = False
+                    raise Crash(name)
             return await attr(*args, **kwargs)
 
         return once
@@ -208,7 +212,7 @@ async def test_a_stage_that_kills_every_process_ends_failed_not_in_a_loop(tmp_pa
 
 async def test_a_completion_a_crash_kept_off_the_audit_is_recorded_on_resume(tmp_path: Path) -> None:
     h, _spy, _desk = harness(tmp_path, {})
-    crashing = CrashOnce(h.audit, "append_many")
+    crashing = CrashOnce(h.audit, "append_many", after=1)  # the run's creation is recorded
     h.engine = PipelineEngine(replace(h.engine.deps, audit=crashing))
     crashing.armed = True  # the first stage's commit is stored, its audit entries are not
     with pytest.raises(Crash):

@@ -43,8 +43,17 @@ async def test_revision_reuses_earlier_stages_and_anchors_feedback(tmp_path: Pat
 
     assert await h.audit.entries(parent.run.id) == parent_audit  # the parent is untouched
     assert (await h.store.get_run(parent.run.id)).status is RunStatus.COMPLETE  # type: ignore[union-attr]
-    created = json.loads((await h.audit.entries(out.run.id))[0].payload)
+    entries = await h.audit.entries(out.run.id)
+    created = json.loads(entries[0].payload)
     assert created["parent_run_id"] == parent.run.id and created["revised_from_team"] == "backend-engineering"
+    # the reused stages' completions come with the creation, naming their run (never "recovered")
+    assert [e.key for e in entries[1:3]] == ["stage.0.complete", "stage.1.complete"]
+    parent_hashes = {e.key: json.loads(e.payload)["artifacts"] for e in parent_audit if e.kind == "stage.complete"}
+    for entry in entries[1:3]:
+        payload = json.loads(entry.payload)
+        assert payload["reused_from"] == parent.run.id and "recovered" not in payload
+        assert payload["artifacts"] == parent_hashes[entry.key]
+    assert not any(json.loads(e.payload).get("recovered") for e in entries)
     assert created["parent_audit_head_sha256"] == parent.audit.head_sha256
     manifest = json.loads((Path(out.run.artifacts_dir) / "manifest.json").read_text())
     assert len(manifest["artifacts"]) == 9 and (Path(out.run.artifacts_dir) / "analysis" / "scope.md").is_file()
