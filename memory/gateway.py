@@ -62,7 +62,7 @@ class MemoryGateway:
         # The same text in two banks is embedded once.
         unique = list(dict.fromkeys(i.text for i in items if i.kind in SEARCHABLE))
         by_text = dict(zip(unique, await self.embed(unique), strict=True))
-        vectors = [by_text.get(i.text) if i.kind in SEARCHABLE else None for i in items]
+        vectors = [by_text[i.text] if i.kind in SEARCHABLE else None for i in items]
         return await self.store.retain(items, vectors, dedupe_at=self.dedupe_at if dedupe else None)
 
     async def recall(

@@ -21,7 +21,7 @@ from memory.packing import PackedContext
 from observability.base import Event
 from teams.asking import ask_team, unanswered
 from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
-from teams.bundle import sha256_text, write_artifacts
+from teams.bundle import write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, Verdict, decide
@@ -31,6 +31,7 @@ from teams.records import (
     StageTiming,
     completion_entry,
     execution_entry,
+    result_completion_entry,
     stored_artifact,
     validate_requirement,
 )
@@ -117,13 +118,7 @@ class PipelineEngine:
         }
         # A reused stage's completion is recorded with the run's creation, naming the run it comes
         # from (not later, as if a crash had kept it off the audit).
-        reused_entries = [
-            completion_entry(
-                s, {a.name: sha256_text(a.content) for a in s.result.artifacts}, reused_from=run.parent_run_id
-            )
-            for s in stages[: len(reused)]
-            if s.result is not None
-        ]
+        reused_entries = [result_completion_entry(s, reused_from=run.parent_run_id) for s in stages[: len(reused)]]
         await self._d.audit.append_many(run.id, [("run.created", "run.created", created), *reused_entries])
         await self._emit("run.started", run.id, pipeline=run.pipeline, artifacts_dir=run.artifacts_dir)
 
@@ -192,9 +187,7 @@ class PipelineEngine:
             return
         recorded = {e.key for e in await self._d.audit.entries(run.id)}
         missing = [
-            completion_entry(s, {a.name: sha256_text(a.content) for a in s.result.artifacts}, recovered=True)
-            for s in complete
-            if s.result is not None and f"stage.{s.index}.complete" not in recorded
+            result_completion_entry(s, recovered=True) for s in complete if f"stage.{s.index}.complete" not in recorded
         ]
         if missing:
             log.warning("run %s: recording %d stage completions a crash left unaudited", run.id, len(missing))

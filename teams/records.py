@@ -99,6 +99,12 @@ def completion_entry(stage: StageRecord, hashes: dict[str, str], **extra: Any) -
     return f"stage.{stage.index}.complete", "stage.complete", payload
 
 
+def result_completion_entry(stage: StageRecord, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+    """``completion_entry`` of a stage from its stored result (its artifacts' text hashed)."""
+    artifacts = stage.result.artifacts if stage.result is not None else []
+    return completion_entry(stage, {a.name: sha256_text(a.content) for a in artifacts}, **extra)
+
+
 def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredArtifact:
     """The store's record of an artifact written to the run's bundle."""
     return StoredArtifact(
