@@ -7,7 +7,8 @@
     ├── ServiceUnavailable         Postgres, Redis or a model cannot be reached (CLI exit 1)
     ├── PipelineError              a run cannot proceed
     │   ├── RunNotFound
-    │   └── RunBusy                another process is driving the run
+    │   ├── RunBusy                another process is driving the run
+    │   └── LeaseLost              this process lost the run it drove to another
     ├── RoutingError               a model call failed on every deployment
     │   └── BudgetExceeded
     ├── BrokerError
@@ -63,6 +64,10 @@ class RunNotFound(PipelineError):
 
 class RunBusy(PipelineError):
     """Another process holds the run (it is being driven); nothing was changed."""
+
+
+class LeaseLost(PipelineError):
+    """This process no longer holds the run it was driving (another took it over); it wrote nothing more."""
 
 
 class RoutingError(FactoryError):
@@ -121,6 +126,7 @@ __all__ = [
     "EscalationNotFound",
     "FactoryError",
     "InputError",
+    "LeaseLost",
     "MemoryStoreError",
     "PipelineError",
     "RoutingError",

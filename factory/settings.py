@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     hitl_low_risk_priorities: str = "low"
     operator: str | None = None  # decided_by of CLI decisions; default: the OS user
     worker_poll_s: float = Field(default=2.0, gt=0, le=300)  # `factory worker`: SLA ladder and resumes
+    #: How long a run's driver holds it without renewing (renewed every third of it); a driver
+    #: stalled longer loses the run to the next `resume` or worker, and can commit nothing more.
+    run_lease_ttl_s: float = Field(default=30.0, ge=1, le=3600)
 
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)

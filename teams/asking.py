@@ -11,6 +11,7 @@ from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest
 from memory.base import AuditLog
 from teams.base import Run, RunStore, StageRecord
 from teams.gate import GateDecision, Verdict
+from teams.lease import Lease
 from teams.results import TaskResult
 from teams.roster import Team
 
@@ -26,13 +27,14 @@ async def ask_team(
     emit: Emit,
     run: Run,
     stage: StageRecord,
+    lease: Lease,
     member: Team,
     result: TaskResult,
 ) -> BrokerOutcome:
     """Ask the target team of ``result``'s question; without a broker the request is refused."""
     assert result.clarification_needed is not None
     stage.clarifications += 1
-    await store.save_stage(stage)
+    await store.save_stage(stage, lease=lease)
     request = ClarificationRequest(
         id=f"{run.id}:{stage.index}:{stage.attempts}:q{stage.clarifications}",
         run_id=run.id,

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from teams.lease import Lease
 from teams.results import TaskResult
 from teams.slugs import TeamSlug
 
@@ -100,17 +101,19 @@ class StoredArtifact(BaseModel):
 
 
 class RunStore(Protocol):
-    """Durable state of runs, stages and artifacts."""
+    """Durable state of runs, stages and artifacts. Every write of a run's state names the ``Lease``
+    it is made under and is refused (``LeaseLost``) in its own transaction if that lease no longer
+    holds the run: one driver per run, even when a stalled one wakes up (see ``teams.lease``)."""
 
-    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = (), *, lease: Lease) -> None:
         """Store a new run with its stages, atomically; a run that exists is left as it is."""
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
 
-    async def set_run_status(self, run_id: str, status: RunStatus) -> None: ...
+    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None: ...
 
-    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
         """Insert or replace the stage (idempotent by run id and index), and with it, atomically,
         the artifacts it produced (replaced by name)."""
         ...
@@ -123,11 +126,16 @@ class RunStore(Protocol):
         """Runs in any of ``statuses`` but for the ``exclude``d ids, oldest update first."""
         ...
 
-    def lease(self, run_id: str) -> AbstractAsyncContextManager[None]:
-        """Hold the run for this process while the block runs (one driver per run, across processes);
-        raises ``RunBusy`` at once if another holds it. A killed process's lease ends with it."""
+    def lease(self, run_id: str) -> AbstractAsyncContextManager[Lease]:
+        """Hold the run for this process while the block runs (one driver per run, across processes),
+        renewed in the background; raises ``RunBusy`` at once if another holds it. A killed process's
+        lease ends with it (on this host) or when it expires."""
         ...
 
-    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None: ...
+    async def renew(self, lease: Lease) -> None:
+        """Extend the lease by its full lifetime, or ``LeaseLost`` if it no longer holds the run."""
+        ...
+
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact], *, lease: Lease) -> None: ...
 
     async def artifacts(self, run_id: str) -> list[StoredArtifact]: ...

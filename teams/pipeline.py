@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from factory.errors import BudgetExceeded, FactoryError, PipelineError, RunNotFound
+from factory.errors import BudgetExceeded, FactoryError, LeaseLost, PipelineError, RunNotFound
 from hitl.desk import decision_audit, opened_audit
 from memory.packing import PackedContext
 from observability.base import Event
@@ -25,6 +25,7 @@ from teams.bundle import write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, Verdict, decide
+from teams.lease import Lease
 from teams.records import (
     PipelineDeps,
     RunOutcome,
@@ -70,9 +71,9 @@ class PipelineEngine:
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
         name, slugs = resolve_pipeline(pipeline)
         run = self.new_run(requirement, list(slugs), name, out_dir)
-        async with self._d.store.lease(run.id):  # held from creation on: no worker takes it over
-            await self.create(run)
-            return await self.drive(run.id, leased=True)
+        async with self._d.store.lease(run.id) as lease:  # held from creation on: no worker takes it over
+            await self.create(run, lease)
+            return await self.drive(run.id, lease=lease)
 
     def new_run(
         self,
@@ -99,7 +100,9 @@ class PipelineEngine:
             updated_at=created,
         )
 
-    async def create(self, run: Run, reused: Sequence[StageRecord] = (), link: dict[str, Any] | None = None) -> None:
+    async def create(
+        self, run: Run, lease: Lease, reused: Sequence[StageRecord] = (), link: dict[str, Any] | None = None
+    ) -> None:
         """Store the run and its stages; ``reused`` stages (of a revised run) count as complete."""
         stages = [
             reused[index].model_copy(update={"run_id": run.id})
@@ -107,7 +110,7 @@ class PipelineEngine:
             else StageRecord(run_id=run.id, index=index, team=slug)
             for index, slug in enumerate(run.pipeline)
         ]
-        await self._d.store.create_run(run, stages)
+        await self._d.store.create_run(run, stages, lease=lease)
         created = {
             "requirement": run.requirement,
             "pipeline": run.pipeline,
@@ -122,18 +125,19 @@ class PipelineEngine:
         await self._d.audit.append_many(run.id, [("run.created", "run.created", created), *reused_entries])
         await self._emit("run.started", run.id, pipeline=run.pipeline, artifacts_dir=run.artifacts_dir)
 
-    async def drive(self, run_id: str, *, leased: bool = False) -> RunOutcome:
+    async def drive(self, run_id: str, *, lease: Lease | None = None) -> RunOutcome:
         """Run every stage not yet complete, in order, until done or waiting on a human.
 
         A stage that waits on a human moves only once its escalations are decided (see
         ``teams.decisions``). One process drives a run at a time: the run's lease is taken here
-        (``RunBusy`` if another process holds it) unless the caller holds it (``leased``)."""
-        if leased:
-            return await self._drive(run_id)
-        async with self._d.store.lease(run_id):
-            return await self._drive(run_id)
+        (``RunBusy`` if another process holds it) unless the caller holds it (``lease``). Every
+        commit checks the lease: a driver that lost the run stops with ``LeaseLost``, writing nothing."""
+        if lease is not None:
+            return await self._drive(run_id, lease)
+        async with self._d.store.lease(run_id) as held:
+            return await self._drive(run_id, held)
 
-    async def _drive(self, run_id: str) -> RunOutcome:
+    async def _drive(self, run_id: str, lease: Lease) -> RunOutcome:
         run = await self._d.store.get_run(run_id)
         if run is None:
             raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
@@ -142,7 +146,7 @@ class PipelineEngine:
         await self._recover_memory(run, stages)
         if run.status in (RunStatus.COMPLETE, RunStatus.CANCELLED):
             return await self.outcome(run_id)
-        await self._d.store.set_run_status(run_id, RunStatus.RUNNING)
+        await self._d.store.set_run_status(run_id, RunStatus.RUNNING, lease=lease)
         timings: list[StageTiming] = []
         prior: list[PriorArtifact] = []
         error = None
@@ -150,31 +154,33 @@ class PipelineEngine:
             if stage.status is StageStatus.COMPLETE and stage.result is not None:
                 prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
                 continue
-            decision = await self._decision(run, stage)
+            decision = await self._decision(run, stage, lease)
             if decision.action is Resumption.WAIT:
-                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN)
+                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN, lease=lease)
                 break
             if decision.action is Resumption.CANCEL:
-                await self._cancel(run, stage, decision)
+                await self._cancel(run, stage, decision, lease)
                 break
             try:
                 if decision.action is Resumption.COMPLETE and stage.result is not None:
-                    await self._complete(run, stage, stage.result)
+                    await self._complete(run, stage, stage.result, lease)
                     advanced = True
                 else:
-                    advanced = await self._run_stage(run, stage, prior, timings, decision.notes)
+                    advanced = await self._run_stage(run, stage, lease, prior, timings, decision.notes)
+            except LeaseLost:
+                raise  # another process drives the run now: nothing more is written here
             except FactoryError as exc:
                 error = str(exc)
-                await self._fail(run, stage, error)
+                await self._fail(run, stage, error, lease)
                 break
             if not advanced:
-                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN)
+                await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN, lease=lease)
                 await self._emit("run.waiting_human", run_id, stage=stage.index, team=stage.team)
                 break
             assert stage.result is not None
             prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
         else:
-            await self._finish(run)
+            await self._finish(run, lease)
         outcome = await self.outcome(run_id)
         outcome.timings, outcome.error = timings, error
         return outcome
@@ -210,7 +216,7 @@ class PipelineEngine:
             assert stage.result is not None
             await self._retain(run, stage, stage.result, None)
 
-    async def _decision(self, run: Run, stage: StageRecord) -> StageDecision:
+    async def _decision(self, run: Run, stage: StageRecord, lease: Lease) -> StageDecision:
         """How a stage resumes: a stage never executed simply runs; one that ran before carries the
         operator's decisions on its escalations (recorded in the audit once, whoever resumes)."""
         if stage.attempts == 0 and stage.status is not StageStatus.WAITING_HUMAN:
@@ -226,14 +232,14 @@ class PipelineEngine:
             await self._d.audit.append_many(run.id, entries)
         if decision.action is Resumption.WAIT and stage.status is not StageStatus.WAITING_HUMAN:
             stage.status = StageStatus.WAITING_HUMAN  # a crash came between the escalation and its stage
-            await self._d.store.save_stage(stage)
+            await self._d.store.save_stage(stage, lease=lease)
         return decision
 
-    async def _cancel(self, run: Run, stage: StageRecord, decision: StageDecision) -> None:
+    async def _cancel(self, run: Run, stage: StageRecord, decision: StageDecision, lease: Lease) -> None:
         reason = decision.decided.answer if decision.decided is not None else None
         stage.status, stage.finished_at = StageStatus.FAILED, now()
-        await self._d.store.save_stage(stage)
-        await self._d.store.set_run_status(run.id, RunStatus.CANCELLED)
+        await self._d.store.save_stage(stage, lease=lease)
+        await self._d.store.set_run_status(run.id, RunStatus.CANCELLED, lease=lease)
         await self._d.audit.append(
             run.id, "run.cancelled", "run.cancelled", {"stage": stage.index, "team": stage.team, "reason": reason}
         )
@@ -254,6 +260,7 @@ class PipelineEngine:
         self,
         run: Run,
         stage: StageRecord,
+        lease: Lease,
         prior: list[PriorArtifact],
         timings: list[StageTiming],
         operator_notes: Sequence[str] = (),
@@ -276,24 +283,24 @@ class PipelineEngine:
         await self._emit("stage.started", run.id, stage=stage.index, team=stage.team)
         packing = asyncio.create_task(self._memory_context(run, stage, member, prior))  # beside the save
         try:
-            await self._d.store.save_stage(stage)
+            await self._d.store.save_stage(stage, lease=lease)
         except BaseException:
             await _stop(packing)
             raise
         recall, packed = await packing
         try:
             execution, decision, model_s = await self._execute_until_decided(
-                run, stage, member, context, recall, packed.text if packed else None, operator_notes
+                run, stage, lease, member, context, recall, packed.text if packed else None, operator_notes
             )
         except BudgetExceeded as exc:  # the operator decides: more budget, or stop the run
             execution, model_s = Execution(result=blocked(str(exc))), 0.0
             decision = GateDecision(Verdict.ESCALATE, str(exc), kind="budget", priority="high")
         stage.result = execution.result
         if decision.verdict is Verdict.ADVANCE:
-            await self._complete(run, stage, execution.result, packed, execution)
+            await self._complete(run, stage, execution.result, lease, packed, execution)
             advanced = True
         else:
-            await self._escalate(run, stage, execution.result, decision)
+            await self._escalate(run, stage, execution.result, decision, lease)
             advanced = False
         timings.append(StageTiming(stage.team, time.perf_counter() - started, model_s, started))
         return advanced
@@ -318,6 +325,7 @@ class PipelineEngine:
         self,
         run: Run,
         stage: StageRecord,
+        lease: Lease,
         member: Team,
         context: list[PriorArtifact],
         recall: Recall,
@@ -335,6 +343,7 @@ class PipelineEngine:
         failures = 0
         model_s = 0.0
         while True:
+            lease.check()  # the heartbeat found the run taken over: no more paid calls for it
             objective = Objective(
                 id=f"{run.id}:{stage.index}",
                 run_id=run.id,
@@ -374,8 +383,9 @@ class PipelineEngine:
                 ]
             elif decision.verdict is Verdict.CLARIFY:
                 outcome = await ask_team(
-                    self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, member, execution.result
-                )
+                    self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, lease, member,
+                    execution.result,
+                )  # fmt: skip
                 if not outcome.answered or outcome.reply is None:
                     return execution, unanswered(outcome), model_s
                 target = outcome.request.target_team
@@ -386,7 +396,7 @@ class PipelineEngine:
             else:
                 return execution, decision, model_s
             stage.attempts += 1
-            await self._d.store.save_stage(stage)
+            await self._d.store.save_stage(stage, lease=lease)
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
@@ -423,6 +433,7 @@ class PipelineEngine:
         run: Run,
         stage: StageRecord,
         result: TaskResult,
+        lease: Lease,
         packed: PackedContext | None = None,
         execution: Execution | None = None,
     ) -> None:
@@ -432,12 +443,15 @@ class PipelineEngine:
         # never raises); if the commit fails it is stopped: an uncommitted stage leaves no memory.
         retaining = asyncio.create_task(self._retain(run, stage, result, packed))
         try:
+            # Renewed first: the files below are written within a whole lease lifetime of holding it.
+            await self._d.store.renew(lease)
             await asyncio.to_thread(write_artifacts, Path(run.artifacts_dir), result.artifacts)  # off the loop
             stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
             stage.status, stage.finished_at = StageStatus.COMPLETE, now()
-            await self._d.store.save_stage(stage, stored)
-        except BaseException:
+            await self._d.store.save_stage(stage, stored, lease=lease)
+        except BaseException as exc:
             await _stop(retaining)
+            await self._record_unfinished(run, execution, exc)
             raise
         entries = [execution.audit] if execution is not None and execution.audit else []
         entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}))
@@ -455,11 +469,24 @@ class PipelineEngine:
             confidence=result.confidence,
         )
 
-    async def _escalate(self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision) -> None:
+    async def _record_unfinished(self, run: Run, execution: Execution | None, exc: BaseException) -> None:
+        """The execution a commit failed after is still audited: the model call it paid for happened.
+        Best effort (the database may be what failed); the commit's own error is what the caller sees."""
+        if execution is None or execution.audit is None or isinstance(exc, asyncio.CancelledError):
+            return
+        key, kind, payload = execution.audit
+        try:
+            await self._d.audit.append(run.id, key, kind, {**payload, "commit_error": str(exc)[:2000]})
+        except Exception as failed:  # the commit's error is the one to report
+            log.warning("run %s: the execution %s could not be audited either: %s", run.id, key, failed)
+
+    async def _escalate(
+        self, run: Run, stage: StageRecord, result: TaskResult, decision: GateDecision, lease: Lease
+    ) -> None:
         # The stage (with the result the operator will judge) is stored before its escalation: after
         # a crash in between, the stage waits with no escalation and simply runs again.
         stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
-        await self._d.store.save_stage(stage)
+        await self._d.store.save_stage(stage, lease=lease)
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
         await self._d.audit.append(run.id, *opened_audit(escalation))
@@ -474,10 +501,10 @@ class PipelineEngine:
             question=question,
         )
 
-    async def _fail(self, run: Run, stage: StageRecord, error: str) -> None:
+    async def _fail(self, run: Run, stage: StageRecord, error: str, lease: Lease) -> None:
         stage.status, stage.finished_at = StageStatus.FAILED, now()
-        await self._d.store.save_stage(stage)
-        await self._d.store.set_run_status(run.id, RunStatus.FAILED)
+        await self._d.store.save_stage(stage, lease=lease)
+        await self._d.store.set_run_status(run.id, RunStatus.FAILED, lease=lease)
         await self._d.audit.append(
             run.id,
             f"stage.{stage.index}.failed.{stage.attempts}",
@@ -486,9 +513,10 @@ class PipelineEngine:
         )
         await self._emit("run.failed", run.id, stage=stage.index, team=stage.team, error=error)
 
-    async def _finish(self, run: Run) -> None:
+    async def _finish(self, run: Run, lease: Lease) -> None:
+        await self._d.store.renew(lease)  # the snapshot is the run's last word: only its holder writes it
         artifacts = await snapshot_run(self._d.store, self._d.audit, run)
-        await self._d.store.set_run_status(run.id, RunStatus.COMPLETE)
+        await self._d.store.set_run_status(run.id, RunStatus.COMPLETE, lease=lease)
         await self._emit("run.completed", run.id, artifacts=artifacts)
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from factory.errors import RunBusy
+from factory.errors import LeaseLost
 from routing.base import Spend, UsageRecord
 from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+from teams.lease import Lease, busy, lost_message, new_owner
 
 
 class InMemoryRunStore:
@@ -19,25 +20,38 @@ class InMemoryRunStore:
         self._stages: dict[tuple[str, int], StageRecord] = {}
         self._artifacts: dict[tuple[str, str], StoredArtifact] = {}
         self.usage_rows: list[UsageRecord] = []
-        self._leased: set[str] = set()
+        self._leases: dict[str, tuple[str, int, bool]] = {}  # run id -> (owner, token, held)
 
-    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+    def _held(self, lease: Lease) -> None:
+        lease.check()
+        if self._leases.get(lease.run_id) != (lease.owner, lease.token, True):
+            lease.lost = "its lease was taken over or expired"
+            raise LeaseLost(lost_message(lease.run_id, lease.lost))
+
+    def take_over(self, run_id: str) -> None:
+        """Let the run's lease lapse, as if its holder stalled past its lifetime (for tests)."""
+        owner, token, _held = self._leases[run_id]
+        self._leases[run_id] = (owner, token, False)
+
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = (), *, lease: Lease) -> None:
+        self._held(lease)
         if run.id in self._runs:
             return
         self._runs[run.id] = run.model_copy(deep=True)
         for stage in stages:
-            await self.save_stage(stage)
+            await self.save_stage(stage, lease=lease)
 
     async def get_run(self, run_id: str) -> Run | None:
         run = self._runs.get(run_id)
         return run.model_copy(deep=True) if run else None
 
-    async def set_run_status(self, run_id: str, status: RunStatus) -> None:
+    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None:
+        self._held(lease)
         run = self._runs[run_id]
         run.status, run.updated_at = status, datetime.now(UTC)
 
-    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
-        await self.save_artifacts(artifacts)
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
+        await self.save_artifacts(artifacts, lease=lease)
         self._stages[(stage.run_id, stage.index)] = stage.model_copy(deep=True)
 
     async def stages(self, run_id: str) -> list[StageRecord]:
@@ -53,16 +67,23 @@ class InMemoryRunStore:
         return [r.model_copy(deep=True) for r in found[:limit]]
 
     @asynccontextmanager
-    async def lease(self, run_id: str) -> AsyncIterator[None]:
-        if run_id in self._leased:
-            raise RunBusy(f"run {run_id} is being driven already")
-        self._leased.add(run_id)
+    async def lease(self, run_id: str) -> AsyncIterator[Lease]:
+        _owner, token, held = self._leases.get(run_id, ("", 0, False))
+        if held:
+            raise busy(run_id)
+        lease = Lease(run_id=run_id, owner=new_owner(), token=token + 1)
+        self._leases[run_id] = (lease.owner, lease.token, True)
         try:
-            yield
+            yield lease
         finally:
-            self._leased.discard(run_id)
+            if self._leases[run_id] == (lease.owner, lease.token, True):
+                self._leases[run_id] = (lease.owner, lease.token, False)
 
-    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None:
+    async def renew(self, lease: Lease) -> None:
+        self._held(lease)
+
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact], *, lease: Lease) -> None:
+        self._held(lease)
         for a in artifacts:
             self._artifacts[(a.run_id, a.name)] = a
 

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.pq import TransactionStatus
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from factory.errors import RunBusy
+from factory.errors import LeaseLost
 from routing.base import Spend, UsageRecord
 from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+from teams.lease import Lease, busy, lost_message, new_owner, owner_is_dead
 from teams.results import TaskResult
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -83,7 +87,45 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN IF NOT EXISTS feedback text;
         """,
     ),
+    (
+        "0003_run_leases",
+        """
+        -- One driver per run (teams/lease.py): the owner and a fencing token that only grows.
+        CREATE TABLE IF NOT EXISTS run_leases (
+            run_id text PRIMARY KEY,
+            owner text NOT NULL,
+            token bigint NOT NULL,
+            expires_at timestamptz NOT NULL
+        );
+        -- Called first in every transaction that writes a run's state: refuses it (SQLSTATE FL001)
+        -- unless the lease still holds the run, and keeps it from being taken over until commit.
+        CREATE OR REPLACE FUNCTION run_lease_held(p_run text, p_owner text, p_token bigint)
+        RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM 1 FROM run_leases
+                WHERE run_id = p_run AND owner = p_owner AND token = p_token AND expires_at > now()
+                FOR SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'run % is no longer held by %', p_run, p_owner USING ERRCODE = 'FL001';
+            END IF;
+        END $$;
+        """,
+    ),
 ]
+
+LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
+_HELD = "SELECT run_lease_held(%s, %s, %s)"
+_TAKE = (
+    "INSERT INTO run_leases AS l (run_id, owner, token, expires_at)"
+    " VALUES (%(run)s, %(owner)s, 1, now() + make_interval(secs => %(ttl)s))"
+    " ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at"
+    " WHERE l.expires_at <= now() OR l.owner = %(dead)s RETURNING token"
+)
+_RENEW = (
+    "UPDATE run_leases SET expires_at = now() + make_interval(secs => %s)"
+    " WHERE run_id = %s AND owner = %s AND token = %s RETURNING 1"
+)
+_RELEASE = "UPDATE run_leases SET expires_at = now() WHERE run_id = %s AND owner = %s AND token = %s"
 
 _STAGE_COLUMNS = (
     "run_id, idx, team, status, attempts, clarifications, tokens_in, tokens_out, cost_usd, model,"
@@ -101,19 +143,6 @@ _SAVE_ARTIFACT = (
     " stage_index = EXCLUDED.stage_index, team = EXCLUDED.team, kind = EXCLUDED.kind,"
     " sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes"
 )
-
-
-async def _unlock_or_close(conn: AsyncConnection[Any], key: str) -> None:
-    """Let go of the run's lock after a failed or cancelled drive; if that cannot be done for sure,
-    close the connection (its session, and the lock, end with it) rather than pool it still locked."""
-    try:
-        if conn.info.transaction_status == TransactionStatus.IDLE:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-            return
-    except BaseException:
-        pass
-    with contextlib.suppress(Exception):
-        await conn.close()
 
 
 def _stage_row(stage: StageRecord) -> tuple[object, ...]:
@@ -141,10 +170,26 @@ def _artifact_row(a: StoredArtifact) -> tuple[object, ...]:
 class PostgresRunStore:
     """``RunStore`` and ``UsageLedger`` on a psycopg connection pool."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, lease_ttl_s: float = 30.0) -> None:
         self._pool = pool
+        self._lease_ttl_s = lease_ttl_s
 
-    async def create_run(self, run: Run, stages: Sequence[StageRecord] = ()) -> None:
+    @asynccontextmanager
+    async def _fenced(self, lease: Lease) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """A cursor in one transaction (one round trip: pipelined) that commits only if ``lease``
+        still holds its run, checked first in that same transaction."""
+        lease.check()
+        try:
+            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                await cur.execute(_HELD, (lease.run_id, lease.owner, lease.token))
+                yield cur
+        except psycopg.Error as exc:
+            if exc.sqlstate != LEASE_LOST:
+                raise
+            lease.lost = "its lease was taken over or expired"
+            raise LeaseLost(lost_message(lease.run_id, lease.lost)) from exc
+
+    async def create_run(self, run: Run, stages: Sequence[StageRecord] = (), *, lease: Lease) -> None:
         row = (
             run.id,
             run.requirement,
@@ -158,7 +203,7 @@ class PostgresRunStore:
             run.updated_at,
         )
         # The run and its stages commit together, in one round trip.
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        async with self._fenced(lease) as cur:
             await cur.execute(
                 "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
                 " parent_run_id, feedback, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -174,20 +219,16 @@ class PostgresRunStore:
             row = await cur.fetchone()
         return Run.model_validate(row) if row else None
 
-    async def set_run_status(self, run_id: str, status: RunStatus) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
+    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None:
+        async with self._fenced(lease) as cur:
+            await cur.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
 
-    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = ()) -> None:
-        row = _stage_row(stage)
-        async with self._pool.connection() as conn:
-            if not artifacts:
-                await conn.execute(_SAVE_STAGE, row)
-                return
-            # The stage and its artifacts commit together, in one round trip.
-            async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+    async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
+        # The stage and its artifacts commit together, in one round trip.
+        async with self._fenced(lease) as cur:
+            if artifacts:
                 await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
-                await cur.execute(_SAVE_STAGE, row)
+            await cur.execute(_SAVE_STAGE, _stage_row(stage))
 
     async def runs_with_status(
         self, statuses: Sequence[RunStatus], *, limit: int = 100, exclude: Sequence[str] = ()
@@ -200,26 +241,53 @@ class PostgresRunStore:
             return [Run.model_validate(r) for r in await cur.fetchall()]
 
     @asynccontextmanager
-    async def lease(self, run_id: str) -> AsyncIterator[None]:
-        # A session advisory lock on a connection held for the block: it ends with the process.
-        key = f"factory.run:{run_id}"
+    async def lease(self, run_id: str) -> AsyncIterator[Lease]:
+        lease = await self._take(run_id)
+        heartbeat = asyncio.create_task(self._heartbeat(lease), name=f"lease {run_id}")
+        try:
+            yield lease
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            if lease.lost is None:  # let go at once; if that fails, the lease simply expires
+                with contextlib.suppress(psycopg.Error, OSError):
+                    async with self._pool.connection() as conn:
+                        await conn.execute(_RELEASE, (lease.run_id, lease.owner, lease.token))
+
+    async def _take(self, run_id: str) -> Lease:
+        owner = new_owner()
+        params = {"run": run_id, "owner": owner, "ttl": self._lease_ttl_s, "dead": None}
         async with self._pool.connection() as conn:
-            released = False  # whether this session surely holds no lock of the run
+            row = await (await conn.execute(_TAKE, params)).fetchone()
+            if row is None:  # held: by a process of this host that is gone, its lease goes now
+                cur = await conn.execute("SELECT owner FROM run_leases WHERE run_id = %s", (run_id,))
+                holder = await cur.fetchone()
+                if holder is not None and owner_is_dead(holder[0]):
+                    row = await (await conn.execute(_TAKE, {**params, "dead": holder[0]})).fetchone()
+        if row is None:
+            raise busy(run_id)
+        return Lease(run_id=run_id, owner=owner, token=int(row[0]))
+
+    async def renew(self, lease: Lease) -> None:
+        lease.check()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_RENEW, (self._lease_ttl_s, lease.run_id, lease.owner, lease.token))
+            renewed = await cur.fetchone()
+        if renewed is None:
+            lease.lost = "another process took it over after this one stalled past the lease's lifetime"
+            raise LeaseLost(lost_message(lease.run_id, lease.lost))
+
+    async def _heartbeat(self, lease: Lease) -> None:
+        """Renew every third of the lease's lifetime; a database hiccup is retried at the next beat."""
+        while True:
+            await asyncio.sleep(self._lease_ttl_s / 3)
             try:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
-                row = await cur.fetchone()
-                if not (row and row[0]):
-                    released = True
-                    raise RunBusy(
-                        f"run {run_id} is being driven by another process (a `factory run`, `resume` or"
-                        " `worker`); wait for it, or stop that process and try again"
-                    )
-                yield
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-                released = True
-            finally:
-                if not released:
-                    await _unlock_or_close(conn, key)
+                await self.renew(lease)
+            except LeaseLost:
+                log.warning("run %s: %s", lease.run_id, lease.lost)
+                return
+            except (psycopg.Error, OSError) as exc:
+                log.warning("run %s: the lease could not be renewed (%s); retrying", lease.run_id, exc)
 
     async def stages(self, run_id: str) -> list[StageRecord]:
         async with self._pool.connection() as conn:
@@ -234,10 +302,10 @@ class PostgresRunStore:
             records.append(StageRecord(**row, result=TaskResult.model_validate(raw) if raw else None))
         return records
 
-    async def save_artifacts(self, artifacts: Sequence[StoredArtifact]) -> None:
+    async def save_artifacts(self, artifacts: Sequence[StoredArtifact], *, lease: Lease) -> None:
         if not artifacts:
             return
-        async with self._pool.connection() as conn, conn.cursor() as cur:
+        async with self._fenced(lease) as cur:
             await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
 
     async def artifacts(self, run_id: str) -> list[StoredArtifact]:

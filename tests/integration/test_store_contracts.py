@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from factory.errors import LeaseLost, RunBusy
 from factory.migrations import migrate
 from hitl.base import Escalation, EscalationKind, Priority
 from hitl.in_memory import InMemoryEscalationQueue
@@ -30,19 +31,32 @@ class Stores:
     runs: Any
     audit: Any
     escalations: Any
+    lapse: Callable[[str], Awaitable[None]]  # the run's lease lapses, as if its holder stalled
 
 
 @pytest.fixture(params=["memory", "postgres"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
     if request.param == "memory":
-        yield Stores(InMemoryRunStore(), InMemoryAuditLog(), InMemoryEscalationQueue())
+        runs = InMemoryRunStore()
+
+        async def take_over(run_id: str) -> None:
+            runs.take_over(run_id)
+
+        yield Stores(runs, InMemoryAuditLog(), InMemoryEscalationQueue(), take_over)
         return
     url = request.getfixturevalue("pg_url")
     async with await psycopg.AsyncConnection.connect(url) as conn:
         assert await migrate(conn)
         assert await migrate(conn) == []  # idempotent
-    async with AsyncConnectionPool(url, min_size=1, max_size=2) as pool:
-        yield Stores(PostgresRunStore(pool), PostgresAuditLog(pool), PostgresEscalationQueue(pool))
+    async with AsyncConnectionPool(url, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+
+        async def expire(run_id: str) -> None:
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE run_leases SET expires_at = now() - interval '1 s' WHERE run_id = %s", (run_id,)
+                )
+
+        yield Stores(PostgresRunStore(pool), PostgresAuditLog(pool), PostgresEscalationQueue(pool), expire)
 
 
 def _run(run_id: str = "run-1") -> Run:
@@ -53,26 +67,54 @@ def _run(run_id: str = "run-1") -> Run:
 
 
 async def test_stage_saves_are_idempotent(stores: Stores) -> None:
-    await stores.runs.create_run(_run())
-    await stores.runs.create_run(_run())
-    stage = StageRecord(run_id="run-1", index=0, team="qa-engineering")
-    await stores.runs.save_stage(stage)
-    stage.status, stage.attempts = StageStatus.COMPLETE, 2
-    stage.result = TaskResult.model_validate(
-        {"status": "COMPLETE", "reasoning": "x", "artifacts": [], "confidence": 0.7}
-    )
-    await stores.runs.save_stage(stage)
+    async with stores.runs.lease("run-1") as lease:
+        await stores.runs.create_run(_run(), lease=lease)
+        await stores.runs.create_run(_run(), lease=lease)
+        stage = StageRecord(run_id="run-1", index=0, team="qa-engineering")
+        await stores.runs.save_stage(stage, lease=lease)
+        stage.status, stage.attempts = StageStatus.COMPLETE, 2
+        stage.result = TaskResult.model_validate(
+            {"status": "COMPLETE", "reasoning": "x", "artifacts": [], "confidence": 0.7}
+        )
+        await stores.runs.save_stage(stage, lease=lease)
     [saved] = await stores.runs.stages("run-1")
     assert saved.status is StageStatus.COMPLETE and saved.attempts == 2 and saved.result == stage.result
 
 
+async def test_a_driver_that_lost_its_lease_commits_nothing(stores: Stores) -> None:
+    stage = StageRecord(run_id="run-1", index=0, team="qa-engineering")
+    async with stores.runs.lease("run-1") as first:
+        await stores.runs.create_run(_run(), [stage], lease=first)
+        with pytest.raises(RunBusy):  # held: nobody else drives it
+            async with stores.runs.lease("run-1"):
+                pass
+        await stores.lapse("run-1")
+        async with stores.runs.lease("run-1") as second:  # taken over by the next driver
+            assert second.token > first.token
+            with pytest.raises(LeaseLost, match="no longer holds run run-1"):
+                await stores.runs.save_stage(stage.model_copy(update={"attempts": 9}), lease=first)
+            with pytest.raises(LeaseLost):
+                first.check()  # and it knows, before any other call
+            with pytest.raises(LeaseLost):
+                await stores.runs.renew(first)
+            with pytest.raises(LeaseLost):
+                await stores.runs.set_run_status("run-1", RunStatus.FAILED, lease=first)
+            await stores.runs.save_stage(stage.model_copy(update={"attempts": 1}), lease=second)
+            await stores.runs.renew(second)
+    [saved] = await stores.runs.stages("run-1")
+    assert saved.attempts == 1 and (await stores.runs.get_run("run-1")).status is RunStatus.RUNNING
+    async with stores.runs.lease("run-1"):  # let go at once when its block ends
+        pass
+
+
 async def test_artifacts_are_keyed_by_name(stores: Stores) -> None:
-    await stores.runs.create_run(_run())
     a = StoredArtifact(
         run_id="run-1", stage_index=0, team="qa-engineering", name="qa/t.py", kind="code", sha256="a", bytes=1
     )
-    await stores.runs.save_artifacts([a])
-    await stores.runs.save_artifacts([a.model_copy(update={"sha256": "b"})])
+    async with stores.runs.lease("run-1") as lease:
+        await stores.runs.create_run(_run(), lease=lease)
+        await stores.runs.save_artifacts([a], lease=lease)
+        await stores.runs.save_artifacts([a.model_copy(update={"sha256": "b"})], lease=lease)
     [saved] = await stores.runs.artifacts("run-1")
     assert saved.sha256 == "b"
 
@@ -122,7 +164,8 @@ async def test_audit_append_many_keeps_order_and_is_idempotent(stores: Stores) -
 
 async def test_runs_by_status_leave_out_the_excluded_before_the_limit(stores: Stores) -> None:
     for n in range(4):
-        await stores.runs.create_run(_run(f"run-{n}"))
+        async with stores.runs.lease(f"run-{n}") as lease:
+            await stores.runs.create_run(_run(f"run-{n}"), lease=lease)
     assert [r.id for r in await stores.runs.runs_with_status([RunStatus.RUNNING], limit=2)] == ["run-0", "run-1"]
     found = await stores.runs.runs_with_status([RunStatus.RUNNING], limit=2, exclude=["run-0", "run-1"])
     assert [r.id for r in found] == ["run-2", "run-3"]
