@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from memory.base import SEARCHABLE, SHARED_BANK, MemoryKind, MemoryStore, NewMemory, Recalled, Retained
+from observability.text import storable, storable_data
 from routing.base import Embedder
 
 TokenCount = Callable[[str], int]
@@ -59,6 +60,9 @@ class MemoryGateway:
         ``SEARCHABLE`` items are embedded (a mental model is found by its bank)."""
         if not items:
             return []
+        # Items quote model output and transcripts: what PostgreSQL cannot store is replaced here,
+        # the one way into the store (memory is derived; a replaced character loses nothing audited).
+        items = [_storable(i) for i in items]
         # The same text in two banks is embedded once.
         unique = list(dict.fromkeys(i.text for i in items if i.kind in SEARCHABLE))
         by_text = dict(zip(unique, await self.embed(unique), strict=True))
@@ -126,6 +130,13 @@ class MemoryGateway:
     async def set_mental_model(self, team: str, text: str, *, run_id: str | None) -> None:
         """The team's living summary; the newest one is current."""
         await self.retain([mental_model_item(team, text, run_id=run_id)])
+
+
+def _storable(item: NewMemory) -> NewMemory:
+    text, metadata = storable(item.text), storable_data(item.metadata)
+    if text == item.text and metadata == item.metadata:
+        return item
+    return item.model_copy(update={"text": text, "metadata": metadata})
 
 
 def mental_model_item(team: str, text: str, *, run_id: str | None) -> NewMemory:

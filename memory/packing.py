@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from memory.base import MemoryKind, NewMemory, Recalled
 from memory.gateway import MemoryGateway, TokenCount, approx_tokens
 from memory.retention import Extraction, structured_mental_model
+from observability.text import storable
 
 THRESHOLD = 0.8
 
@@ -83,7 +84,9 @@ async def compact(
     gateway: MemoryGateway, team: str, run_id: str | None, batch: Sequence[str], *, note_chars: int = 1500
 ) -> str:
     """Retain the batch → consolidate → refresh the mental model → the note that replaces the batch."""
-    kept = [t.strip() for t in batch if t.strip()]
+    # Transcripts quote raw model output: what PostgreSQL cannot store (and pydantic refuses, for a
+    # lone surrogate) is replaced before an item is made of it.
+    kept = [storable(t.strip()) for t in batch if t.strip()]
     if not kept:
         return ""
     await gateway.retain(

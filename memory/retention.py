@@ -14,12 +14,13 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from factory.errors import RoutingError
 from memory.base import SHARED_BANK, MemoryKind, NewMemory
+from observability.text import must_be_storable
 from routing.base import ChatModel, ChatRequest, Message
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,15 @@ class StructuredExtractor:
         return extraction
 
 
+_Text = Annotated[str, AfterValidator(must_be_storable)]
+
+
 class _Extracted(BaseModel):
-    facts: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
-    decisions: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
-    mental_model: str = Field(default="", max_length=MENTAL_MODEL_CHARS * 2)
+    """The extractor model's answer; text PostgreSQL cannot store makes it garbage (the fallback runs)."""
+
+    facts: list[_Text] = Field(default_factory=list, max_length=MAX_ITEMS)
+    decisions: list[_Text] = Field(default_factory=list, max_length=MAX_ITEMS)
+    mental_model: _Text = Field(default="", max_length=MENTAL_MODEL_CHARS * 2)
 
 
 _SCHEMA: dict[str, Any] = {

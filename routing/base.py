@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from observability.text import storable
 
 Alias = Literal["factory/architect", "factory/coder", "factory/fast", "factory/cheap"]
 CHAT_ALIASES: tuple[Alias, ...] = ("factory/architect", "factory/coder", "factory/fast", "factory/cheap")
@@ -35,7 +37,9 @@ class ChatResponse(BaseModel):
 
     text: str
     alias: str
-    model: str  # the concrete deployment that answered
+    # The concrete deployment that answered, as the provider names it; stored with the stage and the
+    # ledger, so what PostgreSQL cannot store is replaced (``text`` is left as it is: it is validated).
+    model: Annotated[str, AfterValidator(storable)]
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from observability.text import storable
 from routing.base import ChatModel, ChatRequest, ChatResponse, UsageLedger, UsageRecord
 
 
@@ -20,7 +21,7 @@ def _row(request: ChatRequest, response: ChatResponse | None, latency_ms: float,
         cost_usd=response.cost_usd if response else 0.0,
         latency_ms=latency_ms,
         ok=error is None,
-        error=error,
+        error=storable(error) if error is not None else None,  # a provider's text: storable, not refused
         created_at=datetime.now(UTC),
     )
 

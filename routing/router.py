@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from factory.errors import RoutingError
+from observability.text import storable
 from routing.aliases import LOCAL_PROVIDER, Deployment, embedding_route
 from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse
 from routing.embedded import Completion, EmbeddedModel
@@ -122,9 +123,10 @@ class LiteLLMRouter:
                 **kwargs,
             )
         except Exception as exc:  # LiteLLM raises many types; all mean "no deployment answered"
+            # The provider's text is quoted in the stage's audited failure: made storable.
             tried = ", ".join(d.model for d in self._routes.get(request.alias, []))
             raise RoutingError(
-                f"no deployment of {request.alias} answered (tried {tried}): {exc}."
+                f"no deployment of {request.alias} answered (tried {tried}): {storable(str(exc))}."
                 " Check `factory doctor` for model and key status."
             ) from exc
         latency_ms = (time.perf_counter() - started) * 1000
@@ -148,5 +150,5 @@ class LiteLLMRouter:
         try:
             response = await router.aembedding(model=EMBED_ALIAS, input=texts, timeout=timeout_s)
         except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"
-            raise RoutingError(f"{EMBED_ALIAS} failed: {exc}. Check `factory doctor`.") from exc
+            raise RoutingError(f"{EMBED_ALIAS} failed: {storable(str(exc))}. Check `factory doctor`.") from exc
         return [list(item["embedding"]) for item in response.data]
