@@ -7,6 +7,7 @@ from typing import Any
 
 from hitl.base import Escalation, EscalationKind, Priority
 from hitl.sla import SlaPolicy
+from observability.text import storable, storable_data
 from teams.base import StageRecord
 from teams.gate import GateDecision
 from teams.results import TaskResult
@@ -49,8 +50,9 @@ def escalation_for(
         team=stage.team,
         kind=kind,
         priority=priority,
-        question=question,
-        context=_context(result, decision, kind),
+        # The gate's reasons may quote a provider's or the factory's own error text: made storable.
+        question=storable(question),
+        context=storable_data(_context(result, decision, kind)),
         sla_deadline=(sla or SlaPolicy()).deadline(priority, created),
         created_at=created,
     )

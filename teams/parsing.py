@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from observability.text import storable
 from teams.results import TaskResult
 
 MAX_OUTPUT_CHARS = 1_000_000
@@ -60,8 +61,12 @@ def validate_task_result(data: dict[str, Any]) -> TaskResult:
 
 
 def describe_errors(exc: ValidationError, limit: int) -> str:
-    """The first ``limit`` validation errors as one line: ``where: what``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+    """The first ``limit`` validation errors as one line: ``where: what``.
+
+    A location or message may quote the model's own keys and values, and the line is audited: it
+    is bounded and made storable."""
+    text = "; ".join(
+        f"{'.'.join(str(p)[:60] for p in err['loc']) or 'value'}: {err['msg'][:300]}"
         for err in exc.errors(include_url=False)[:limit]
     )
+    return storable(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from hitl.base import Escalation, EscalationQueue
 from hitl.sla import SlaPolicy
 from memory.base import AuditLog, AuditReport
 from observability.base import EventSink
+from observability.text import unstorable
 from teams.base import Run, RunStore, StageRecord, StoredArtifact
 from teams.bundle import sha256_text
 from teams.gate import GateDecision, GateLimits
@@ -24,14 +26,14 @@ def validate_requirement(text: str, max_bytes: int) -> str:
     """A requirement worth running, or ``InputError`` saying what to fix."""
     if not text or not text.strip():
         raise InputError("the requirement is empty; describe what to build, e.g. 'a URL shortener with an API'")
+    if problem := unstorable(text):  # before measuring: a lone surrogate has no UTF-8 size
+        raise InputError(f"the requirement {problem}; send plain text")
     size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise InputError(
             f"the requirement is {size} bytes, over the {max_bytes}-byte limit;"
             " shorten it or raise FACTORY_MAX_REQUIREMENT_BYTES"
         )
-    if "\x00" in text:
-        raise InputError("the requirement contains a NUL byte; send plain text")
     return text.strip()
 
 
@@ -116,3 +118,19 @@ def stored_artifact(run: Run, stage: StageRecord, artifact: Artifact) -> StoredA
         sha256=sha256_text(artifact.content),
         bytes=len(artifact.content.encode("utf-8")),
     )
+
+
+def replaced_artifacts(
+    earlier: Sequence[StoredArtifact], stage_index: int, names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The files of other stages that stage ``stage_index`` overwrites by writing ``names``: for each
+    such name, the ``name``, ``stage``, ``team`` and ``sha256`` of the file it replaces (empty when
+    every file is new). Names are compared ignoring case, as on a case-insensitive file system they
+    are one file; of several earlier writers the latest counts (``earlier`` in stage order)."""
+    previous = {a.name.casefold(): a for a in earlier if a.stage_index != stage_index}
+    replaced: dict[str, dict[str, Any]] = {}
+    for name in names:
+        old = previous.get(name.casefold())
+        if old is not None:
+            replaced[name] = {"name": old.name, "stage": old.stage_index, "team": old.team, "sha256": old.sha256}
+    return replaced

@@ -1,26 +1,44 @@
 """``TaskResult``: the structured end of every objective, and the confidence gate's input.
 
 Field names are part of the contract (DESIGN §4). Validation is strict: a result that does not
-validate is repaired or turned into BLOCKED by the runner, never trusted.
+validate is repaired or turned into BLOCKED by the runner, never trusted. Every text must be storable
+(no NUL, no lone surrogate: ``observability.text``) and every artifact name is canonical
+(``teams.bundle.canonical_name``), so what validates can be committed and written as it is.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from observability.text import must_be_storable, storable
+from teams.bundle import canonical_name
 from teams.slugs import TeamSlug
 
 MAX_ARTIFACT_BYTES = 512 * 1024
 MAX_ARTIFACTS = 32
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
-ShortText = Annotated[str, StringConstraints(max_length=4000)]
+
+def _storable_input(value: object) -> object:
+    return must_be_storable(value) if isinstance(value, str) else value
+
+
+#: Every text of a result is committed to PostgreSQL: one it cannot store is invalid output. Checked
+#: before the type, so a lone surrogate gets this message rather than pydantic's "not a unicode string".
+Storable = BeforeValidator(_storable_input)
+ShortText = Annotated[str, StringConstraints(max_length=4000), Storable]
 
 
 class TaskStatus(StrEnum):
@@ -40,7 +58,7 @@ class Clarification(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     target_team: TeamSlug
-    question: Annotated[str, StringConstraints(min_length=1, max_length=4000, strip_whitespace=True)]
+    question: Annotated[str, StringConstraints(min_length=1, max_length=4000, strip_whitespace=True), Storable]
 
 
 class Artifact(BaseModel):
@@ -48,26 +66,9 @@ class Artifact(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(max_length=200)
+    name: Annotated[str, AfterValidator(canonical_name)]  # stored in its canonical form
     kind: ArtifactKind
-    content: str = Field(max_length=MAX_ARTIFACT_BYTES)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_relative_path(cls, name: str) -> str:
-        path = PurePosixPath(name)
-        if (
-            not name
-            or path.is_absolute()
-            or ".." in path.parts
-            or not _NAME_RE.match(name)
-            or any(part.startswith(".") for part in path.parts)
-        ):
-            raise ValueError(
-                "artifact name must be a relative path of letters, digits, '.', '_', '-' and '/'"
-                " with no '..', no leading '/' and no hidden parts, e.g. 'docs/scope.md'"
-            )
-        return name
+    content: Annotated[str, Field(max_length=MAX_ARTIFACT_BYTES), Storable]
 
 
 class TaskResult(BaseModel):
@@ -76,7 +77,7 @@ class TaskResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: TaskStatus
-    reasoning: Annotated[str, StringConstraints(max_length=8000)]
+    reasoning: Annotated[str, StringConstraints(max_length=8000), Storable]
     blockers: list[ShortText] = Field(default_factory=list, max_length=20)
     assumptions_made: list[ShortText] = Field(default_factory=list, max_length=20)
     verified_facts: list[ShortText] = Field(default_factory=list, max_length=20)
@@ -87,11 +88,8 @@ class TaskResult(BaseModel):
     @field_validator("artifacts")
     @classmethod
     def _unique_names(cls, artifacts: list[Artifact]) -> list[Artifact]:
-        names = [a.name for a in artifacts]
-        if len(names) != len(set(names)):
-            raise ValueError("artifact names must be unique within one result")
-        if clash := folder_clash(names):
-            raise ValueError(f"artifact {clash!r} is also a folder of another artifact; rename one")
+        if problem := name_clash([a.name for a in artifacts]):
+            raise ValueError(problem)
         return artifacts
 
     @model_validator(mode="after")
@@ -103,19 +101,32 @@ class TaskResult(BaseModel):
         return self
 
 
-def folder_clash(names: Sequence[str]) -> str | None:
-    """A name that is also a folder of another name (``docs`` beside ``docs/a.md``), if any: both
-    cannot be files of one bundle."""
-    folders = {"/".join(parts[:i]) for parts in (n.split("/") for n in names) for i in range(1, len(parts))}
-    clash = sorted(folders.intersection(names))
-    return clash[0] if clash else None
+def name_clash(names: Sequence[str]) -> str | None:
+    """Why these canonical names cannot all be files of one bundle, or ``None``.
+
+    Names are compared ignoring case: on a case-insensitive file system (macOS, Windows) ``A.md``
+    and ``a.md`` are one file, and its hash would match only one of them. A name that is also a
+    folder of another (``docs`` beside ``docs/a.md``) cannot be a file too.
+    """
+    folded = [n.casefold() for n in names]
+    seen: set[str] = set()
+    for name, key in zip(names, folded, strict=True):
+        if key in seen:
+            return f"artifact names must be unique within one result (ignoring case and './'): {name!r} repeats"
+        seen.add(key)
+    folders = {"/".join(parts[:i]) for parts in (n.split("/") for n in folded) for i in range(1, len(parts))}
+    clash = sorted(folders.intersection(folded))
+    if clash:
+        return f"artifact {clash[0]!r} is also a folder of another artifact; rename one"
+    return None
 
 
 def blocked(reason: str, *, reasoning: str = "") -> TaskResult:
-    """A BLOCKED result the factory itself produces (e.g. after unrepairable model output)."""
+    """A BLOCKED result the factory itself produces (e.g. after unrepairable model output); its texts
+    may quote model output, so they are made storable rather than refused."""
     return TaskResult(
         status=TaskStatus.BLOCKED,
-        reasoning=(reasoning or reason)[:8000],
-        blockers=[reason[:4000]],
+        reasoning=storable(reasoning or reason)[:8000],
+        blockers=[storable(reason)[:4000] or "blocked"],
         confidence=0.0,
     )

@@ -21,11 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from memory.retention import chunks
+from observability.text import storable
+from teams.bundle import canonical_name
 from teams.parsing import describe_errors
-from teams.results import MAX_ARTIFACTS, Artifact, ArtifactKind, Clarification, TaskResult, TaskStatus, folder_clash
+from teams.results import (
+    MAX_ARTIFACT_BYTES,
+    MAX_ARTIFACTS,
+    Artifact,
+    ArtifactKind,
+    Clarification,
+    Storable,
+    TaskResult,
+    TaskStatus,
+    name_clash,
+)
 from teams.roster import Team
 from teams.slugs import TeamSlug
 
@@ -49,8 +61,9 @@ _KIND_BY_SUFFIX: dict[str, ArtifactKind] = {
 }
 _CODE_SUFFIXES = {".py", ".ts", ".tsx", ".js", ".jsx", ".go", ".rs", ".java", ".sh", ".css", ".html", ".tf"}
 
-Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400)]
-Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+# Tool arguments are audited: their texts must be storable like a result's.
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400), Storable]
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000), Storable]
 
 
 class _Strict(BaseModel):
@@ -62,8 +75,8 @@ class RecallArgs(_Strict):
 
 
 class WriteArtifactArgs(_Strict):
-    name: str = Field(max_length=200)
-    content: str = Field(max_length=512 * 1024)
+    name: Annotated[str, AfterValidator(canonical_name)]  # canonical: one file, one name
+    content: Annotated[str, Field(max_length=MAX_ARTIFACT_BYTES), Storable]
 
 
 class ClarificationArgs(_Strict):
@@ -98,8 +111,9 @@ class ToolProblem(ValueError):
     """
 
     def __init__(self, message: str, *, tool: str, final: bool = False) -> None:
-        super().__init__(message)
-        self.tool = tool
+        # Both may quote the model's own text, and both are audited.
+        super().__init__(storable(message))
+        self.tool = storable(tool)
         self.final = final
 
 
@@ -116,11 +130,6 @@ def validate_tool_call(data: dict[str, Any], team: Team) -> AnyToolCall:
         raise ToolProblem(
             f"request_clarification cannot target your own team ({team.slug}); ask another team", tool=call.tool
         )
-    if isinstance(call, WriteArtifactCall):
-        try:
-            Artifact(name=call.arguments.name, kind="text", content="")
-        except ValidationError as exc:
-            raise ToolProblem(f"write_artifact: {exc.errors(include_url=False)[0]['msg']}", tool=call.tool) from exc
     return call
 
 
@@ -201,7 +210,7 @@ class ToolRecord:
 
 @dataclass
 class Toolbox:
-    """The tools of one objective: executes validated calls, keeps the files written."""
+    """The tools of one objective: executes validated calls, keeps the files written (by canonical name)."""
 
     team: Team
     recall_source: Recall
@@ -243,6 +252,8 @@ class Toolbox:
                     f"write_artifact: refused, {MAX_WRITTEN} files already written; put the rest in the result.",
                     None,
                 )
+            if problem := name_clash([*(n for n in self.written if n != name), name]):
+                return f"write_artifact: refused, {problem}.", None
             self.written[name] = Artifact(name=name, kind=kind_for(self.team, name), content=content)
             return f"write_artifact: wrote {name} ({len(content.encode('utf-8'))} bytes).", None
         question = call.arguments.question
@@ -260,7 +271,7 @@ class Toolbox:
         merged = list(result.artifacts)
         for name, artifact in self.written.items():
             names = [a.name for a in merged]
-            if len(merged) < MAX_ARTIFACTS and name not in names and folder_clash([*names, name]) is None:
+            if len(merged) < MAX_ARTIFACTS and name_clash([*names, name]) is None:
                 merged.append(artifact)
         if len(merged) == len(result.artifacts):
             return result
