@@ -26,17 +26,19 @@ from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, Verdict, decide
 from teams.lease import Lease
+from teams.places import check_bundle_root
 from teams.records import (
     PipelineDeps,
     RunOutcome,
     StageTiming,
     completion_entry,
     execution_entry,
+    replaced_artifacts,
     result_completion_entry,
     stored_artifact,
     validate_requirement,
 )
-from teams.results import TaskResult, blocked
+from teams.results import TaskResult, TaskStatus, blocked, name_clash
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
 from teams.slugs import TeamSlug
@@ -70,6 +72,7 @@ class PipelineEngine:
         """Validate everything, then create the run and drive it."""
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
         name, slugs = resolve_pipeline(pipeline)
+        check_bundle_root(out_dir or self._d.runs_dir)  # before the run exists: a bad place costs nothing
         run = self.new_run(requirement, list(slugs), name, out_dir)
         async with self._d.store.lease(run.id) as lease:  # held from creation on: no worker takes it over
             await self.create(run, lease)
@@ -290,8 +293,9 @@ class PipelineEngine:
         recall, packed = await packing
         try:
             execution, decision, model_s = await self._execute_until_decided(
-                run, stage, lease, member, context, recall, packed.text if packed else None, operator_notes
-            )
+                run, stage, lease, member, context, recall, packed.text if packed else None, operator_notes,
+                taken=[p.artifact.name for p in prior],
+            )  # fmt: skip
         except BudgetExceeded as exc:  # the operator decides: more budget, or stop the run
             execution, model_s = Execution(result=blocked(str(exc))), 0.0
             decision = GateDecision(Verdict.ESCALATE, str(exc), kind="budget", priority="high")
@@ -331,10 +335,14 @@ class PipelineEngine:
         recall: Recall,
         packed: str | None,
         operator_notes: Sequence[str] = (),
+        *,
+        taken: Sequence[str] = (),
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds.
 
-        The iteration cap counts the executions since this stage last came back from the operator."""
+        The iteration cap counts the executions since this stage last came back from the operator.
+        ``taken``: the files earlier stages wrote (a result whose files cannot sit beside them is
+        unusable output, sent back like any other)."""
         revision = f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"
         anchored = [*([revision] if run.feedback else []), *operator_notes]
         first_attempt = stage.attempts
@@ -364,6 +372,7 @@ class PipelineEngine:
             )
             model_s += execution.model_s
             self._account(stage, execution)
+            _refuse_clashing_files(execution, taken)
             failures += execution.system_blocked
             decision = decide(
                 execution.result,
@@ -444,7 +453,8 @@ class PipelineEngine:
         retaining = asyncio.create_task(self._retain(run, stage, result, packed))
         try:
             # Renewed first: the files below are written within a whole lease lifetime of holding it.
-            await self._d.store.renew(lease)
+            earlier, _ = await asyncio.gather(self._d.store.artifacts(run.id), self._d.store.renew(lease))
+            replaced = replaced_artifacts(earlier, stage.index, [a.name for a in result.artifacts])
             await asyncio.to_thread(write_artifacts, Path(run.artifacts_dir), result.artifacts)  # off the loop
             stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
             stage.status, stage.finished_at = StageStatus.COMPLETE, now()
@@ -454,7 +464,9 @@ class PipelineEngine:
             await self._record_unfinished(run, execution, exc)
             raise
         entries = [execution.audit] if execution is not None and execution.audit else []
-        entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}))
+        # A file an earlier stage wrote and this one replaces is said so, with the hash it replaced.
+        extra = {"replaced": replaced} if replaced else {}
+        entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}, **extra))
         try:
             await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one round trip
         finally:
@@ -467,6 +479,7 @@ class PipelineEngine:
             tokens_in=stage.tokens_in,
             tokens_out=stage.tokens_out,
             confidence=result.confidence,
+            replaced={name: f"{old['team']} (stage {old['stage'] + 1})" for name, old in replaced.items()},
         )
 
     async def _record_unfinished(self, run: Run, execution: Execution | None, exc: BaseException) -> None:
@@ -521,6 +534,21 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
+
+
+def _refuse_clashing_files(execution: Execution, taken: Sequence[str]) -> None:
+    """Turn a COMPLETE result whose files cannot sit beside the earlier stages' (``docs`` as a file
+    where an earlier stage wrote ``docs/a.md``, or the reverse) into unusable output. Writing a file
+    an earlier stage wrote is allowed: it is audited as a replacement."""
+    result = execution.result
+    if result.status is not TaskStatus.COMPLETE or not taken or not result.artifacts:
+        return
+    names = {n.casefold(): n for n in [*taken, *(a.name for a in result.artifacts)]}
+    why = name_clash(list(names.values()))
+    if why is not None:
+        execution.problem = f"{why} (a file or folder an earlier stage wrote)"
+        execution.system_blocked = True
+        execution.result = blocked(f"model output unusable: {execution.problem}")
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

@@ -14,6 +14,7 @@ from memory.base import AuditLog
 from teams.base import RunStore, StageStatus
 from teams.bundle import sha256_text, write_artifact
 from teams.pipeline import PipelineEngine, RunOutcome, stored_artifact, validate_requirement
+from teams.places import check_bundle_root
 from teams.runner import result_json
 
 
@@ -46,6 +47,7 @@ async def revise(
             f"stages before {from_team} are not complete in {run_id} ({', '.join(unfinished)});"
             f" resume that run first or revise from {unfinished[0]}"
         )
+    check_bundle_root(out_dir or engine.deps.runs_dir)  # before the run exists: a bad place costs nothing
     run = engine.new_run(
         parent.requirement, parent.pipeline, parent.pipeline_name, out_dir, parent_run_id=run_id, feedback=feedback
     )
@@ -61,11 +63,11 @@ async def revise(
         "parent_audit_head_sha256": parent_audit.head_sha256,
         "reused_results_sha256": {s.team: sha256_text(result_json(s.result)) for s in reused if s.result},
     }
-    async with store.lease(run.id):  # held from creation on: no worker takes the new run over
-        await engine.create(run, reused, link)
+    async with store.lease(run.id) as lease:  # held from creation on: no worker takes the new run over
+        await engine.create(run, lease, reused, link)
         for stage in reused:
             assert stage.result is not None
             for artifact in stage.result.artifacts:
                 write_artifact(Path(run.artifacts_dir), artifact)
-            await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts])
-        return await engine.drive(run.id, leased=True)
+            await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts], lease=lease)
+        return await engine.drive(run.id, lease=lease)

@@ -1,0 +1,60 @@
+"""Files one stage writes beside the earlier stages' (issue 13, item 2), on the twins.
+
+A later stage replacing an earlier stage's file is a visible, audited event; a file that cannot sit
+beside the earlier files (a file where an earlier stage made a folder, or the reverse) is unusable
+output, sent back to the team like any other, never a failed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from observability.base import Event
+from teams.base import RunStatus
+from tests.unit.teams.test_gate import Harness, result
+
+
+def md(name: str, text: str) -> dict[str, Any]:
+    return {"name": name, "kind": "markdown", "content": text}
+
+
+async def test_replacing_an_earlier_stages_file_is_audited_and_announced(tmp_path: Path) -> None:
+    rewrite = result(artifacts=[md("analysis/scope.md", "# Scope, as architecture sees it\n")])
+    h = Harness(tmp_path, {"teams": {"solution-architecture": [rewrite]}})
+    seen: list[Event] = []
+    h.bus.subscribe(seen.append)
+    out = await h.run()
+    assert out.run.status is RunStatus.COMPLETE
+    entries = {e.key: json.loads(e.payload) for e in await h.audit.entries(out.run.id)}
+    before = entries["stage.0.complete"]["artifacts"]["analysis/scope.md"]
+    replaced = entries["stage.1.complete"]["replaced"]
+    assert replaced == {
+        "analysis/scope.md": {"name": "analysis/scope.md", "stage": 0, "team": "business-analysis", "sha256": before}
+    }
+    assert "replaced" not in entries["stage.0.complete"] and "replaced" not in entries["stage.2.complete"]
+    [done] = [e for e in seen if e.type == "stage.completed" and e.data["stage"] == 1]
+    assert done.data["replaced"] == {"analysis/scope.md": "business-analysis (stage 1)"}
+    # The bundle holds the later version, and the manifest's hash is that file's.
+    bundle = Path(out.run.artifacts_dir)
+    on_disk = (bundle / "analysis" / "scope.md").read_text()
+    assert on_disk == "# Scope, as architecture sees it\n"
+    manifest = {a["name"]: a for a in json.loads((bundle / "manifest.json").read_text())["artifacts"]}
+    assert manifest["analysis/scope.md"]["sha256"] == hashlib.sha256(on_disk.encode()).hexdigest()
+    assert manifest["analysis/scope.md"]["team"] == "solution-architecture"
+
+
+async def test_a_file_where_an_earlier_stage_made_a_folder_is_sent_back(tmp_path: Path) -> None:
+    clash = result(artifacts=[md("analysis", "a file named like the analysis folder")])
+    h = Harness(tmp_path, {"teams": {"solution-architecture": [clash]}})
+    out = await h.run()
+    assert out.run.status is RunStatus.COMPLETE and out.error is None
+    architecture = out.stages[1]
+    assert architecture.attempts == 2  # the clashing answer, then a usable one
+    assert not (Path(out.run.artifacts_dir) / "analysis").is_file()
+    entries = {e.key: json.loads(e.payload) for e in await h.audit.entries(out.run.id)}
+    first = entries["stage.1.execution.1"]
+    assert "earlier stage" in first["output_problem"] and first["gate"]["verdict"] == "retry"
+    assert out.audit.intact
