@@ -7,6 +7,7 @@ Heavy modules are imported inside commands, so a command that calls no model sta
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,9 +18,12 @@ from factory.cli_common import (
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_OK,
+    check_text_input,
+    echo,
     err,
     load_settings,
     print_json,
+    read_stdin,
     report,
     run_async,
     show_progress,
@@ -51,7 +55,21 @@ def teams_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
         print_json([t.summary() for t in teams.values()])
         return
     for t in teams.values():
-        typer.echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
+        echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
+
+
+def bundle_root(settings: Any, out: Path | None) -> None:
+    """Refuse (exit 2) a bundle directory that cannot hold the run's files, before any service starts
+    or any model is called."""
+    from teams.places import check_bundle_root
+
+    try:
+        if out is None:
+            check_bundle_root(settings.runs_dir, fix="set FACTORY_DATA_DIR to a writable directory, or give --out")
+        else:
+            check_bundle_root(out)
+    except InputError as exc:
+        err(str(exc), EXIT_INPUT)
 
 
 @app.command()
@@ -70,12 +88,13 @@ def run(
 
     settings = load_settings()
     if requirement == "-":
-        requirement = sys.stdin.read()
+        requirement = read_stdin("requirement", settings.max_requirement_bytes)
     try:
         validate_requirement(requirement, settings.max_requirement_bytes)
         _name, slugs = resolve_pipeline(pipeline)
     except InputError as exc:
         err(str(exc), EXIT_INPUT)
+    bundle_root(settings, out)
 
     async def go() -> RunOutcome:
         from factory.wiring import open_factory, responders_for_run
@@ -113,11 +132,17 @@ def resume(
 def revise(
     run_id: str,
     from_team: Annotated[str, typer.Option("--from", help="The first team to run again.")],
-    feedback: Annotated[str, typer.Option(help="What to change; anchored in every objective from that team on.")],
+    feedback: Annotated[
+        str, typer.Option(help="What to change; anchored in every objective from that team on ('-' reads stdin).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the revision run's summary as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Where to write the revision's bundle.")] = None,
 ) -> None:
     """Re-run a run from one team with feedback, as a new run linked to it; the old run stays intact."""
+    settings = load_settings()
+    if feedback == "-":
+        feedback = read_stdin("feedback", settings.max_requirement_bytes)
+    bundle_root(settings, out)
 
     async def go() -> RunOutcome:
         from factory.wiring import open_factory, responders_for_run
@@ -131,7 +156,6 @@ def revise(
                 max_feedback_bytes=settings.max_requirement_bytes,
             )  # fmt: skip
 
-    settings = load_settings()
     report(run_async(go()), as_json)
 
 
@@ -163,9 +187,9 @@ def responders(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with open_factory(settings, serve=slugs):
-            typer.echo(f"answering clarifications for {len(slugs)} teams as {consumer_name()}", err=True)
+            echo(f"answering clarifications for {len(slugs)} teams as {consumer_name()}", err=True)
             await stop.wait()
-        typer.echo("responders stopped", err=True)
+        echo("responders stopped", err=True)
 
     run_async(go())
 
@@ -189,9 +213,9 @@ def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] =
         print_json(report.model_dump())
     else:
         state = "intact" if report.intact else "TAMPERED"
-        typer.echo(f"{run_id}: {state}, {report.entries} entries, head {report.head_sha256}")
+        echo(f"{run_id}: {state}, {report.entries} entries, head {report.head_sha256}")
         for problem in report.problems:
-            typer.echo(f"  - {problem}")
+            echo(f"  - {problem}")
     raise typer.Exit(EXIT_OK if report.intact else EXIT_FAILED)
 
 
@@ -209,7 +233,10 @@ def audit_show(run_id: str) -> None:
 
     settings = load_settings()
     for entry in run_async(go()):
-        typer.echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
+        echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
+
+
+MAX_QUESTION_BYTES = 8 * 1024  # a question, not a document: its words are embedded and sent to a model
 
 
 @app.command("ask")
@@ -221,6 +248,8 @@ def ask(
     """Answer a question about a run or the whole factory from memory, citing the items used."""
     if not question.strip():
         err("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'", EXIT_INPUT)
+    if len(question.encode()) > MAX_QUESTION_BYTES:
+        err(f"the question is over {MAX_QUESTION_BYTES} bytes; ask it in a few sentences", EXIT_INPUT)
 
     async def go() -> Any:
         from factory.wiring import open_factory
@@ -235,9 +264,9 @@ def ask(
     if as_json:
         print_json(answer.model_dump(mode="json"))
         return
-    typer.echo(answer.text)
+    echo(answer.text, lines=True)
     for c in answer.citations:
-        typer.echo(f"  [{c.number}] {c.source} (run {c.run_id or '-'}): {' '.join(c.excerpt.split())[:160]}")
+        echo(f"  [{c.number}] {c.source} (run {c.run_id or '-'}): {' '.join(c.excerpt.split())[:160]}")
 
 
 @audit_app.command("search")
@@ -247,8 +276,14 @@ def audit_search(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Search the audit of every past run (all words must match), best first."""
+    from memory.search_bounds import bounded_query
+
     if not query.strip():
         err("the query is empty; give words to look for, e.g. 'postgres schema'", EXIT_INPUT)
+    try:
+        bounded_query(query)
+    except InputError as exc:
+        err(str(exc), EXIT_INPUT)
 
     async def go() -> list[Any]:
         from factory.wiring import open_factory
@@ -262,10 +297,10 @@ def audit_search(
         print_json([h.model_dump(mode="json") for h in hits])
         return
     if not hits:
-        typer.echo(f"nothing in the audit matches {query!r}")
+        echo(f"nothing in the audit matches {query!r}")
     for hit in hits:
         excerpt = " ".join(hit.excerpt.split())
-        typer.echo(f"{hit.run_id}  #{hit.seq:<3} {hit.kind:18} {hit.created_at:%Y-%m-%d %H:%M}  {excerpt}")
+        echo(f"{hit.run_id}  #{hit.seq:<3} {hit.kind:18} {hit.created_at:%Y-%m-%d %H:%M}  {excerpt}")
 
 
 BROKER_COUNTERS = ("requests", "replies", "timeouts", "reclaims", "duplicates", "resent", "malformed")
@@ -279,7 +314,8 @@ def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
     async def go() -> dict[str, Any]:
         from broker.redis_streams import RedisBroker
         from factory import services
-        from factory.wiring import broker_limits, open_redis, safe_url
+        from factory.service_errors import safe_url, service_error
+        from factory.wiring import broker_limits, open_redis
         from teams.slugs import ALL_TEAMS
 
         configured = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -288,6 +324,11 @@ def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
         try:
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             counters, backlog = await broker.counters(), await broker.backlog(ALL_TEAMS)
+        except Exception as exc:
+            embedded = frozenset() if configured else frozenset({"Redis"})
+            if (wrapped := service_error(exc, redis_url=url, embedded=embedded)) is None:
+                raise
+            raise wrapped from exc
         finally:
             await redis.aclose()
         return {
@@ -305,12 +346,12 @@ def broker_stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
     if as_json:
         print_json(stats)
         return
-    typer.echo(f"broker at {stats['redis']} (prefix {stats['prefix']})")
-    typer.echo("  ".join(f"{name} {stats['counters'][name]}" for name in BROKER_COUNTERS))
-    typer.echo("refused: " + "  ".join(f"{reason} {n}" for reason, n in stats["refusals"].items()))
-    typer.echo(f"{'team':24} {'unanswered':>10} {'pending':>8} {'waiting':>8}")
+    echo(f"broker at {stats['redis']} (prefix {stats['prefix']})")
+    echo("  ".join(f"{name} {stats['counters'][name]}" for name in BROKER_COUNTERS))
+    echo("refused: " + "  ".join(f"{reason} {n}" for reason, n in stats["refusals"].items()))
+    echo(f"{'team':24} {'unanswered':>10} {'pending':>8} {'waiting':>8}")
     for team, row in stats["teams"].items():
-        typer.echo(f"{team:24} {row['stream']:>10} {row['pending']:>8} {row['waiting']:>8}")
+        echo(f"{team:24} {row['stream']:>10} {row['pending']:>8} {row['waiting']:>8}")
 
 
 @app.command()
@@ -324,8 +365,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         print_json(report)
     else:
         for check in report["checks"]:
-            typer.echo(f"{'ok ' if check['ok'] else 'BAD'} {check['name']:10} {check['detail']}")
-        typer.echo(f"limits: {json.dumps(report['limits'])}")
+            echo(f"{'ok ' if check['ok'] else 'BAD'} {check['name']:10} {check['detail']}")
+        echo(f"limits: {json.dumps(report['limits'])}")
     raise typer.Exit(EXIT_OK if report["usable"] else EXIT_FAILED)
 
 
@@ -343,8 +384,8 @@ def up() -> None:
     endpoints, model = run_async(go())
     db = "embedded" if endpoints.embedded_database else "configured"
     rd = "embedded" if endpoints.embedded_redis else "configured"
-    typer.echo(f"postgres: {db} · redis: {rd} · models: {model} · data: {settings.data_dir}")
-    typer.echo('ready: `factory run "REQUIREMENT"` runs a pipeline; `factory down` stops the services')
+    echo(f"postgres: {db} · redis: {rd} · models: {model} · data: {settings.data_dir}")
+    echo('ready: `factory run "REQUIREMENT"` runs a pipeline; `factory down` stops the services')
 
 
 @app.command()
@@ -354,8 +395,12 @@ def down() -> None:
 
     settings = load_settings()
     stopped = services.stop(settings.data_dir)
-    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 def main() -> None:
+    try:
+        check_text_input(sys.argv, os.environ)
+    except typer.Exit as exc:  # raised outside click, which would otherwise turn it into the exit code
+        sys.exit(exc.exit_code)
     app()

@@ -1,9 +1,19 @@
-"""What every ``factory`` command shares: exit codes, errors, settings, JSON, run reports, progress."""
+"""What every ``factory`` command shares: exit codes, errors, settings, JSON, run reports, progress,
+and the one way text reaches the terminal.
+
+Every text a command prints goes through ``echo`` (or ``err``), which neutralises control
+characters: a model's blocker or a user's answer cannot retitle the terminal, move the cursor or
+overwrite a line. JSON output is escaped by ``json.dumps`` itself (ASCII only).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -17,9 +27,77 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_WAITING = 0, 1, 2, 3
 
 
+# C0 controls, DEL, C1 controls, bidirectional overrides and marks (which reorder what is shown),
+# line and paragraph separators, and lone surrogates (undecodable input; not printable at all).
+_OTHER = r"\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_LINE = re.compile(rf"[\x00-\x1f{_OTHER}]")
+_UNSAFE_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER}]")  # keeps \t (0x09) and \n (0x0a)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: object, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as a visible escape (``\\x1b``); ``lines``
+    keeps newlines and tabs (multi-line text such as an answer), otherwise they are escaped too."""
+    return (_UNSAFE_LINES if lines else _UNSAFE_LINE).sub(_escape, str(text))
+
+
+def echo(text: object = "", *, err: bool = False, lines: bool = False) -> None:
+    """Print ``text`` (made ``safe``) to stdout, or stderr with ``err``."""
+    typer.echo(safe(text, lines=lines), err=err)
+
+
 def err(message: str, code: int) -> NoReturn:
-    typer.echo(f"factory: {message}", err=True)
+    """``factory: message`` on one line of stderr, then exit with ``code``."""
+    echo(f"factory: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _undecodable(value: str) -> str | None:
+    """``value`` as shown in an error if it is not UTF-8 text (Python keeps the bytes of a
+    non-UTF-8 argument as lone surrogates), else None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(value).decode("utf-8", "backslashreplace")
+        return shown if len(shown) <= 60 else shown[:57] + "..."
+    return None
+
+
+def check_text_input(argv: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Refuse (exit 2, one line) an argument or a ``FACTORY_*`` setting that is not UTF-8 text,
+    before any command parses it: every text reaches PostgreSQL, which stores only UTF-8."""
+    for index, arg in enumerate(argv[1:], start=1):
+        shown = _undecodable(arg)
+        if shown is None:
+            continue
+        option, _, value = arg.partition("=")
+        previous = argv[index - 1] if index > 1 else ""
+        if option.startswith("--") and value and _undecodable(option) is None:
+            where = f"the value of {option} (argument {index})"
+            shown = _undecodable(value) or shown
+        elif previous.startswith("-") and _undecodable(previous) is None:
+            where = f"argument {index} (after {previous})"
+        else:
+            where = f"argument {index}"
+        err(f"{where} is not UTF-8 text ({shown}); give it as UTF-8", EXIT_INPUT)
+    for name, value in environ.items():
+        if name.upper().startswith("FACTORY_") and (_undecodable(name) or _undecodable(value)) is not None:
+            err(f"the environment variable {_undecodable(name) or name} is not UTF-8 text; fix it", EXIT_INPUT)
+
+
+def read_stdin(what: str, max_bytes: int) -> str:
+    """Standard input as UTF-8 text of at most ``max_bytes``; exit 2 naming ``what`` otherwise."""
+    data = sys.stdin.buffer.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        err(f"the {what} on standard input is longer than {max_bytes} bytes; shorten it", EXIT_INPUT)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        err(f"the {what} on standard input is not UTF-8 text (byte {exc.start}); give it as UTF-8", EXIT_INPUT)
 
 
 def load_settings() -> Settings:
@@ -34,21 +112,56 @@ def load_settings() -> Settings:
         first = exc.errors(include_url=False)[0]
         err(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INPUT)
     configure_logging(settings.log_level)
+    for handler in logging.getLogger().handlers:  # log lines quote model output and errors, too
+        handler.setFormatter(_SafeFormatter(handler.formatter or logging.Formatter()))
     return settings
 
 
+class _SafeFormatter(logging.Formatter):
+    """Another formatter's lines, made ``safe`` (a traceback keeps its lines)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(self._inner.format(record), lines=True)
+
+
+# The runs this command drove (seen on the event bus), for the way back after a service failure.
+_DRIVEN: list[str] = []
+
+
 def run_async(coro: Any) -> Any:
+    """Run a command's coroutine; a factory error, or a PostgreSQL or Redis failure that escaped it,
+    becomes one ``factory: ...`` line and its exit code, never a traceback."""
     try:
         import asyncio  # here, not at the top: commands that run nothing start faster
 
         return asyncio.run(coro)
     except FactoryError as exc:
-        err(str(exc), exc.exit_code)
+        err(_with_way_back(exc), exc.exit_code)
     except KeyboardInterrupt:
         err("interrupted; the run can be continued from its last committed stage", 130)
+    except Exception as exc:
+        from factory.service_errors import service_error  # a driver error raised outside open_factory
+
+        wrapped = service_error(exc)
+        if wrapped is None:
+            raise
+        err(_with_way_back(wrapped), wrapped.exit_code)
+
+
+def _with_way_back(exc: FactoryError) -> str:
+    from factory.errors import ServiceUnavailable
+
+    if isinstance(exc, ServiceUnavailable) and _DRIVEN:
+        return f"{exc}; then `factory resume {_DRIVEN[-1]}` continues the run from its last committed stage"
+    return str(exc)
 
 
 def print_json(data: Any) -> None:
+    """JSON on stdout; ``json.dumps`` escapes every control character (and keeps to ASCII)."""
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
@@ -95,24 +208,31 @@ def progress(total: int) -> Any:
         label = f"[{stage + 1}/{total}] {d.get('team', '')}" if stage is not None else ""
         if event.type == "stage.started":
             started[stage] = time.monotonic()
-            typer.echo(f"  ... {label} running", err=True)
+            echo(f"  ... {label} running", err=True)
         elif event.type == "stage.completed":
             took = f"  {time.monotonic() - started[stage]:.1f}s" if stage in started else ""
-            typer.echo(
+            echo(
                 f"  ok  {label} complete  tokens {d['tokens_in']}/{d['tokens_out']}"
                 f"  confidence {d['confidence']:.2f}{took}",
                 err=True,
             )
         elif event.type == "escalation.opened":
-            typer.echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
+            echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
         elif event.type == "run.failed":
-            typer.echo(f"  xx  {label} failed: {d['error']}", err=True)
+            echo(f"  xx  {label} failed: {d['error']}", err=True)
 
     return show
 
 
+def _remember_run(event: Any) -> None:
+    if not _DRIVEN or _DRIVEN[-1] != event.run_id:
+        _DRIVEN.append(event.run_id)
+
+
 def show_progress(factory: Any, stages: int, as_json: bool) -> None:
-    """Live per-stage lines on stderr: always for human output, and on a terminal even with --json."""
+    """Live per-stage lines on stderr: always for human output, and on a terminal even with --json.
+    The runs driven are remembered, so a service failure can say which run to resume."""
+    factory.bus.subscribe(_remember_run)
     if sys.stderr.isatty() or not as_json:
         factory.bus.subscribe(progress(stages))
 
@@ -123,13 +243,13 @@ def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
     if as_json:
         print_json(outcome_json(outcome))
     else:
-        typer.echo(f"run {outcome.run.id}: {outcome.run.status.value}")
-        typer.echo(f"artifacts: {outcome.run.artifacts_dir}")
-        typer.echo(f"audit: {outcome.audit.entries} entries, head {outcome.audit.head_sha256[:16]}")
+        echo(f"run {outcome.run.id}: {outcome.run.status.value}")
+        echo(f"artifacts: {outcome.run.artifacts_dir}")
+        echo(f"audit: {outcome.audit.entries} entries, head {outcome.audit.head_sha256[:16]}")
         for e in outcome.escalations:
-            typer.echo(f"waiting on you: {e.id} [{e.kind.value}/{e.priority.value}] {e.team}: {e.question}")
+            echo(f"waiting on you: {e.id} [{e.kind.value}/{e.priority.value}] {e.team}: {e.question}")
         if outcome.error:
-            typer.echo(f"error: {outcome.error}", err=True)
+            echo(f"error: {outcome.error}", err=True)
     status = outcome.run.status
     code = {RunStatus.COMPLETE: EXIT_OK, RunStatus.WAITING_HUMAN: EXIT_WAITING}.get(status, EXIT_FAILED)
     raise typer.Exit(code)

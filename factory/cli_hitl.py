@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import math
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,9 +18,11 @@ from factory.cli_common import (
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_OK,
+    echo,
     err,
     load_settings,
     print_json,
+    read_stdin,
     report,
     run_async,
     show_progress,
@@ -53,10 +54,7 @@ def _text(value: str, what: str) -> str:
     from hitl.desk import MAX_TEXT_BYTES, checked_text
 
     if value == "-":
-        try:
-            value = sys.stdin.read(MAX_TEXT_BYTES + 1)
-        except UnicodeDecodeError:
-            err(f"the {what} on standard input is not UTF-8 text", EXIT_INPUT)
+        value = read_stdin(what, MAX_TEXT_BYTES)
     try:
         return checked_text(value, what, required=True) or ""
     except DecisionRefused as exc:
@@ -86,14 +84,14 @@ def hitl_list(as_json: AsJson = False) -> None:
     if as_json:
         print_json([w.escalation.model_dump(mode="json") | {"sla_level": int(w.sla_level)} for w in summary.items])
         return
-    typer.echo(summary.headline())
+    echo(summary.headline())
     now = datetime.now(UTC)
     for w in summary.items:
         e = w.escalation
         deferred = " (deferred)" if e.status.value == "deferred" else ""
-        typer.echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} {_due(e, now):16} {e.team}: {e.question}{deferred}")
+        echo(f"{e.id}  {e.priority.value:8} {e.kind.value:13} {_due(e, now):16} {e.team}: {e.question}{deferred}")
     if summary.items:
-        typer.echo("decide: factory hitl show ID · answer ID TEXT · approve ID · reject ID --reason TEXT · defer ID")
+        echo("decide: factory hitl show ID · answer ID TEXT · approve ID · reject ID --reason TEXT · defer ID")
 
 
 @hitl_app.command("summary")
@@ -103,11 +101,11 @@ def hitl_summary(as_json: AsJson = False) -> None:
     if as_json:
         print_json(summary.model_dump(mode="json", exclude={"items"}))
         return
-    typer.echo(summary.headline())
+    echo(summary.headline())
     for w in summary.oldest:
-        typer.echo(f"  oldest: {w.escalation.id} waiting {w.waited_s / 3600:.1f}h ({w.escalation.team})")
+        echo(f"  oldest: {w.escalation.id} waiting {w.waited_s / 3600:.1f}h ({w.escalation.team})")
     for r in summary.blocked_runs:
-        typer.echo(f"  blocked: {r.run_id} on {r.escalations} escalation(s), {r.oldest_waiting_s / 3600:.1f}h")
+        echo(f"  blocked: {r.run_id} on {r.escalations} escalation(s), {r.oldest_waiting_s / 3600:.1f}h")
 
 
 @hitl_app.command("show")
@@ -126,21 +124,20 @@ def hitl_show(escalation_id: str, as_json: AsJson = False) -> None:
         print_json(e.model_dump(mode="json"))
         return
     c = e.context
-    typer.echo(
-        f"{e.id} [{e.kind.value}/{e.priority.value}] {e.status.value} · run {e.run_id} stage {e.stage_index} {e.team}"
-    )
-    typer.echo(f"question: {e.question}")
+    echo(f"{e.id} [{e.kind.value}/{e.priority.value}] {e.status.value} · run {e.run_id} stage {e.stage_index} {e.team}")
+    echo(f"question: {e.question}")
     for label, key in (("why", "reason"), ("reasoning", "reasoning")):
         if c.get(key):
-            typer.echo(f"{label}: {c[key]}")
+            echo(f"{label}: {c[key]}", lines=True)
     for label, key in (("blockers", "blockers"), ("assumptions", "assumptions"), ("route", "hop_chain")):
         if c.get(key):
-            typer.echo(f"{label}: " + "; ".join(map(str, c[key])))
+            echo(f"{label}: " + "; ".join(map(str, c[key])))
     for name, excerpt in (c.get("artifacts") or {}).items():
-        typer.echo(f"--- {name} (excerpt) ---\n{excerpt}")
-    typer.echo(f"choices: {c.get('choices', '')}")
+        echo(f"--- {name} (excerpt) ---")
+        echo(excerpt, lines=True)
+    echo(f"choices: {c.get('choices', '')}")
     if e.answer or e.decided_by:
-        typer.echo(f"decided: {e.status.value} by {e.decided_by} at {e.decided_at}: {e.answer or ''}")
+        echo(f"decided: {e.status.value} by {e.decided_by} at {e.decided_at}: {e.answer or ''}")
 
 
 @hitl_app.command("answer")
@@ -217,11 +214,11 @@ def hitl_batch_approve(
         print_json({"approved": [e.id for e in outcome.approved], "refused": dict(outcome.refused)})
     else:
         for e in outcome.approved:
-            typer.echo(f"approved {e.id} ({e.team}, run {e.run_id})")
+            echo(f"approved {e.id} ({e.team}, run {e.run_id})")
         for escalation_id, why in outcome.refused:
-            typer.echo(f"refused  {escalation_id}: {why}")
+            echo(f"refused  {escalation_id}: {why}")
         if not outcome.approved and not outcome.refused:
-            typer.echo("nothing low-risk is waiting")
+            echo("nothing low-risk is waiting")
     raise typer.Exit(EXIT_FAILED if outcome.refused else EXIT_OK)
 
 
@@ -263,7 +260,7 @@ def _decide(settings: Settings, resume: bool | None, decide: Callable[[Factory],
             decided = await decide(factory)
             who = f" by {decided.decided_by}" if decided.decided_by else ""
             due = f", due {decided.sla_deadline:%Y-%m-%d %H:%M %Z}" if decided.waiting else ""
-            typer.echo(f"{decided.id} {decided.status.value}{who}{due}")
+            echo(f"{decided.id} {decided.status.value}{who}{due}")
             if decided.waiting:  # deferred
                 return f"run {decided.run_id} keeps waiting on it", None
             still = await factory.escalations.list_open(decided.run_id)
@@ -287,7 +284,7 @@ def _decide(settings: Settings, resume: bool | None, decide: Callable[[Factory],
     next_step, outcome = run_async(main())
     if outcome is not None:
         report(outcome, False)
-    typer.echo(next_step)
+    echo(next_step)
 
 
 async def _drive_when_free(factory: Factory, run_id: str) -> Any:
@@ -325,7 +322,7 @@ def worker(
                 await factory.desk.tick()
                 step = await work.resume_pass()
                 for outcome in step.resumed:
-                    typer.echo(f"resumed {outcome.run.id}: {outcome.run.status.value}")
+                    echo(f"resumed {outcome.run.id}: {outcome.run.status.value}")
                 return
             import asyncio
 
@@ -333,8 +330,8 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            typer.echo(f"worker: SLA ladder and resumes every {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)
+            echo(f"worker: SLA ladder and resumes every {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)
             await work.serve(stop)
-        typer.echo("worker stopped", err=True)
+        echo("worker stopped", err=True)
 
     run_async(go())

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import FeatureNotSupported
@@ -21,6 +20,7 @@ from broker.responders import responding
 from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
+from factory.service_errors import safe_url, service_error
 from factory.settings import Settings
 from hitl.base import EscalationKind, EscalationStatus, Priority
 from hitl.desk import DecisionDesk, LowRisk
@@ -117,12 +117,6 @@ def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor
     return ModelExtractor(model, timeout_s=settings.model_timeout_s)
 
 
-def safe_url(url: str) -> str:
-    """A URL without credentials, safe to print."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
-
-
 @dataclass(frozen=True)
 class Factory:
     """Every service of one process, built once."""
@@ -216,11 +210,35 @@ async def open_factory(
 ) -> AsyncIterator[Factory]:
     """Start or reach the services, migrate, and wire the engine; close everything on exit.
 
-    ``serve``: teams whose clarification requests this process answers while the block runs.
+    ``serve``: teams whose clarification requests this process answers while the block runs. A
+    PostgreSQL or Redis driver error escaping the block (the service died mid-command) comes out
+    as ``ServiceUnavailable`` naming the service.
     """
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     endpoints = services.ensure(settings.data_dir, database_url, redis_url, timeout_s=settings.service_start_timeout_s)
+    try:
+        async with _wired(settings, endpoints, model, serve, embedder) as factory:
+            yield factory
+    except Exception as exc:
+        embedded = {"PostgreSQL"} if endpoints.embedded_database else set()
+        embedded |= {"Redis"} if endpoints.embedded_redis else set()
+        wrapped = service_error(
+            exc, database_url=endpoints.database_url, redis_url=endpoints.redis_url, embedded=frozenset(embedded)
+        )
+        if wrapped is None:
+            raise
+        raise wrapped from exc
+
+
+@asynccontextmanager
+async def _wired(
+    settings: Settings,
+    endpoints: services.Endpoints,
+    model: ChatModel | None,
+    serve: Sequence[TeamSlug],
+    embedder: Embedder | None,
+) -> AsyncIterator[Factory]:
     pool = await _open_pool(endpoints.database_url, settings.connect_timeout_s)
     embedded = None
     try:

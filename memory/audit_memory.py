@@ -8,6 +8,7 @@ from typing import Any
 
 from memory.base import AuditEntry, AuditHit, AuditReport
 from memory.chain import GENESIS, canonical, link_hash, verify_chain
+from memory.search_bounds import bounded_query
 
 
 class InMemoryAuditLog:
@@ -46,6 +47,7 @@ class InMemoryAuditLog:
         return verify_chain(run_id, chain, head)
 
     async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
+        bounded_query(query)  # a query too large to parse is an input error, not a database one
         words = [w.lower() for w in query.split() if w.strip()]
         if not words:
             return []

@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from memory.base import AuditEntry, AuditHit, AuditReport
 from memory.chain import canonical, verify_chain
+from memory.search_bounds import bounded_query
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -132,6 +133,7 @@ class PostgresAuditLog:
         return verify_chain(run_id, entries, (head[0], head[1]) if head else None)
 
     async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
+        bounded_query(query)  # a query too large to parse is an input error, not a database one
         if not query.strip():
             return []
         async with self._pool.connection() as conn:

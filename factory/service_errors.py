@@ -1,0 +1,69 @@
+"""Driver errors of PostgreSQL and Redis, as the one-line ``ServiceUnavailable`` of the error tree.
+
+A service that dies mid-command surfaces as whatever its driver raises (``AdminShutdown``,
+``PoolTimeout``, a Redis ``ConnectionError``); the front doors turn that into "which service,
+how to fix". Nothing is rolled back by this: a run keeps its committed stages and resumes.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from psycopg import Error as PostgresError
+from psycopg_pool import PoolTimeout
+from redis.exceptions import RedisError
+
+from factory.errors import ServiceUnavailable
+
+_FIX = {
+    "PostgreSQL": "start it or fix FACTORY_DATABASE_URL",
+    "Redis": "start it or fix FACTORY_REDIS_URL",
+}
+_FIX_EMBEDDED = "`factory up` starts the embedded one again"
+
+
+def safe_url(url: str) -> str:
+    """A URL without credentials, safe to print."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """``exc`` itself, or the exceptions inside an exception group (depth-first, bounded by nesting)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _service(exc: BaseException) -> str | None:
+    if isinstance(exc, PostgresError | PoolTimeout):  # PoolTimeout: no connection came back in time
+        return "PostgreSQL"
+    if isinstance(exc, RedisError):
+        return "Redis"
+    return None
+
+
+def service_error(
+    exc: BaseException,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    embedded: frozenset[str] = frozenset(),
+) -> ServiceUnavailable | None:
+    """The ``ServiceUnavailable`` for a PostgreSQL or Redis driver error (or a group holding one),
+    naming the service (at its URL without credentials, when given; ``embedded``: the services
+    the factory started itself); None for any other error."""
+    for leaf in _leaves(exc):
+        service = _service(leaf)
+        if service is None:
+            continue
+        url = database_url if service == "PostgreSQL" else redis_url
+        where = f" at {safe_url(url)}" if url else ""
+        fix = _FIX_EMBEDDED if service in embedded else _FIX[service]
+        return ServiceUnavailable(f"{service}{where} failed ({_first_line(leaf)}); {fix}")
+    return None
