@@ -216,6 +216,8 @@ def progress(total: int) -> Any:
                 f"  confidence {d['confidence']:.2f}{took}",
                 err=True,
             )
+            for name, whose in (d.get("replaced") or {}).items():
+                echo(f"      {label} replaced {name}, written by {whose}", err=True)
         elif event.type == "escalation.opened":
             echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
         elif event.type == "run.failed":

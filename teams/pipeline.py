@@ -183,7 +183,14 @@ class PipelineEngine:
             assert stage.result is not None
             prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
         else:
-            await self._finish(run, lease)
+            try:
+                await self._finish(run, lease)
+            except LeaseLost:
+                raise
+            except FactoryError as exc:  # e.g. the manifest cannot be written: resuming finishes it
+                error = str(exc)
+                await self._d.store.set_run_status(run_id, RunStatus.FAILED, lease=lease)
+                await self._emit("run.failed", run_id, error=error)
         outcome = await self.outcome(run_id)
         outcome.timings, outcome.error = timings, error
         return outcome

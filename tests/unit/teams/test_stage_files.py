@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from observability.base import Event
-from teams.base import RunStatus
+from routing.base import ChatRequest, ChatResponse
+from routing.ledger import RecordingModel
+from routing.scripted import ScriptedModel
+from teams.base import RunStatus, StageStatus
 from tests.unit.teams.test_gate import Harness, result
 
 
@@ -58,3 +61,28 @@ async def test_a_file_where_an_earlier_stage_made_a_folder_is_sent_back(tmp_path
     first = entries["stage.1.execution.1"]
     assert "earlier stage" in first["output_problem"] and first["gate"]["verdict"] == "retry"
     assert out.audit.intact
+
+
+class BlocksTheManifest(ScriptedModel):
+    """Answers as scripted; when the last team is asked, puts a folder where the manifest goes."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__({})
+        self.runs_dir = runs_dir
+
+    async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+        if request.team == "documentation" and request.run_id:
+            (self.runs_dir / request.run_id / "manifest.json").mkdir(parents=True, exist_ok=True)
+        return await super().complete(request, timeout_s=timeout_s)
+
+
+async def test_a_manifest_that_cannot_be_written_fails_the_run_resumably(tmp_path: Path) -> None:
+    h = Harness(tmp_path, {})
+    h.runner._model = RecordingModel(BlocksTheManifest(tmp_path), h.store)  # type: ignore[attr-defined]
+    out = await h.run()
+    assert out.run.status is RunStatus.FAILED and out.error and "manifest.json" in out.error
+    assert all(s.status is StageStatus.COMPLETE for s in out.stages)  # nothing the teams did is lost
+    (Path(out.run.artifacts_dir) / "manifest.json").rmdir()
+    done = await h.engine.drive(out.run.id)  # resuming writes it, executing nothing again
+    assert done.run.status is RunStatus.COMPLETE and done.timings == []
+    assert (Path(out.run.artifacts_dir) / "manifest.json").is_file() and done.audit.intact
