@@ -86,3 +86,30 @@ async def test_a_manifest_that_cannot_be_written_fails_the_run_resumably(tmp_pat
     done = await h.engine.drive(out.run.id)  # resuming writes it, executing nothing again
     assert done.run.status is RunStatus.COMPLETE and done.timings == []
     assert (Path(out.run.artifacts_dir) / "manifest.json").is_file() and done.audit.intact
+
+
+class BreaksTheBundle(ScriptedModel):
+    """Answers as scripted; when ``team`` is asked, puts a file where its folder of the bundle goes,
+    so the stage's files cannot be written after the model call was paid for."""
+
+    def __init__(self, runs_dir: Path, team: str, folder: str) -> None:
+        super().__init__({})
+        self.runs_dir, self.team, self.folder = runs_dir, team, folder
+
+    async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+        if request.team == self.team and request.run_id:
+            (self.runs_dir / request.run_id / self.folder).write_text("in the way")
+        return await super().complete(request, timeout_s=timeout_s)
+
+
+async def test_an_execution_whose_commit_failed_is_still_audited(tmp_path: Path) -> None:
+    h = Harness(tmp_path, {})
+    model = BreaksTheBundle(tmp_path, "solution-architecture", "architecture")
+    h.runner._model = RecordingModel(model, h.store)  # type: ignore[attr-defined]
+    out = await h.run()
+    assert out.run.status is RunStatus.FAILED and out.stages[1].status is StageStatus.FAILED
+    entries = {e.key: json.loads(e.payload) for e in await h.audit.entries(out.run.id)}
+    paid = entries["stage.1.execution.1"]  # the model call happened: it is on record, with why it did not land
+    assert paid["gate"]["verdict"] == "advance" and "architecture" in paid["commit_error"]
+    assert "stage.1.complete" not in entries and entries["stage.1.failed.1"]["team"] == "solution-architecture"
+    assert out.audit.intact
