@@ -6,33 +6,43 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from memory.base import AuditEntry, AuditHit, AuditReport
+from factory.errors import MemoryStoreError
+from memory.base import AuditAnchor, AuditEntry, AuditHit, AuditReport
 from memory.chain import GENESIS, canonical, link_hash, verify_chain
 from memory.search_bounds import bounded_query
 
 
 class InMemoryAuditLog:
+    """Chains and, apart from them, each chain's head (count, last hash), as in PostgreSQL."""
+
     def __init__(self) -> None:
         self._chains: dict[str, list[AuditEntry]] = {}
+        self._heads: dict[str, tuple[int, str]] = {}
 
     async def append(self, run_id: str, key: str, kind: str, payload: dict[str, Any]) -> AuditEntry:
         chain = self._chains.setdefault(run_id, [])
         for entry in chain:
             if entry.key == key:
                 return entry.model_copy()
-        prev = chain[-1].sha256 if chain else GENESIS
+        seq, prev = self._heads.get(run_id, (0, GENESIS))
+        if seq != len(chain) or (chain and chain[-1].sha256 != prev):  # as the database's guards refuse it
+            raise MemoryStoreError(
+                f"the audit of run {run_id} cannot be extended: its head does not match its chain;"
+                f" see `factory audit verify {run_id}`"
+            )
         text = canonical(payload)
         entry = AuditEntry(
             run_id=run_id,
-            seq=len(chain),
+            seq=seq,
             key=key,
             kind=kind,
             payload=text,
             prev_sha256=prev,
-            sha256=link_hash(prev, run_id, len(chain), key, kind, text),
+            sha256=link_hash(prev, run_id, seq, key, kind, text),
             created_at=datetime.now(UTC),
         )
         chain.append(entry)
+        self._heads[run_id] = (len(chain), entry.sha256)
         return entry.model_copy()
 
     async def append_many(self, run_id: str, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> list[AuditEntry]:
@@ -41,10 +51,8 @@ class InMemoryAuditLog:
     async def entries(self, run_id: str) -> list[AuditEntry]:
         return [e.model_copy() for e in self._chains.get(run_id, [])]
 
-    async def verify(self, run_id: str) -> AuditReport:
-        chain = self._chains.get(run_id, [])
-        head = (len(chain), chain[-1].sha256) if chain else None
-        return verify_chain(run_id, chain, head)
+    async def verify(self, run_id: str, *, anchor: AuditAnchor | None = None) -> AuditReport:
+        return verify_chain(run_id, self._chains.get(run_id, []), self._heads.get(run_id), anchor=anchor)
 
     async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
         bounded_query(query)  # a query too large to parse is an input error, not a database one

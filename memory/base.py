@@ -129,6 +129,15 @@ class AuditReport(BaseModel):
     problems: list[str]
 
 
+class AuditAnchor(BaseModel):
+    """A chain position recorded outside the database (the bundle's manifest): the chain's entry
+    ``entries - 1`` must have hash ``head_sha256``. Entries appended later do not disturb it."""
+
+    head_sha256: str
+    entries: int | None = Field(default=None, ge=1)  # None: an older manifest that names only the hash
+    source: str = "manifest anchor"
+
+
 class AuditHit(BaseModel):
     """An audit entry that matches a search, with an excerpt around the match."""
 
@@ -153,7 +162,10 @@ class AuditLog(Protocol):
 
     async def entries(self, run_id: str) -> list[AuditEntry]: ...
 
-    async def verify(self, run_id: str) -> AuditReport: ...
+    async def verify(self, run_id: str, *, anchor: AuditAnchor | None = None) -> AuditReport:
+        """Check every link, the head recorded beside the chain (missing: tampered) and, when
+        given, an ``anchor`` kept outside the store."""
+        ...
 
     async def search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
         """Entries of every run matching ``query`` (words, all required), best first."""
