@@ -28,6 +28,7 @@ from hitl.postgres import PostgresEscalationQueue
 from hitl.sla import SlaPolicy
 from memory.audit_pg import PostgresAuditLog
 from memory.bank_pg import PgVectorMemoryStore
+from memory.chain import canonical
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
@@ -255,7 +256,7 @@ async def _wired(
             window = settings.local_model_ctx if compact else settings.context_window_tokens
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
-            escalations = PostgresEscalationQueue(pool)
+            escalations = PostgresEscalationQueue(pool, canonical=canonical)  # decisions audited atomically
             recorded = _budgeted(RecordingModel(model, store), store, escalations, settings)
             runner = TeamRunner(
                 recorded,

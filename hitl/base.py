@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from factory.errors import MemoryStoreError
+
 
 class EscalationKind(StrEnum):
     CLARIFICATION = "clarification"
@@ -108,6 +110,12 @@ class Change(BaseModel):
     escalation_level: int | None = None
 
 
+#: An audit entry (key, kind, payload); the key makes recording it idempotent.
+AuditRecord = tuple[str, str, dict[str, Any]]
+#: Builds the audit entry of a change from the escalation as changed (the version it now has).
+AuditOf = Callable[[Escalation], AuditRecord]
+
+
 class EscalationQueue(Protocol):
     """Durable queue of escalations."""
 
@@ -129,13 +137,22 @@ class EscalationQueue(Protocol):
         """Every escalation of one stage, oldest first (the stage's decision history)."""
         ...
 
-    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
+    async def apply(
+        self, escalation_id: str, expected_version: int, change: Change, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
         """Apply ``change`` if the escalation is still waiting at ``expected_version``; the changed
-        escalation, or None when someone else changed it first."""
+        escalation, or None when someone else changed it first.
+
+        ``audit``: the change's audit entry, appended to the run's chain with the change, atomically,
+        by a queue that holds an audit writer: if the entry cannot be written, nothing changed and
+        ``MemoryStoreError`` says why. A queue without one leaves recording to the caller."""
         ...
 
-    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
-        """Raise the SLA level of a waiting escalation at ``expected_version``; None if it changed."""
+    async def set_level(
+        self, escalation_id: str, expected_version: int, level: int, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
+        """Raise the SLA level of a waiting escalation at ``expected_version``; None if it changed.
+        ``audit`` as for ``apply``."""
         ...
 
 
@@ -148,3 +165,12 @@ class DecisionRecorder(Protocol):
 def ordered(items: Sequence[Escalation]) -> list[Escalation]:
     """Most urgent first: priority, then SLA deadline, then age."""
     return sorted(items, key=lambda e: (PRIORITY_RANK[e.priority], e.sla_deadline, e.created_at))
+
+
+def unrecorded(changed: Escalation, why: str) -> MemoryStoreError:
+    """The error of a change that was not made because its audit entry could not be written."""
+    first = why.strip().splitlines()[0] if why.strip() else "no reason given"
+    return MemoryStoreError(
+        f"{changed.id} was left as it was: the audit of run {changed.run_id} refused its entry ({first});"
+        f" check the chain with `factory audit verify {changed.run_id}`"
+    )

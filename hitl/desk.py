@@ -4,18 +4,21 @@ answer (clarification, blocked) · approve with optional notes (approval, budget
 reason (any kind) · defer to a new deadline · batch approve (low-risk kinds and priorities only) ·
 the SLA ladder's ``tick``. A decision is one conditional update: of two operators deciding one
 escalation, one wins and the other gets ``DecisionConflict`` naming who decided first. Every
-decision is appended to the run's audit chain (who, when, what, the text) and emitted as an event.
+decision has an author (a plain, non-empty name), is appended to the run's audit chain (who, when,
+what, the text) with the decision itself, atomically, and is emitted as an event.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import logging
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from factory.errors import DecisionConflict, DecisionRefused, EscalationNotFound
+from factory.errors import DecisionConflict, DecisionRefused, EscalationNotFound, MemoryStoreError
 from hitl.base import (
     Change,
     Clock,
@@ -30,9 +33,15 @@ from hitl.base import (
 from hitl.sla import SlaPolicy
 from observability.base import Event, EventSink
 
+log = logging.getLogger(__name__)
+
 SLA_ACTOR = "sla-ladder"  # decided_by of what the ladder's default action decides
 MAX_DEFERRAL = timedelta(days=30)
 MAX_TEXT_BYTES = 64 * 1024
+MAX_AUTHOR_CHARS = 200
+#: Unicode categories refused in an author's name: controls (NUL, ESC, CR ...), format characters
+#: (bidirectional overrides, zero-width), surrogates (undecodable input), line/paragraph separators.
+_NOT_IN_A_NAME = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _ANSWERABLE = frozenset({EscalationKind.CLARIFICATION, EscalationKind.BLOCKED})
 _APPROVABLE = frozenset({EscalationKind.APPROVAL, EscalationKind.BUDGET})
@@ -88,6 +97,20 @@ def decision_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
     return f"escalation.{e.id}.decided", "escalation.decided", payload
 
 
+def sla_audit(escalation: Escalation, level: SlaLevel) -> tuple[str, str, dict[str, Any]]:
+    """The audit entry of one step of the SLA ladder, on the escalation as raised."""
+    data = {
+        "id": escalation.id,
+        "team": escalation.team,
+        "stage": escalation.stage_index,
+        "priority": escalation.priority.value,
+        "level": int(level),
+        "step": level.name.lower(),
+        "sla_deadline": escalation.sla_deadline.isoformat(),
+    }
+    return f"escalation.{escalation.id}.sla.{escalation.version}", "escalation.sla", data
+
+
 def opened_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
     """The audit entry of an escalation as it was opened (the key makes recording it idempotent)."""
     payload = escalation.model_dump(mode="json", exclude={"created_at", "sla_deadline"})
@@ -105,6 +128,19 @@ def checked_text(value: str | None, what: str, *, required: bool) -> str | None:
     if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
         raise DecisionRefused(f"the {what} is over {MAX_TEXT_BYTES} bytes; shorten it")
     return value.strip()
+
+
+def checked_author(by: str) -> str:
+    """Who decides, stripped; ``DecisionRefused`` if empty, over ``MAX_AUTHOR_CHARS`` or holding a
+    control or format character (a name is printed and recorded: it must be a plain line)."""
+    author = by.strip()
+    if not author:
+        raise DecisionRefused("the decision has no author (the name is empty); say who decides")
+    if len(author) > MAX_AUTHOR_CHARS:
+        raise DecisionRefused(f"the author's name is over {MAX_AUTHOR_CHARS} characters; shorten it")
+    if any(unicodedata.category(c) in _NOT_IN_A_NAME for c in author):
+        raise DecisionRefused("the author's name contains a control character; give a plain name")
+    return author
 
 
 class DecisionDesk:
@@ -129,7 +165,7 @@ class DecisionDesk:
 
     async def answer(self, escalation_id: str, text: str, *, by: str, version: int | None = None) -> Escalation:
         """Answer a question or what unblocks a team; the stage runs again with the answer."""
-        answer = checked_text(text, "answer", required=True)
+        answer, by = checked_text(text, "answer", required=True), checked_author(by)
         current = await self._waiting(escalation_id, version)
         if current.kind not in _ANSWERABLE:
             raise DecisionRefused(
@@ -143,7 +179,7 @@ class DecisionDesk:
         self, escalation_id: str, *, by: str, notes: str | None = None, version: int | None = None
     ) -> Escalation:
         """Approve a stage's artifacts (or more budget); the run continues."""
-        text = checked_text(notes, "notes", required=False)
+        text, by = checked_text(notes, "notes", required=False), checked_author(by)
         current = await self._waiting(escalation_id, version)
         if current.kind not in _APPROVABLE:
             raise DecisionRefused(
@@ -154,7 +190,7 @@ class DecisionDesk:
 
     async def reject(self, escalation_id: str, *, reason: str, by: str, version: int | None = None) -> Escalation:
         """Reject with a reason: the stage runs again with it as feedback (a budget: the run stops)."""
-        text = checked_text(reason, "reason", required=True)
+        text, by = checked_text(reason, "reason", required=True), checked_author(by)
         current = await self._waiting(escalation_id, version)
         return await self._decide(current, EscalationStatus.REJECTED, text, by)
 
@@ -162,6 +198,7 @@ class DecisionDesk:
         self, escalation_id: str, *, by: str, until: datetime | None = None, version: int | None = None
     ) -> Escalation:
         """Put off the decision to ``until`` (default: one more SLA window); the run keeps waiting."""
+        by = checked_author(by)
         current = await self._waiting(escalation_id, version)
         now = self._clock()
         deadline = until or self.policy.deadline(current.priority, now)
@@ -182,7 +219,7 @@ class DecisionDesk:
     ) -> BatchOutcome:
         """Approve each low-risk escalation of ``escalation_ids`` (None: every waiting low-risk one);
         the others named are refused with the reason, and left as they were."""
-        text = checked_text(notes, "notes", required=False)
+        text, by = checked_text(notes, "notes", required=False), checked_author(by)
         outcome = BatchOutcome()
         if escalation_ids is None:
             candidates = await self.queue.list_open()
@@ -215,15 +252,23 @@ class DecisionDesk:
         changed = []
         for escalation in await self.queue.list_open():
             level = self.policy.level(escalation, now)
-            current = await self._climb(escalation, level, now)
+            try:
+                current = await self._climb(escalation, level, now)
+            except MemoryStoreError as exc:  # one run's broken audit does not stop the ladder for the others
+                log.warning("SLA ladder: %s", exc)
+                continue
             if current is None:
                 continue  # decided or deferred meanwhile
             if current is not escalation:
                 changed.append(current)
             if level is SlaLevel.FINAL and self.policy.auto_approves(current):
                 note = "approved automatically: the SLA ran out and low-priority approvals are auto-approved"
-                with contextlib.suppress(DecisionConflict):  # an operator decided at that moment: theirs stands
+                try:
                     changed.append(await self._decide(current, EscalationStatus.APPROVED, note, SLA_ACTOR))
+                except DecisionConflict:  # an operator decided at that moment: theirs stands
+                    pass
+                except MemoryStoreError as exc:
+                    log.warning("SLA ladder: %s", exc)
         return changed
 
     async def _climb(self, escalation: Escalation, level: SlaLevel, now: datetime) -> Escalation | None:
@@ -231,27 +276,15 @@ class DecisionDesk:
         None if it changed under us."""
         current = escalation
         for step in range(escalation.escalation_level + 1, level + 1):
-            raised = await self.queue.set_level(current.id, current.version, step)
+            step_audit = functools.partial(sla_audit, level=SlaLevel(step))
+            raised = await self.queue.set_level(current.id, current.version, step, audit=step_audit)
             if raised is None:
                 return None
             current = raised
-            await self._record_step(current, SlaLevel(step), now)
+            key, kind, data = step_audit(current)
+            await self._recorder.append(current.run_id, key, kind, data)  # a no-op if the queue recorded it
+            await self._events.emit(Event(type=kind, run_id=current.run_id, data=data, at=now))
         return current
-
-    async def _record_step(self, escalation: Escalation, level: SlaLevel, now: datetime) -> None:
-        data = {
-            "id": escalation.id,
-            "team": escalation.team,
-            "stage": escalation.stage_index,
-            "priority": escalation.priority.value,
-            "level": int(level),
-            "step": level.name.lower(),
-            "sla_deadline": escalation.sla_deadline.isoformat(),
-        }
-        await self._recorder.append(
-            escalation.run_id, f"escalation.{escalation.id}.sla.{escalation.version}", "escalation.sla", data
-        )
-        await self._events.emit(Event(type="escalation.sla", run_id=escalation.run_id, data=data, at=now))
 
     async def _waiting(self, escalation_id: str, version: int | None) -> Escalation:
         current = await self.queue.get(escalation_id)
@@ -270,7 +303,10 @@ class DecisionDesk:
         return await self._apply(current, change)
 
     async def _apply(self, current: Escalation, change: Change) -> Escalation:
-        changed = await self.queue.apply(current.id, current.version, change)
+        # The queue writes the decision's audit entry with the decision, atomically (a decision whose
+        # entry cannot be written is not made); the append here is then a no-op (same key), and it
+        # records the decision where the queue holds no audit writer.
+        changed = await self.queue.apply(current.id, current.version, change, audit=decision_audit)
         if changed is None:
             latest = await self.queue.get(current.id)
             raise DecisionConflict(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from hitl.base import WAITING, Change, Escalation, ordered
+from factory.errors import FactoryError
+from hitl.base import WAITING, AuditOf, Change, DecisionRecorder, Escalation, ordered, unrecorded
 
 
 class InMemoryEscalationQueue:
-    def __init__(self) -> None:
+    """With a ``recorder`` (as the Postgres queue with its audit writer), a change's audit entry
+    is written before the change is stored: if it cannot be, the change is not made."""
+
+    def __init__(self, recorder: DecisionRecorder | None = None) -> None:
         self._items: dict[str, Escalation] = {}
+        self._recorder = recorder
 
     async def open(self, escalation: Escalation) -> Escalation:
         fresh = escalation.model_copy(deep=True, update={"sla_started_at": escalation.sla_start()})
@@ -30,16 +35,28 @@ class InMemoryEscalationQueue:
         found = [e for e in self._items.values() if e.run_id == run_id and e.stage_index == stage_index]
         return [e.model_copy(deep=True) for e in sorted(found, key=lambda e: (e.created_at, e.id))]
 
-    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
-        return self._update(escalation_id, expected_version, change.model_dump(exclude_none=True))
+    async def apply(
+        self, escalation_id: str, expected_version: int, change: Change, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
+        return await self._update(escalation_id, expected_version, change.model_dump(exclude_none=True), audit)
 
-    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
-        return self._update(escalation_id, expected_version, {"escalation_level": level})
+    async def set_level(
+        self, escalation_id: str, expected_version: int, level: int, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
+        return await self._update(escalation_id, expected_version, {"escalation_level": level}, audit)
 
-    def _update(self, escalation_id: str, expected_version: int, fields: dict[str, object]) -> Escalation | None:
+    async def _update(
+        self, escalation_id: str, expected_version: int, fields: dict[str, object], audit: AuditOf | None
+    ) -> Escalation | None:
         current = self._items.get(escalation_id)
         if current is None or current.version != expected_version or current.status not in WAITING:
             return None
         changed = current.model_copy(update={**fields, "version": current.version + 1})
-        self._items[escalation_id] = Escalation.model_validate(changed.model_dump())
-        return self._items[escalation_id].model_copy(deep=True)
+        changed = Escalation.model_validate(changed.model_dump())
+        if audit is not None and self._recorder is not None:
+            try:
+                await self._recorder.append(changed.run_id, *audit(changed))
+            except FactoryError as exc:
+                raise unrecorded(changed, str(exc)) from exc
+        self._items[escalation_id] = changed
+        return changed.model_copy(deep=True)

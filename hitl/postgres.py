@@ -6,13 +6,15 @@ two operators deciding one escalation, exactly one wins and the other learns it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from hitl.base import Change, Escalation
+from hitl.base import AuditOf, Change, Escalation, unrecorded
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -58,13 +60,23 @@ _COLUMNS = (
     " sla_deadline, escalation_level, created_at, decided_at, sla_started_at, version"
 )
 _WAITING = "status IN ('open', 'deferred')"
+_APPEND = "SELECT 1 FROM audit_append(%s, %s, %s, %s)"  # memory's function (migration 0202)
+
+#: The audit's one text form of a payload (what is hashed and stored).
+Canonical = Callable[[dict[str, Any]], str]
 
 
 class PostgresEscalationQueue:
-    """``EscalationQueue`` on a psycopg connection pool."""
+    """``EscalationQueue`` on a psycopg connection pool.
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    With ``canonical`` (the audit's text form of a payload, ``memory.chain.canonical``, given by the
+    composition root so this package need not import ``memory``), a change's audit entry is
+    appended by the SQL function ``audit_append`` in the change's own transaction.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, *, canonical: Canonical | None = None) -> None:
         self._pool = pool
+        self._canonical = canonical
 
     async def open(self, escalation: Escalation) -> Escalation:
         e = escalation
@@ -118,29 +130,47 @@ class PostgresEscalationQueue:
     async def for_stage(self, run_id: str, stage_index: int) -> list[Escalation]:
         return await self._select("run_id = %s AND stage_index = %s", (run_id, stage_index), "ORDER BY created_at, id")
 
-    async def apply(self, escalation_id: str, expected_version: int, change: Change) -> Escalation | None:
+    async def apply(
+        self, escalation_id: str, expected_version: int, change: Change, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
         sets = ["status = %(status)s", "version = version + 1"]
         params: dict[str, Any] = {"id": escalation_id, "version": expected_version, "status": change.status.value}
         for column, value in change.model_dump(exclude={"status"}, exclude_none=True).items():
             sets.append(f"{column} = %({column})s")
             params[column] = value
-        return await self._update(", ".join(sets), params)
+        return await self._update(", ".join(sets), params, audit)
 
-    async def set_level(self, escalation_id: str, expected_version: int, level: int) -> Escalation | None:
+    async def set_level(
+        self, escalation_id: str, expected_version: int, level: int, *, audit: AuditOf | None = None
+    ) -> Escalation | None:
         return await self._update(
             "escalation_level = %(level)s, version = version + 1",
             {"id": escalation_id, "version": expected_version, "level": level},
+            audit,
         )
 
-    async def _update(self, sets: str, params: dict[str, Any]) -> Escalation | None:
+    async def _update(self, sets: str, params: dict[str, Any], audit: AuditOf | None) -> Escalation | None:
+        sql = (
+            f"UPDATE escalations SET {sets} WHERE id = %(id)s AND version = %(version)s AND {_WAITING}"
+            f" RETURNING {_COLUMNS}"
+        )
         async with self._pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                f"UPDATE escalations SET {sets} WHERE id = %(id)s AND version = %(version)s AND {_WAITING}"
-                f" RETURNING {_COLUMNS}",
-                params,
-            )
-            row = await cur.fetchone()
-        return Escalation.model_validate(row) if row else None
+            if audit is None or self._canonical is None:  # one statement, its own transaction
+                row = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchone()
+                return Escalation.model_validate(row) if row else None
+            async with conn.transaction():
+                row = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchone()
+                if row is None:
+                    return None
+                changed = Escalation.model_validate(row)
+                key, kind, payload = audit(changed)
+                try:
+                    await conn.execute(_APPEND, (changed.run_id, key, kind, self._canonical(payload)))
+                except psycopg.errors.OperationalError:
+                    raise  # the connection, not the audit: the error tree's service handling applies
+                except psycopg.Error as exc:  # raised inside the transaction: the change is rolled back
+                    raise unrecorded(changed, exc.diag.message_primary or str(exc)) from exc
+            return changed
 
     async def _select(self, where: str, params: tuple[Any, ...], order: str = "") -> list[Escalation]:
         async with self._pool.connection() as conn:
