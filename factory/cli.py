@@ -201,11 +201,13 @@ def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] =
 
     async def go() -> AuditReport:
         from factory.wiring import open_factory
+        from teams.snapshot import verify_run
 
         async with open_factory(settings) as factory:
-            if await factory.store.get_run(run_id) is None:
+            run = await factory.store.get_run(run_id)
+            if run is None:
                 raise InputError(f"no run {run_id!r}")
-            return await factory.audit.verify(run_id)
+            return await verify_run(factory.audit, run)  # the chain, its head, the bundle's manifest anchor
 
     settings = load_settings()
     report: AuditReport = run_async(go())

@@ -62,12 +62,24 @@ def _text(value: str, what: str) -> str:
 
 
 def _operator(settings: Settings, by: str | None) -> str:
-    if by or settings.operator:
-        return (by or settings.operator or "").strip()[:200]
+    """Who decides: ``--by``, else FACTORY_OPERATOR, else the OS user; checked with the desk's own
+    rule (not empty, not too long, no control characters) before any service is started."""
+    from factory.errors import DecisionRefused
+    from hitl.desk import checked_author
+
+    if by is not None:
+        who, source = by, "--by"
+    elif settings.operator is not None:
+        who, source = settings.operator, "FACTORY_OPERATOR"
+    else:
+        try:
+            who, source = getpass.getuser(), "your user name (give --by)"
+        except (KeyError, OSError):  # no user name in this environment (e.g. a container)
+            return "operator"
     try:
-        return getpass.getuser()[:200]
-    except (KeyError, OSError):  # no user name in this environment (e.g. a container)
-        return "operator"
+        return checked_author(who)
+    except DecisionRefused as exc:
+        err(f"{source}: {exc}", exc.exit_code)
 
 
 def _due(e: Escalation, now: datetime) -> str:
@@ -145,7 +157,8 @@ def hitl_answer(escalation_id: str, text: str, by: By = None, resume: Resume = N
     """Answer a question (or say what unblocks a team); its stage runs again with your answer."""
     answer = _text(text, "answer")
     settings = load_settings()
-    _decide(settings, resume, lambda f: f.desk.answer(escalation_id, answer, by=_operator(settings, by)))
+    who = _operator(settings, by)  # refused here, before any service starts
+    _decide(settings, resume, lambda f: f.desk.answer(escalation_id, answer, by=who))
 
 
 @hitl_app.command("approve")
@@ -157,7 +170,8 @@ def hitl_approve(
 ) -> None:
     """Approve a stage's artifacts (or more budget); the run continues."""
     settings = load_settings()
-    _decide(settings, resume, lambda f: f.desk.approve(escalation_id, notes=notes, by=_operator(settings, by)))
+    who = _operator(settings, by)  # refused here, before any service starts
+    _decide(settings, resume, lambda f: f.desk.approve(escalation_id, notes=notes, by=who))
 
 
 @hitl_app.command("reject")
@@ -170,7 +184,8 @@ def hitl_reject(
     """Reject with a reason: the stage runs again with it (a budget escalation: the run is cancelled)."""
     why = _text(reason, "reason")
     settings = load_settings()
-    _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=why, by=_operator(settings, by)))
+    who = _operator(settings, by)  # refused here, before any service starts
+    _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=why, by=who))
 
 
 @hitl_app.command("defer")
@@ -189,7 +204,8 @@ def hitl_defer(
     if until is not None:
         deadline = until if until.tzinfo else until.replace(tzinfo=UTC)
     settings = load_settings()
-    _decide(settings, False, lambda f: f.desk.defer(escalation_id, until=deadline, by=_operator(settings, by)))
+    who = _operator(settings, by)  # refused here, before any service starts
+    _decide(settings, False, lambda f: f.desk.defer(escalation_id, until=deadline, by=who))
 
 
 @hitl_app.command("batch-approve")

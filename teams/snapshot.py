@@ -1,14 +1,24 @@
-"""The end of a run: its immutable audit snapshot and the bundle's manifest (DESIGN §5)."""
+"""The end of a run: its immutable audit snapshot and the bundle's manifest (DESIGN §5).
+
+The manifest also anchors the audit outside the database: it names the last entry it covers
+(``audit_entries``, ``audit_head_sha256``), so a chain cut in the database, head and all, no longer
+verifies against the bundle (``verify_run``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
-from memory.base import AuditLog
+from memory.base import AuditAnchor, AuditEntry, AuditLog, AuditReport
 from teams.base import Run, RunStore
 from teams.bundle import write_manifest
+
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any bundle's list of artifacts; a bound on what is read
+_ANCHOR = "manifest anchor"
 
 
 async def snapshot_run(store: RunStore, audit: AuditLog, run: Run) -> int:
@@ -40,7 +50,59 @@ async def snapshot_run(store: RunStore, audit: AuditLog, run: Run) -> int:
             "run_id": run.id,
             "pipeline": run.pipeline,
             "artifacts": [a.model_dump(exclude={"run_id"}) for a in artifacts],
-            "audit_head_sha256": entry.sha256,
+            **_anchor_fields(entry),
         },
     )
     return len(artifacts)
+
+
+def _anchor_fields(entry: AuditEntry) -> dict[str, Any]:
+    return {"audit_head_sha256": entry.sha256, "audit_entries": entry.seq + 1}
+
+
+def anchor_manifest(root: Path, run_id: str, entry: AuditEntry) -> None:
+    """Move the bundle's audit anchor to ``entry`` (e.g. the last entry a committed stage appended),
+    keeping the rest of the manifest; an anchor already further on is kept (it never moves back).
+    Blocking file I/O: call it off the event loop."""
+    manifest: dict[str, Any] = {}
+    try:
+        found = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        if isinstance(found, dict) and found.get("run_id") == run_id:
+            manifest = found
+    except (OSError, ValueError):
+        pass  # none yet, or unreadable: written afresh below
+    covered = manifest.get("audit_entries")
+    if isinstance(covered, int) and covered > entry.seq + 1:
+        return
+    write_manifest(root, {**manifest, "run_id": run_id, **_anchor_fields(entry)})
+
+
+def manifest_anchor(run: Run) -> tuple[AuditAnchor | None, list[str]]:
+    """The audit anchor in the run's bundle manifest: (anchor, problems). No manifest: (None, [])
+    (a run still going has none yet); a manifest that cannot be read or names no valid anchor is a
+    problem: it is the record outside the database that the chain is compared with."""
+    path = Path(run.artifacts_dir) / MANIFEST if run.artifacts_dir else None
+    if path is None or not path.exists():
+        return None, []
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None, [f"{_ANCHOR}: {path} is over {MAX_MANIFEST_BYTES} bytes; not one the factory wrote"]
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, [f"{_ANCHOR}: {path} cannot be read ({exc}); the record outside the database is damaged"]
+    if not isinstance(manifest, dict) or manifest.get("run_id") != run.id:
+        return None, [f"{_ANCHOR}: {path} is not the manifest of run {run.id}"]
+    sha, count = manifest.get("audit_head_sha256"), manifest.get("audit_entries")
+    valid_count = count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 1)
+    if not isinstance(sha, str) or len(sha) != 64 or not valid_count:
+        return None, [f"{_ANCHOR}: {path} names no valid audit head; the record outside the database is damaged"]
+    return AuditAnchor(head_sha256=sha, entries=count, source=f"{_ANCHOR} ({path})"), []
+
+
+async def verify_run(audit: AuditLog, run: Run) -> AuditReport:
+    """Verify a run's audit chain, its recorded head and the anchor in its bundle's manifest."""
+    anchor, problems = await asyncio.to_thread(manifest_anchor, run)
+    report = await audit.verify(run.id, anchor=anchor)
+    if not problems:
+        return report
+    return report.model_copy(update={"intact": False, "problems": [*report.problems, *problems]})
