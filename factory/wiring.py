@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import FeatureNotSupported
@@ -140,6 +142,15 @@ class Factory:
     model_description: str
 
 
+async def _still_open(conn: AsyncConnection[Any]) -> None:
+    """The pool's check of a connection it hands out. An idle connection has nothing to read unless
+    its server ended it (a restart, ``pg_terminate_backend``): only then is it probed with a round
+    trip, which fails, and the pool hands out a fresh one. A healthy connection costs one poll."""
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await conn.execute("")
+
+
 async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
     try:
         async with await AsyncConnection.connect(url, connect_timeout=max(1, int(timeout_s))) as conn:
@@ -155,7 +166,9 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
             " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
         ) from exc
     # Autocommit: each store call is one round trip; multi-statement work opens a transaction.
-    pool = AsyncConnectionPool(url, min_size=1, max_size=8, open=False, timeout=timeout_s, kwargs={"autocommit": True})
+    pool = AsyncConnectionPool(
+        url, min_size=1, max_size=8, open=False, timeout=timeout_s, kwargs={"autocommit": True}, check=_still_open
+    )
     await pool.open(wait=True, timeout=timeout_s)
     return pool
 
@@ -245,7 +258,7 @@ async def _wired(
     try:
         redis = await open_redis(endpoints.redis_url, settings.connect_timeout_s)
         try:
-            store = PostgresRunStore(pool)
+            store = PostgresRunStore(pool, lease_ttl_s=settings.run_lease_ttl_s)
             if model is None:
                 model, compact, description, embedded = build_model(settings)
             else:
