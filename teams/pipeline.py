@@ -17,6 +17,7 @@ from typing import Any
 
 from factory.errors import BudgetExceeded, FactoryError, LeaseLost, PipelineError, RunNotFound
 from hitl.desk import decision_audit, opened_audit
+from memory.base import AuditEntry
 from memory.packing import PackedContext
 from observability.base import Event
 from teams.asking import ask_team, unanswered
@@ -42,7 +43,7 @@ from teams.results import TaskResult, TaskStatus, blocked, name_clash
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
 from teams.slugs import TeamSlug
-from teams.snapshot import snapshot_run
+from teams.snapshot import anchor_manifest, snapshot_run
 from teams.tools import ArtifactRecall, Recall
 
 log = logging.getLogger(__name__)
@@ -475,7 +476,8 @@ class PipelineEngine:
         extra = {"replaced": replaced} if replaced else {}
         entries.append(completion_entry(stage, {a.name: a.sha256 for a in stored}, **extra))
         try:
-            await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one round trip
+            recorded = await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one trip
+            await self._anchor(run, recorded[-1])
         finally:
             await retaining
         await self._emit(
@@ -488,6 +490,15 @@ class PipelineEngine:
             confidence=result.confidence,
             replaced={name: f"{old['team']} (stage {old['stage'] + 1})" for name, old in replaced.items()},
         )
+
+    async def _anchor(self, run: Run, entry: AuditEntry) -> None:
+        """Move the audit's anchor in the bundle's manifest (outside the database) to ``entry``, so a
+        chain cut short while the run goes on or waits is noticed by ``factory audit verify``. The
+        stage is committed already: a file system that refuses the manifest is reported, not fatal."""
+        try:
+            await asyncio.to_thread(anchor_manifest, Path(run.artifacts_dir), run.id, entry)
+        except (FactoryError, OSError) as exc:
+            log.warning("run %s: the audit anchor in the manifest was not moved: %s", run.id, exc)
 
     async def _record_unfinished(self, run: Run, execution: Execution | None, exc: BaseException) -> None:
         """The execution a commit failed after is still audited: the model call it paid for happened.
@@ -509,7 +520,7 @@ class PipelineEngine:
         await self._d.store.save_stage(stage, lease=lease)
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
-        await self._d.audit.append(run.id, *opened_audit(escalation))
+        await self._anchor(run, await self._d.audit.append(run.id, *opened_audit(escalation)))
         await self._emit(
             "escalation.opened",
             run.id,

@@ -72,7 +72,9 @@ class BlocksTheManifest(ScriptedModel):
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         if request.team == "documentation" and request.run_id:
-            (self.runs_dir / request.run_id / "manifest.json").mkdir(parents=True, exist_ok=True)
+            manifest = self.runs_dir / request.run_id / "manifest.json"
+            manifest.unlink(missing_ok=True)  # the anchor each committed stage moved
+            manifest.mkdir(parents=True, exist_ok=True)
         return await super().complete(request, timeout_s=timeout_s)
 
 
@@ -113,3 +115,14 @@ async def test_an_execution_whose_commit_failed_is_still_audited(tmp_path: Path)
     assert paid["gate"]["verdict"] == "advance" and "architecture" in paid["commit_error"]
     assert "stage.1.complete" not in entries and entries["stage.1.failed.1"]["team"] == "solution-architecture"
     assert out.audit.intact
+
+
+async def test_each_commit_moves_the_audit_anchor_in_the_manifest(tmp_path: Path) -> None:
+    waiting = result(confidence=0.3)  # an approval: the run waits with its anchor at the escalation
+    h = Harness(tmp_path, {"teams": {"backend-engineering": [waiting]}})
+    out = await h.run()
+    assert out.run.status is RunStatus.WAITING_HUMAN
+    manifest = json.loads((Path(out.run.artifacts_dir) / "manifest.json").read_text())
+    entries = await h.audit.entries(out.run.id)
+    assert entries[-1].kind == "escalation.opened"
+    assert (manifest["audit_entries"], manifest["audit_head_sha256"]) == (len(entries), entries[-1].sha256)
