@@ -32,6 +32,7 @@ from hitl.base import (
 )
 from hitl.sla import SlaPolicy
 from observability.base import Event, EventSink
+from observability.text import unstorable
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,14 @@ def opened_audit(escalation: Escalation) -> tuple[str, str, dict[str, Any]]:
 
 
 def checked_text(value: str | None, what: str, *, required: bool) -> str | None:
-    """A decision's text, stripped; ``DecisionRefused`` if empty (when required), NUL-bearing or too long."""
+    """A decision's text, stripped; ``DecisionRefused`` if empty (when required), not storable (a NUL or
+    a lone surrogate) or too long."""
     if value is None or not value.strip():
         if required:
             raise DecisionRefused(f"the {what} is empty; write what the team should know")
         return None
-    if "\x00" in value:
-        raise DecisionRefused(f"the {what} contains a NUL byte; send plain text")
+    if problem := unstorable(value):  # a NUL or a lone surrogate (which has no UTF-8 size either)
+        raise DecisionRefused(f"the {what} {problem}")
     if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
         raise DecisionRefused(f"the {what} is over {MAX_TEXT_BYTES} bytes; shorten it")
     return value.strip()

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from memory.base import AuditAnchor, AuditEntry, AuditReport
 
 GENESIS = "0" * 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def canonical(payload: dict[str, Any]) -> str:
-    """The one text form of a payload that is hashed and stored."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """The one text form of a payload that is hashed and stored. A lone surrogate (no character, so
+    no UTF-8 and no place in PostgreSQL) is kept as its JSON escape, as a NUL is by ``json`` itself:
+    the text stays storable and the payload it decodes to stays the same."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def link_hash(prev_sha256: str, run_id: str, seq: int, key: str, kind: str, payload: str) -> str:

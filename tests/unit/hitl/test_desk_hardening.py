@@ -97,3 +97,11 @@ async def test_the_sla_ladder_skips_a_run_whose_audit_is_broken_and_climbs_the_o
     assert [e.id for e in changed] == ["esc-1"]
     assert (await desk.queue.get("esc-2")).escalation_level == 0  # type: ignore[union-attr]
     assert (await desk.queue.get("esc-1")).escalation_level == SlaLevel.BREACHED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", ["use \x00 postgres", "use \ud800 postgres"])
+def test_a_decision_text_postgres_cannot_store_is_refused_not_a_crash(text: str) -> None:
+    from hitl.desk import checked_text
+
+    with pytest.raises(DecisionRefused, match="cannot be stored|not a character"):
+        checked_text(text, "answer", required=True)
