@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from memory.chain import canonical
 from observability.text import unstorable
 
-
 # Any code point, lone surrogates and NUL included (hypothesis leaves surrogates out by default).
 ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=()) | st.sampled_from("\x00\ud800\udfff"))
 
