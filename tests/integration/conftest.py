@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.pgbouncer import pgbouncer  # noqa: F401  (a fixture for the tests here)
+
 
 @pytest.fixture
 def env(cli_env: dict[str, str], pg_url: str, redis_base_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.integration.cli import FACTORY, factory, run_json
+from tests.integration.test_resume_after_kill import _wait_for_running_stage
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +33,14 @@ def _env(cli_env: dict[str, str], pg_url: str, redis_url: str, prefix: str, scri
     }
 
 
-def _wait_for_running_stage(url: str, index: int, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with psycopg.connect(url) as conn:
-            try:
-                row = conn.execute(
-                    "SELECT run_id FROM stages WHERE idx = %s AND status = 'running'", (index,)
-                ).fetchone()
-            except psycopg.errors.UndefinedTable:
-                row = None  # the subprocess has not migrated yet
-        if row:
-            return str(row[0])
-        time.sleep(0.05)
-    raise AssertionError(f"stage {index} never started")
+def _start_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [FACTORY, "run", "Build a todo API", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _terminate_backends(url: str) -> int:
@@ -69,13 +64,7 @@ def test_killing_the_drivers_backends_does_not_let_a_second_driver_in(
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"latency_s": 1.5}))
     env = _env(cli_env, pg_url, redis_base_url, redis_prefix, script)
-    first = subprocess.Popen(
-        [FACTORY, "run", "Build a todo API", "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _start_run(env)
     try:
         run_id = _wait_for_running_stage(pg_url, 1)
         time.sleep(0.3)  # inside stage 1's model call
@@ -105,13 +94,7 @@ def test_a_stalled_driver_that_lost_the_run_commits_nothing(
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"latency_s": 1.0}))
     env = {**_env(cli_env, pg_url, redis_base_url, redis_prefix, script), "FACTORY_RUN_LEASE_TTL_S": "2"}
-    stalled = subprocess.Popen(
-        [FACTORY, "run", "Build a todo API", "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stalled = _start_run(env)
     try:
         run_id = _wait_for_running_stage(pg_url, 1)
         os.kill(stalled.pid, signal.SIGSTOP)  # stalls inside stage 1's model call, past its lease
