@@ -172,6 +172,43 @@ MIGRATIONS: list[tuple[str, str]] = [
             USING gin (to_tsvector('simple', left(payload, {SEARCH_PREFIX_CHARS})));
         """,
     ),
+    (
+        "0206_audit_append_one_head_write",
+        r"""
+        -- Since 0204 the entry's own triggers check it continues the head and move the head onto
+        -- it; an append now only locks the head (no write) and inserts: one new head version per
+        -- entry instead of three (the touch, the trigger's move, a repeated move).
+        CREATE OR REPLACE FUNCTION audit_append(p_run text, p_key text, p_kind text, p_payload text)
+        RETURNS SETOF audit_entries LANGUAGE plpgsql AS $$
+        DECLARE
+            h audit_heads;
+            e audit_entries;
+        BEGIN
+            SELECT * INTO h FROM audit_heads WHERE run_id = p_run FOR UPDATE;  -- appends to a run are serialised
+            IF NOT FOUND THEN
+                INSERT INTO audit_heads (run_id, entries, head_sha256) VALUES (p_run, 0, repeat('0', 64))
+                    ON CONFLICT (run_id) DO NOTHING;
+                SELECT * INTO h FROM audit_heads WHERE run_id = p_run FOR UPDATE;
+            END IF;
+            SELECT * INTO e FROM audit_entries WHERE run_id = p_run AND key = p_key;
+            IF FOUND THEN
+                RETURN NEXT e;
+                RETURN;
+            END IF;
+            e.run_id := p_run;
+            e.seq := h.entries;
+            e.key := p_key;
+            e.kind := p_kind;
+            e.payload := p_payload;
+            e.prev_sha256 := h.head_sha256;
+            e.created_at := clock_timestamp();
+            e.sha256 := encode(sha256(convert_to(
+                concat_ws(E'\x1f', e.prev_sha256, p_run, e.seq::text, p_key, p_kind, p_payload), 'UTF8')), 'hex');
+            INSERT INTO audit_entries VALUES (e.*);
+            RETURN NEXT e;
+        END $$;
+        """,
+    ),
 ]
 
 _COLUMNS = "run_id, seq, key, kind, payload, prev_sha256, sha256, created_at"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -29,6 +30,13 @@ class Lease:
     owner: str
     token: int
     lost: str | None = None  # why the run was lost, once the heartbeat finds out
+    #: ``time.monotonic()`` until which the lease surely holds: its last renewal's start plus its
+    #: lifetime (the database counts from later, so this errs early).
+    held_until: float = 0.0
+
+    def held_for(self) -> float:
+        """Seconds the lease surely still holds the run (0 or less: renew it before relying on it)."""
+        return self.held_until - time.monotonic()
 
     def check(self) -> None:
         """``LeaseLost`` if the heartbeat found the run taken over (cheap: no round trip)."""

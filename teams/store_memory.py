@@ -82,6 +82,9 @@ class InMemoryRunStore:
     async def renew(self, lease: Lease) -> None:
         self._held(lease)
 
+    async def hold(self, lease: Lease, *, for_s: float) -> None:
+        self._held(lease)
+
     async def save_artifacts(self, artifacts: Sequence[StoredArtifact], *, lease: Lease) -> None:
         self._held(lease)
         for a in artifacts:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -136,6 +137,13 @@ _SAVE_STAGE = (
     f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT (run_id, idx) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
 )
+# The same, in one statement with the lease's check: it runs first, and a refusal fails the statement.
+_SAVE_STAGE_HELD = (
+    f"INSERT INTO stages ({_STAGE_COLUMNS}) SELECT {', '.join(['%s'] * 13)} FROM run_lease_held(%s, %s, %s)"
+    " ON CONFLICT (run_id, idx) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
+)
+_SET_STATUS_HELD = "UPDATE runs SET status = %s, updated_at = now() FROM run_lease_held(%s, %s, %s) WHERE id = %s"
 _INSERT_STAGE = f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT DO NOTHING"
 _SAVE_ARTIFACT = (
     "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
@@ -179,10 +187,24 @@ class PostgresRunStore:
         """A cursor in one transaction (one round trip: pipelined) that commits only if ``lease``
         still holds its run, checked first in that same transaction."""
         lease.check()
-        try:
+        with self._refused_as_lost(lease):
             async with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                 await cur.execute(_HELD, (lease.run_id, lease.owner, lease.token))
                 yield cur
+
+    async def _held_statement(self, lease: Lease, sql: str, params: tuple[object, ...]) -> None:
+        """One statement whose ``run_lease_held(run, owner, token)`` (its last three parameters) is
+        checked in its own implicit transaction: the common writes cost one statement, no BEGIN."""
+        lease.check()
+        with self._refused_as_lost(lease):
+            async with self._pool.connection() as conn:
+                await conn.execute(sql, params)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _refused_as_lost(lease: Lease) -> Iterator[None]:
+        try:
+            yield
         except psycopg.Error as exc:
             if exc.sqlstate != LEASE_LOST:
                 raise
@@ -220,14 +242,18 @@ class PostgresRunStore:
         return Run.model_validate(row) if row else None
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None:
-        async with self._fenced(lease) as cur:
-            await cur.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
+        held = (lease.run_id, lease.owner, lease.token)
+        await self._held_statement(lease, _SET_STATUS_HELD, (status.value, *held, run_id))
 
     async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
+        if not artifacts:
+            await self._held_statement(
+                lease, _SAVE_STAGE_HELD, (*_stage_row(stage), lease.run_id, lease.owner, lease.token)
+            )
+            return
         # The stage and its artifacts commit together, in one round trip.
         async with self._fenced(lease) as cur:
-            if artifacts:
-                await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
+            await cur.executemany(_SAVE_ARTIFACT, [_artifact_row(a) for a in artifacts])
             await cur.execute(_SAVE_STAGE, _stage_row(stage))
 
     async def runs_with_status(
@@ -255,6 +281,7 @@ class PostgresRunStore:
                         await conn.execute(_RELEASE, (lease.run_id, lease.owner, lease.token))
 
     async def _take(self, run_id: str) -> Lease:
+        started = time.monotonic()
         owner = new_owner()
         params = {"run": run_id, "owner": owner, "ttl": self._lease_ttl_s, "dead": None}
         async with self._pool.connection() as conn:
@@ -266,16 +293,23 @@ class PostgresRunStore:
                     row = await (await conn.execute(_TAKE, {**params, "dead": holder[0]})).fetchone()
         if row is None:
             raise busy(run_id)
-        return Lease(run_id=run_id, owner=owner, token=int(row[0]))
+        return Lease(run_id=run_id, owner=owner, token=int(row[0]), held_until=started + self._lease_ttl_s)
 
     async def renew(self, lease: Lease) -> None:
         lease.check()
+        started = time.monotonic()
         async with self._pool.connection() as conn:
             cur = await conn.execute(_RENEW, (self._lease_ttl_s, lease.run_id, lease.owner, lease.token))
             renewed = await cur.fetchone()
         if renewed is None:
             lease.lost = "another process took it over after this one stalled past the lease's lifetime"
             raise LeaseLost(lost_message(lease.run_id, lease.lost))
+        lease.held_until = started + self._lease_ttl_s
+
+    async def hold(self, lease: Lease, *, for_s: float) -> None:
+        lease.check()
+        if lease.held_for() < for_s:
+            await self.renew(lease)
 
     async def _heartbeat(self, lease: Lease) -> None:
         """Renew every third of the lease's lifetime; a database hiccup is retried at the next beat."""

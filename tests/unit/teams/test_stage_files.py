@@ -7,6 +7,8 @@ output, sent back to the team like any other, never a failed run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -73,8 +75,12 @@ class BlocksTheManifest(ScriptedModel):
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         if request.team == "documentation" and request.run_id:
             manifest = self.runs_dir / request.run_id / "manifest.json"
-            manifest.unlink(missing_ok=True)  # the anchor each committed stage moved
-            manifest.mkdir(parents=True, exist_ok=True)
+            for _ in range(100):  # the anchor each committed stage moves is written beside the run
+                manifest.unlink(missing_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    manifest.mkdir(parents=True)
+                    break
+                await asyncio.sleep(0.01)
         return await super().complete(request, timeout_s=timeout_s)
 
 
