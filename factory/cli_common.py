@@ -51,8 +51,9 @@ def echo(text: object = "", *, err: bool = False, lines: bool = False) -> None:
 
 
 def err(message: str, code: int) -> NoReturn:
-    """``factory: message`` on one line of stderr, then exit with ``code``."""
-    echo(f"factory: {message}", err=True)
+    """``factory: message`` on one line of stderr, then exit with ``code``. A message with line breaks
+    (a service's own error often has a DETAIL and a HINT line) is joined into one line, readably."""
+    echo("factory: " + " ".join(part.strip() for part in message.splitlines() if part.strip()), err=True)
     raise typer.Exit(code)
 
 
