@@ -5,6 +5,7 @@
     │   └── UnknownTeam
     ├── ConfigError                settings that cannot work
     ├── ServiceUnavailable         Postgres, Redis or a model cannot be reached (CLI exit 1)
+    ├── ServiceRefused             Postgres or Redis refused a command it received (a fault to report)
     ├── PipelineError              a run cannot proceed
     │   ├── RunNotFound
     │   ├── RunBusy                another process is driving the run
@@ -50,6 +51,11 @@ class ConfigError(FactoryError):
 
 class ServiceUnavailable(FactoryError):
     """A backing service (Postgres, Redis, a model) cannot be reached."""
+
+
+class ServiceRefused(FactoryError):
+    """PostgreSQL or Redis is up but refused a command (a constraint, a permission, a bug); what was
+    committed before stands."""
 
 
 class PipelineError(FactoryError):
@@ -132,6 +138,7 @@ __all__ = [
     "RoutingError",
     "RunBusy",
     "RunNotFound",
+    "ServiceRefused",
     "ServiceUnavailable",
     "UnknownTeam",
 ]

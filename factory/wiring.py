@@ -146,8 +146,9 @@ async def _still_open(conn: AsyncConnection[Any]) -> None:
     """The pool's check of a connection it hands out. An idle connection has nothing to read unless
     its server ended it (a restart, ``pg_terminate_backend``): only then is it probed with a round
     trip, which fails, and the pool hands out a fresh one. A healthy connection costs one poll."""
-    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select.select: it cannot watch a descriptor numbered 1024 or more
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    if poller.poll(0):
         await conn.execute("")
 
 

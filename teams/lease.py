@@ -44,17 +44,28 @@ class Lease:
             raise LeaseLost(lost_message(self.run_id, self.lost))
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers sharing a host name may each have their own), or ''."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 def new_owner() -> str:
-    """A name unique to this lease holder: host, process and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """A name unique to this lease holder: host, PID namespace, process and a random part."""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def owner_is_dead(owner: str) -> bool:
-    """Whether ``owner`` was a process of this host that no longer runs (its lease can go at once).
-    Unknown hosts and live (or reused) process ids count as alive: the lease then expires instead."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """Whether ``owner`` was a process of this host and PID namespace that no longer runs (its lease
+    can go at once). Other hosts or namespaces, and live (or reused) process ids, count as alive:
+    the lease then expires instead."""
+    parts = owner.split(":")
+    if len(parts) != 4:
+        return False
+    host, namespace, pid_text, _ = parts
+    if host != socket.gethostname() or not namespace or namespace != _pid_namespace() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -77,6 +88,7 @@ def busy(run_id: str) -> RunBusy:
 
 def lost_message(run_id: str, why: str) -> str:
     return (
-        f"this process no longer holds run {run_id} ({why}); another process drives it now, and nothing"
-        f" more was written by this one; follow the run with `factory audit show {run_id}`"
+        f"this process no longer holds run {run_id} ({why}); another process drives it now, and this one"
+        f" committed nothing more of it (a model call it had made is audited as never committed);"
+        f" follow the run with `factory audit show {run_id}`"
     )

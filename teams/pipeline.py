@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 #: A stage is executed at most this many iteration caps in all, across resumes and decisions: a run
 #: that crashes the process at the same stage every time ends failed instead of looping.
 MAX_RESUMES = 5
-#: A stage's files are written only while its lease surely holds the run this much longer.
+#: A stage's files are written (and an escalation opened) only while its lease surely holds the run
+#: this much longer (at most half the lease's lifetime).
 FILES_HELD_S = 5.0
 
 __all__ = ["PipelineDeps", "PipelineEngine", "RunOutcome", "StageTiming", "stored_artifact", "validate_requirement"]
@@ -139,11 +140,16 @@ class PipelineEngine:
         ``teams.decisions``). One process drives a run at a time: the run's lease is taken here
         (``RunBusy`` if another process holds it) unless the caller holds it (``lease``). Every
         commit checks the lease: a driver that lost the run stops with ``LeaseLost``, writing nothing."""
+        if lease is not None:
+            return await self._drive_anchored(run_id, lease)
+        async with self._d.store.lease(run_id) as held:
+            return await self._drive_anchored(run_id, held)
+
+    async def _drive_anchored(self, run_id: str, lease: Lease) -> RunOutcome:
+        """``_drive``, its manifest anchor settled while the lease still holds the run (the next
+        driver's manifest is never overwritten by this one's)."""
         try:
-            if lease is not None:
-                return await self._drive(run_id, lease)
-            async with self._d.store.lease(run_id) as held:
-                return await self._drive(run_id, held)
+            return await self._drive(run_id, lease)
         finally:
             await self._anchored(run_id)
 
@@ -541,6 +547,7 @@ class PipelineEngine:
         # a crash in between, the stage waits with no escalation and simply runs again.
         stage.status, stage.finished_at = StageStatus.WAITING_HUMAN, now()
         await self._d.store.save_stage(stage, lease=lease)
+        await self._d.store.hold(lease, for_s=FILES_HELD_S)  # the escalation, too, is opened while held
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
         await self._anchor(run, await self._d.audit.append(run.id, *opened_audit(escalation)))
@@ -582,12 +589,11 @@ def _replaced(run: Run, stage: StageRecord, prior: Sequence[PriorArtifact], resu
     """The earlier stages' files this stage's result replaces (``replaced_artifacts``), found among
     the earlier results the drive holds (every earlier stage's files: no query)."""
     names = {a.name.casefold() for a in result.artifacts}
-    position: dict[str, int] = {slug: i for i, slug in enumerate(run.pipeline)}
     earlier = [
         StoredArtifact(
             run_id=run.id,
-            stage_index=position[p.team],
-            team=run.pipeline[position[p.team]],
+            stage_index=run.pipeline.index(p.team),
+            team=p.team,
             name=p.artifact.name,
             kind=p.artifact.kind,
             sha256=sha256_text(p.artifact.content),

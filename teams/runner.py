@@ -15,6 +15,7 @@ from teams.parsing import OutputProblem, json_object, validate_task_result
 from teams.results import Artifact, TaskResult, blocked
 from teams.roster import Team
 from teams.schema import SchemaBounds, response_schema
+from teams.slugs import TeamSlug
 from teams.tools import AnyToolCall, ArtifactRecall, Recall, Toolbox, ToolProblem, ToolRecord
 
 _BAD_OUTPUT_ECHO_CHARS = 2000
@@ -24,7 +25,7 @@ _BAD_OUTPUT_ECHO_CHARS = 2000
 class PriorArtifact:
     """An artifact of an earlier stage that this stage reads."""
 
-    team: str
+    team: TeamSlug
     artifact: Artifact
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from memory.base import AuditAnchor, AuditEntry, AuditLog, AuditReport
-from teams.base import Run, RunStore
+from teams.base import Run, RunStatus, RunStore
+from teams.bundle import MANIFEST_NAME as MANIFEST
 from teams.bundle import write_manifest
 
-MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any bundle's list of artifacts; a bound on what is read
 _ANCHOR = "manifest anchor"
 
@@ -78,16 +80,24 @@ def anchor_manifest(root: Path, run_id: str, entry: AuditEntry) -> None:
 
 
 def manifest_anchor(run: Run) -> tuple[AuditAnchor | None, list[str]]:
-    """The audit anchor in the run's bundle manifest: (anchor, problems). No manifest: (None, [])
-    (a run still going has none yet); a manifest that cannot be read or names no valid anchor is a
-    problem: it is the record outside the database that the chain is compared with."""
+    """The audit anchor in the run's bundle manifest: (anchor, problems). No manifest: (None, []) for
+    a run still going (it may have none yet), a problem for a complete one (its snapshot wrote one); a
+    manifest that cannot be read or names no valid anchor is a problem: it is the record outside the
+    database that the chain is compared with. Read as a plain file only (no link, no FIFO), bounded."""
     path = Path(run.artifacts_dir) / MANIFEST if run.artifacts_dir else None
-    if path is None or not path.exists():
+    if path is None or not os.path.lexists(path):
+        if run.status is RunStatus.COMPLETE:
+            return None, [f"{_ANCHOR}: the manifest of the complete run ({path}) is missing; the record is gone"]
         return None, []
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None, [f"{_ANCHOR}: {path} is not a plain file; not one the factory wrote"]
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
             return None, [f"{_ANCHOR}: {path} is over {MAX_MANIFEST_BYTES} bytes; not one the factory wrote"]
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(data.decode("utf-8"))
     except (OSError, ValueError) as exc:
         return None, [f"{_ANCHOR}: {path} cannot be read ({exc}); the record outside the database is damaged"]
     if not isinstance(manifest, dict) or manifest.get("run_id") != run.id:

@@ -23,9 +23,10 @@ class InMemoryRunStore:
         self._leases: dict[str, tuple[str, int, bool]] = {}  # run id -> (owner, token, held)
 
     def _held(self, lease: Lease) -> None:
+        """Owner and token fence a write, as in PostgreSQL (a lapsed lease nobody took still holds)."""
         lease.check()
-        if self._leases.get(lease.run_id) != (lease.owner, lease.token, True):
-            lease.lost = "its lease was taken over or expired"
+        if self._leases.get(lease.run_id, ("", 0, False))[:2] != (lease.owner, lease.token):
+            lease.lost = "another process took its lease over"
             raise LeaseLost(lost_message(lease.run_id, lease.lost))
 
     def take_over(self, run_id: str) -> None:

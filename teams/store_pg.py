@@ -112,6 +112,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         END $$;
         """,
     ),
+    (
+        "0004_run_lease_held_by_token",
+        """
+        -- Owner and token fence a write (a takeover always raises the token, under FOR SHARE it
+        -- waits for the write's commit); expiry only lets another process take the run. A driver
+        -- whose lease lapsed while nobody took it (the database restarted, the host slept) goes on.
+        CREATE OR REPLACE FUNCTION run_lease_held(p_run text, p_owner text, p_token bigint)
+        RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM 1 FROM run_leases WHERE run_id = p_run AND owner = p_owner AND token = p_token FOR SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'run % is no longer held by %', p_run, p_owner USING ERRCODE = 'FL001';
+            END IF;
+        END $$;
+        """,
+    ),
 ]
 
 LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
@@ -208,7 +224,7 @@ class PostgresRunStore:
         except psycopg.Error as exc:
             if exc.sqlstate != LEASE_LOST:
                 raise
-            lease.lost = "its lease was taken over or expired"
+            lease.lost = "another process took its lease over"
             raise LeaseLost(lost_message(lease.run_id, lease.lost)) from exc
 
     async def create_run(self, run: Run, stages: Sequence[StageRecord] = (), *, lease: Lease) -> None:
@@ -308,7 +324,7 @@ class PostgresRunStore:
 
     async def hold(self, lease: Lease, *, for_s: float) -> None:
         lease.check()
-        if lease.held_for() < for_s:
+        if lease.held_for() < min(for_s, self._lease_ttl_s / 2):  # a short lifetime bounds what is sure
             await self.renew(lease)
 
     async def _heartbeat(self, lease: Lease) -> None:

@@ -89,6 +89,7 @@ async def test_a_driver_that_lost_its_lease_commits_nothing(stores: Stores) -> N
             async with stores.runs.lease("run-1"):
                 pass
         await stores.lapse("run-1")
+        await stores.runs.save_stage(stage, lease=first)  # lapsed, but nobody took it: still its driver's
         async with stores.runs.lease("run-1") as second:  # taken over by the next driver
             assert second.token > first.token
             with pytest.raises(LeaseLost, match="no longer holds run run-1"):

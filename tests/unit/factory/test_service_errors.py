@@ -6,9 +6,9 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, ResponseError
 
-from factory.errors import ServiceUnavailable
+from factory.errors import ServiceRefused, ServiceUnavailable
 from factory.service_errors import safe_url, service_error
 
 
@@ -44,3 +44,18 @@ def test_other_errors_are_not_service_errors(exc: Exception) -> None:
 
 def test_safe_url_drops_credentials() -> None:
     assert safe_url("postgresql://user:secret@host:5433/db?sslmode=require") == "postgresql://host:5433/db"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"),
+        psycopg.errors.RaiseException("audit entries are append-only: DELETE on audit_entries refused"),
+        ResponseError("WRONGTYPE Operation against a key"),
+    ],
+)
+def test_a_refused_command_is_not_called_an_outage(exc: Exception) -> None:
+    wrapped = service_error(exc, database_url="postgresql://db/factory", redis_url="redis://cache/0")
+    assert isinstance(wrapped, ServiceRefused)
+    message = str(wrapped)
+    assert "refused a command" in message and "start it" not in message and "\n" not in message

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,25 @@ async def test_each_commit_moves_the_audit_anchor_in_the_manifest(tmp_path: Path
     entries = await h.audit.entries(out.run.id)
     assert entries[-1].kind == "escalation.opened"
     assert (manifest["audit_entries"], manifest["audit_head_sha256"]) == (len(entries), entries[-1].sha256)
+
+
+async def test_a_complete_runs_manifest_must_be_there_and_a_plain_file(tmp_path: Path) -> None:
+    from teams.snapshot import verify_run
+
+    h = Harness(tmp_path, {})
+    out = await h.run()
+    assert (await verify_run(h.audit, out.run)).intact
+    manifest = Path(out.run.artifacts_dir) / "manifest.json"
+    kept = manifest.read_bytes()
+    manifest.unlink()
+    gone = await verify_run(h.audit, out.run)
+    assert not gone.intact and any("missing" in p for p in gone.problems)
+    os.mkfifo(manifest)  # would block a plain read forever
+    fifo = await verify_run(h.audit, out.run)
+    assert not fifo.intact and any("not a plain file" in p for p in fifo.problems)
+    manifest.unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_bytes(kept)
+    manifest.symlink_to(elsewhere)
+    linked = await verify_run(h.audit, out.run)
+    assert not linked.intact and any("cannot be read" in p for p in linked.problems)
