@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from factory import services
@@ -69,8 +70,18 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    return f"test:{uuid.uuid4().hex[:10]}:"
+def redis_prefix(redis_base_url: str) -> Iterator[str]:
+    """A key prefix of one test's own; whatever it (or a `factory` process it ran) left under it is
+    removed afterwards."""
+    prefix = f"test:{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = SyncRedis.from_url(redis_base_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture
