@@ -124,7 +124,7 @@ async def embedding(n: int, batch: int) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     embedder.embed(texts)
     direct_s, direct_cpu = time.perf_counter() - started, time.process_time() - cpu
-    router = LiteLLMRouter(aliases.plan(), embedder=EmbeddedEmbedder(batch_size=batch, threads=THREADS))
+    router = LiteLLMRouter(aliases.default_routing(), embedder=EmbeddedEmbedder(batch_size=batch, threads=THREADS))
     await router.embed(texts[:batch], timeout_s=120)  # import LiteLLM, load the model
     started = time.perf_counter()
     await router.embed(texts, timeout_s=120)

@@ -125,7 +125,7 @@ async def overhead(
     as it does with no memory wired (stages read earlier artifacts). Also what memory wrote, per stage
     with memory: new rows, items merged into stored ones, and the share of updates that were HOT."""
     model = TimedModel(ScriptedModel())
-    timed = TimedEmbedder(LiteLLMRouter(aliases.plan()) if real_embedder else ZeroLatencyEmbedder())
+    timed = TimedEmbedder(LiteLLMRouter(aliases.default_routing()) if real_embedder else ZeroLatencyEmbedder())
     variants = ["with_memory", "without_memory"] if without_memory else ["with_memory"]
     pipelines = ["phase1", "full"]
     per_stage: dict[tuple[str, str], list[float]] = {(v, p): [] for v in variants for p in pipelines}

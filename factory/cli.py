@@ -29,6 +29,9 @@ from factory.cli_common import (
     show_progress,
 )
 from factory.cli_hitl import hitl_app, worker
+from factory.cli_routing import routing_app
+from factory.cli_secrets import secrets_app
+from factory.cli_usage import usage
 from factory.errors import InputError
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(hitl_app, name="hitl")
 app.command()(worker)
 app.add_typer(broker_app, name="broker")
+app.add_typer(routing_app, name="routing", help="Which models serve each alias: show, change, test.")
+app.add_typer(secrets_app, name="secrets", help="Encrypted secrets (API keys) that routing names by reference.")
+app.command("usage")(usage)
 
 
 @teams_app.command("list")

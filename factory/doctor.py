@@ -11,7 +11,7 @@ from broker.redis_streams import RedisBroker
 from factory import services
 from factory.errors import FactoryError
 from factory.settings import Settings
-from routing import aliases
+from routing.aliases import embedding_route
 from routing.base import EMBED_ALIAS
 from teams.slugs import ALL_TEAMS
 
@@ -47,6 +47,7 @@ async def _services(settings: Settings) -> list[dict[str, Any]]:
             checks.append({"name": "redis", "ok": True, "detail": f"{where}, Redis {info.get('redis_version')}"})
             checks.append(await _broker(factory.broker))
             checks.append(await _hitl(factory))
+            checks.append(await _routing(factory))
     except FactoryError as exc:
         checks.append({"name": "services", "ok": False, "detail": str(exc)})
     return checks
@@ -76,25 +77,45 @@ async def _broker(broker: RedisBroker) -> dict[str, Any]:
     return {"name": "broker", "ok": True, "detail": detail}
 
 
+async def _routing(factory: Factory) -> dict[str, Any]:
+    """The effective chains and their sources; a key reference that is not set, an Ollama server that
+    is down or lacks a configured model are warnings (those deployments are skipped, not fatal)."""
+    from routing.ollama_models import ollama_servers
+
+    view = await factory.routing.view()
+    warnings = [f"key {ref} is not set: its deployments are skipped" for ref, ok in sorted(view.keys.items()) if not ok]
+    if any(d.ollama for chain in view.config.aliases.values() for d in chain):
+        for server in await ollama_servers(view.config, timeout_s=factory.settings.connect_timeout_s):
+            if server.error:
+                warnings.append(f"Ollama at {server.base} is unreachable ({server.error}); start it with `ollama serve`")
+            warnings += [f"Ollama at {server.base} has not pulled {n}: run `ollama pull {n}`" for n in server.missing]
+    routes: dict[str, list[str]] = {a.alias: [d.id for d in a.chain] for a in view.aliases}
+    routes[EMBED_ALIAS] = [embedding_route().id]
+    detail = f"store version {view.version}; " + (
+        "WARNING " + "; ".join(warnings) if warnings else "every key set (`factory routing show` for the chains)"
+    )
+    return {
+        "name": "routing",
+        "ok": True,
+        "detail": detail,
+        "routes": routes,
+        "sources": {a.alias: a.source for a in view.aliases},
+        "warnings": warnings,
+    }
+
+
 def _model(settings: Settings) -> dict[str, Any]:
     from routing.embedded import default_model_path
 
     if settings.scripted_model is not None:
         return {"name": "model", "ok": True, "detail": f"scripted model {settings.scripted_model} (test only)"}
-    routes = aliases.plan(
-        openai=settings.openai_api_key is not None,
-        anthropic=settings.anthropic_api_key is not None,
-        ollama_base=settings.ollama_api_base,
-    )
     try:
         path = default_model_path()
         ok = importlib.util.find_spec("llama_cpp") is not None
         detail = f"embedded SmolLM2 at {path}" + ("" if ok else " but llama-cpp-python is missing")
     except FactoryError as exc:
         ok, detail = False, str(exc)
-    chains = {alias: [d.model for d in chain] for alias, chain in routes.items()}
-    chains[EMBED_ALIAS] = [aliases.embedding_route().model]
-    return {"name": "model", "ok": ok, "detail": detail, "routes": chains}
+    return {"name": "model", "ok": ok, "detail": detail}
 
 
 def _embedder() -> dict[str, Any]:

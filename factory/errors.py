@@ -26,6 +26,9 @@ Third-party errors are wrapped at the package boundary with ``raise ... from exc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class FactoryError(Exception):
     """Base of every error the factory raises on purpose."""
@@ -78,6 +81,11 @@ class LeaseLost(PipelineError):
 
 class RoutingError(FactoryError):
     """A model call failed on every deployment of its alias."""
+
+    def __init__(self, message: str, *, fallbacks: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        #: What each deployment tried failed with (``routing.base.Fallback``), for the ledger.
+        self.fallbacks = list(fallbacks)
 
 
 class BudgetExceeded(RoutingError):

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("FACTORY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
     )
+    secret_key: SecretStr | None = None  # FACTORY_SECRET_KEY: seals stored secrets; else <data_dir>/secret.key
+    #: Ollama's model behind every alias when OLLAMA_API_BASE is set and no routing names another.
+    ollama_model: str = "llama3.1"
+    #: The routing of the environment layer: JSON like factory.toml's [routing] table
+    #: ({"aliases": {"factory/coder": [{"model": "..."}]}, "cooldown": {...}}); see README "Model routing".
+    routing_env: str | None = Field(default=None, validation_alias=AliasChoices("FACTORY_ROUTING"))
+    #: Proxy mode: every alias is served through this LiteLLM proxy (its key in FACTORY_LITELLM_PROXY_KEY).
+    litellm_proxy_url: str | None = None
     #: Test-only: a JSON script of model answers. Never a default; selecting it is explicit.
     scripted_model: Path | None = None
 
@@ -75,6 +83,7 @@ class Settings(BaseSettings):
     budget_run_tokens: int | None = Field(default=None, ge=1)
     budget_run_usd: float | None = Field(default=None, gt=0)
     budget_team_tokens: int | None = Field(default=None, ge=1)  # per team, within one run
+    budget_team_usd: float | None = Field(default=None, gt=0)  # per team, within one run
 
     # Human in the loop (DESIGN §9)
     sla_hours_critical: float = Field(default=1.0, gt=0)
@@ -129,6 +138,11 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(sorted(allowed))}")
         return ",".join(names)
+
+    @property
+    def config_file(self) -> Path:
+        """The ``factory.toml`` this process reads (``FACTORY_CONFIG`` names another)."""
+        return Path(os.environ.get("FACTORY_CONFIG", "factory.toml"))
 
     @property
     def runs_dir(self) -> Path:

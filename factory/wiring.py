@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from psycopg import AsyncConnection, OperationalError
@@ -22,6 +23,7 @@ from broker.responders import responding
 from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
+from factory.routing_service import RoutingKeys, RoutingService
 from factory.service_errors import safe_url, service_error
 from factory.settings import Settings
 from hitl.base import EscalationKind, EscalationStatus, Priority
@@ -36,13 +38,17 @@ from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
-from routing import aliases
 from routing.base import ChatModel, Embedder
 from routing.budget import BudgetedModel, BudgetLimits
+from routing.config import RoutingConfig
+from routing.cooldowns import Cooldowns
 from routing.embedded import EmbeddedModel
 from routing.ledger import RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
+from routing.secrets import SecretBox, SecretStore
+from routing.secrets_pg import PostgresSecretStore
+from routing.store_pg import PostgresRoutingStore
 from teams.clarify import TeamAnswerer
 from teams.gate import GateLimits
 from teams.pipeline import PipelineDeps, PipelineEngine
@@ -99,6 +105,7 @@ def _budgeted(
         run_tokens=settings.budget_run_tokens,
         run_cost_usd=settings.budget_run_usd,
         team_tokens=settings.budget_team_tokens,
+        team_cost_usd=settings.budget_team_usd,
     )
     if not limits.any:
         return model
@@ -140,6 +147,9 @@ class Factory:
     memory: StageMemory
     qa: ProjectQA
     model_description: str
+    secrets: SecretStore
+    routing: RoutingService
+    router: LiteLLMRouter | None  # None when a model was handed in (tests)
 
 
 async def _still_open(conn: AsyncConnection[Any]) -> None:
@@ -187,23 +197,34 @@ async def open_redis(url: str, timeout_s: float) -> Redis:
     return redis
 
 
-def build_model(settings: Settings) -> tuple[ChatModel, bool, str, EmbeddedModel | None]:
-    """The chat model for this configuration: (model, grammar-constrained?, description, embedded)."""
-    if settings.scripted_model is not None:
-        scripted = ScriptedModel.from_file(settings.scripted_model)
-        routes = aliases.plan(scripted=True)
-        return LiteLLMRouter(routes, scripted=scripted), False, "scripted (test only)", None
-    routes = aliases.plan(
-        openai=settings.openai_api_key is not None,
-        anthropic=settings.anthropic_api_key is not None,
-        ollama_base=settings.ollama_api_base,
-    )
-    embedded = EmbeddedModel(
+async def build_model(
+    settings: Settings, routing: RoutingService, keys: RoutingKeys, store: PostgresRunStore
+) -> tuple[LiteLLMRouter, bool, str, EmbeddedModel]:
+    """The chat model for this configuration: (router, grammar-constrained first?, description, embedded).
+
+    New runs take the current routing (reread from the store), a run's calls the routing it started with."""
+    config = await routing.current()
+    scripted = ScriptedModel.from_file(settings.scripted_model) if settings.scripted_model is not None else None
+    embedded = EmbeddedModel(  # loaded on its first call only
         n_ctx=settings.local_model_ctx, n_threads=settings.local_model_threads, seed=settings.local_model_seed
     )
-    first = routes["factory/coder"][0]
-    description = " -> ".join(d.model for d in routes["factory/coder"])
-    return LiteLLMRouter(routes, embedded=embedded), first.grammar, description, embedded
+
+    async def run_routing(run_id: str) -> RoutingConfig | None:
+        run = await store.get_run(run_id)
+        return RoutingConfig.model_validate(run.routing) if run is not None and run.routing else None
+
+    router = LiteLLMRouter(
+        config,
+        current=routing.current,
+        run_routing=run_routing,
+        keys=keys,
+        cooldowns=Cooldowns(on_cool=routing.cooled),
+        embedded=embedded,
+        scripted=scripted,
+    )
+    chain = config.chain("factory/coder")
+    description = " -> ".join(d.id for d in chain) + (" (scripted: test only)" if scripted is not None else "")
+    return router, chain[0].grammar, description, embedded
 
 
 @asynccontextmanager
@@ -260,12 +281,18 @@ async def _wired(
         redis = await open_redis(endpoints.redis_url, settings.connect_timeout_s)
         try:
             store = PostgresRunStore(pool, lease_ttl_s=settings.run_lease_ttl_s)
+            # the key is loaded when a secret is first sealed or opened
+            secrets = PostgresSecretStore(pool, partial(SecretBox.load, settings.data_dir, settings.secret_key))
+            keys = RoutingKeys(secrets)
+            routing = RoutingService(
+                settings, PostgresRoutingStore(pool), keys, redis=redis, prefix=settings.redis_prefix
+            )
             if model is None:
-                model, compact, description, embedded = build_model(settings)
+                model, compact, description, embedded = await build_model(settings, routing, keys, store)
             else:
                 compact, description = False, type(model).__name__
             if embedder is None:  # embeddings go through the local/embed alias of a router
-                embedder = model if isinstance(model, LiteLLMRouter) else LiteLLMRouter(aliases.plan())
+                embedder = model if isinstance(model, LiteLLMRouter) else LiteLLMRouter(await routing.current())
             count = embedded.count_tokens if embedded is not None else approx_tokens
             window = settings.local_model_ctx if compact else settings.context_window_tokens
             bus = LocalEventBus()
@@ -315,6 +342,7 @@ async def _wired(
                     broker=broker,
                     memory=memory,
                     sla=sla,
+                    routing=routing.public,
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)
@@ -336,6 +364,9 @@ async def _wired(
                     memory=memory,
                     qa=ProjectQA(memory.gateway, recorded, ALL_TEAMS, timeout_s=settings.model_timeout_s, count=count),
                     model_description=description,
+                    secrets=secrets,
+                    routing=routing,
+                    router=model if isinstance(model, LiteLLMRouter) else None,
                 )
         finally:
             await redis.aclose()

@@ -32,6 +32,28 @@ class ChatRequest(BaseModel):
     purpose: str = "objective"
 
 
+FallbackKind = Literal[
+    "timeout",
+    "rate_limit",
+    "server_error",
+    "connection",
+    "auth",
+    "bad_request",
+    "bad_output",
+    "no_key",
+    "cooling",
+    "other",
+]
+
+
+class Fallback(BaseModel):
+    """A deployment of the chain that did not answer a call, and why; the call moved to the next."""
+
+    deployment: str  # model@api_base: no secret in it
+    kind: FallbackKind
+    reason: Annotated[str, AfterValidator(storable)] = ""  # the provider's text, secrets redacted
+
+
 class ChatResponse(BaseModel):
     """What a model answered and what it cost."""
 
@@ -44,6 +66,8 @@ class ChatResponse(BaseModel):
     tokens_out: int = 0
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    #: The deployments tried before the one that answered (empty when the first answered).
+    fallbacks: list[Fallback] = Field(default_factory=list)
 
 
 class UsageRecord(BaseModel):
@@ -61,6 +85,7 @@ class UsageRecord(BaseModel):
     ok: bool
     error: str | None = None
     created_at: datetime
+    fallbacks: list[Fallback] = Field(default_factory=list)
 
 
 class ChatModel(Protocol):

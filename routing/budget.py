@@ -25,10 +25,11 @@ class BudgetLimits:
     run_tokens: int | None = None
     run_cost_usd: float | None = None
     team_tokens: int | None = None
+    team_cost_usd: float | None = None
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.run_tokens, self.run_cost_usd, self.team_tokens))
+        return any(v is not None for v in (self.run_tokens, self.run_cost_usd, self.team_tokens, self.team_cost_usd))
 
 
 class BudgetedModel:
@@ -58,10 +59,15 @@ class BudgetedModel:
             raise BudgetExceeded(
                 f"run {run_id} has spent ${run.cost_usd:.4f} of its ${limits.run_cost_usd * times:.4f} budget"
             )
-        if limits.team_tokens is not None and team:
+        if (limits.team_tokens is not None or limits.team_cost_usd is not None) and team:
             spent = await self._ledger.spent(run_id, team)
-            if spent.tokens >= limits.team_tokens * times:
+            if limits.team_tokens is not None and spent.tokens >= limits.team_tokens * times:
                 raise BudgetExceeded(
                     f"team {team} has used {spent.tokens} tokens of its {limits.team_tokens * times}-token"
+                    f" budget in run {run_id}"
+                )
+            if limits.team_cost_usd is not None and spent.cost_usd >= limits.team_cost_usd * times:
+                raise BudgetExceeded(
+                    f"team {team} has spent ${spent.cost_usd:.4f} of its ${limits.team_cost_usd * times:.4f}"
                     f" budget in run {run_id}"
                 )

@@ -5,11 +5,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from observability.redact import redact
 from observability.text import storable
-from routing.base import ChatModel, ChatRequest, ChatResponse, UsageLedger, UsageRecord
+from routing.base import ChatModel, ChatRequest, ChatResponse, Fallback, UsageLedger, UsageRecord
 
 
-def _row(request: ChatRequest, response: ChatResponse | None, latency_ms: float, error: str | None) -> UsageRecord:
+def _row(
+    request: ChatRequest,
+    response: ChatResponse | None,
+    latency_ms: float,
+    error: str | None,
+    fallbacks: list[Fallback] | None = None,
+) -> UsageRecord:
     return UsageRecord(
         run_id=request.run_id,
         team=request.team,
@@ -21,8 +28,9 @@ def _row(request: ChatRequest, response: ChatResponse | None, latency_ms: float,
         cost_usd=response.cost_usd if response else 0.0,
         latency_ms=latency_ms,
         ok=error is None,
-        error=storable(error) if error is not None else None,  # a provider's text: storable, not refused
+        error=redact(storable(error)) if error is not None else None,  # a provider's text: storable, not refused
         created_at=datetime.now(UTC),
+        fallbacks=response.fallbacks if response else (fallbacks or []),
     )
 
 
@@ -38,7 +46,8 @@ class RecordingModel:
         try:
             response = await self._inner.complete(request, timeout_s=timeout_s)
         except Exception as exc:
-            await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc)[:500]))
+            hops = [f for f in getattr(exc, "fallbacks", []) if isinstance(f, Fallback)]
+            await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc)[:500], hops))
             raise
         latency_ms = response.latency_ms or (time.perf_counter() - started) * 1000
         await self._ledger.record(_row(request, response, latency_ms, None))

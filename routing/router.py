@@ -1,25 +1,71 @@
-"""The LiteLLM router: aliases → ordered deployments with fallback, as a ``ChatModel``.
+"""The router: an alias's chain of deployments, walked in order through LiteLLM, as a ``ChatModel``.
 
-LiteLLM is imported on the first model call, not before: a command that calls no model starts fast.
+Each deployment is one ``litellm.acompletion`` with its own base, key, timeout, output cap, prices
+and structured-output mode; no retries inside it. A timeout, a 429, a 5xx, a refused connection,
+garbage or a missing key moves the same call to the next deployment, and the failure is kept on the
+response (``fallbacks``) for the ledger, the stage's audit entry and the live events. A deployment
+that keeps failing cools down (``routing.cooldowns``) so later calls skip it. A run's calls use the
+routing the run started with; other calls use the current routing.
+
+LiteLLM is imported on the first model call, in a worker thread: a command that calls no model
+starts fast, and the import does not stall the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Any, Protocol
 
 from factory.errors import RoutingError
+from observability.redact import redact, register_secret
 from observability.text import storable
-from routing.aliases import LOCAL_PROVIDER, Deployment, embedding_route
-from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse
+from routing.aliases import embedding_route
+from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse, Fallback, FallbackKind, Message
+from routing.config import EMBEDDED, SCRIPTED, Deployment, KeyRef, RoutingConfig
+from routing.cooldowns import Cooldowns
 from routing.embedded import Completion, EmbeddedModel
 from routing.embeddings import EmbeddedEmbedder
+from routing.providers_known import LOCAL_PROVIDER
 from routing.scripted import ScriptedModel
 
 log = logging.getLogger(__name__)
+
+#: The routing a run started with (None: a run from before routing was recorded).
+RunRouting = Callable[[str], Awaitable[RoutingConfig | None]]
+#: The current routing, for calls of no run and for new runs.
+CurrentRouting = Callable[[], Awaitable[RoutingConfig]]
+_RUNS_KEPT = 512  # runs whose routing is cached in this process
+
+
+class KeyResolver(Protocol):
+    """Turns a key reference into the key (None when it is not set)."""
+
+    async def resolve(self, ref: KeyRef) -> str | None: ...
+
+
+class EnvKeys:
+    """Keys from environment variables only (a stored secret resolves to None)."""
+
+    async def resolve(self, ref: KeyRef) -> str | None:
+        return os.environ.get(ref.env) if ref.env else None
+
+
+SCHEMA_PROMPT = "\n\nAnswer with one JSON object, and nothing else, valid against this JSON schema:\n```json\n{}\n```"
+
+
+def with_schema_prompt(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:
+    """``messages`` with the schema appended to the system message (JSON mode gives no schema)."""
+    note = SCHEMA_PROMPT.format(json.dumps(schema, separators=(",", ":")))
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + note}, *messages[1:]]
+    return [{"role": "system", "content": note.strip()}, *messages]
 
 
 def _schema_of(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -27,29 +73,98 @@ def _schema_of(params: dict[str, Any]) -> dict[str, Any] | None:
     return (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
 
 
+def _retry_after(exc: BaseException) -> float | None:
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        value = headers.get("retry-after") if headers is not None else None
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(exc: BaseException) -> tuple[FallbackKind, float | None]:
+    """What kind of failure ``exc`` is (by LiteLLM's exception classes and status codes), and a
+    429's Retry-After."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or name in ("Timeout", "APITimeoutError") or status == 408:
+        return "timeout", None
+    if name == "RateLimitError" or status == 429:
+        return "rate_limit", _retry_after(exc)
+    text = str(exc).lower()
+    if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        return "auth", None
+    if "missing credentials" in text or "api_key client option must be set" in text:
+        return "auth", None  # LiteLLM reports a missing key as a 500
+    if (
+        name == "APIConnectionError"
+        or isinstance(exc, ConnectionError | OSError)
+        or any(t in text for t in ("connection error", "connection refused", "connecterror", "disconnected"))
+    ):
+        # LiteLLM reports an unparseable body as a connection error: it is the provider's output.
+        if "json" in text and ("decode" in text or "expecting" in text or "parse" in text):
+            return "bad_output", None
+        return "connection", None
+    if name in ("BadRequestError", "ContextWindowExceededError", "UnsupportedParamsError", "NotFoundError") or (
+        isinstance(status, int) and 400 <= status < 500
+    ):
+        return "bad_request", None
+    if name in ("InternalServerError", "ServiceUnavailableError", "APIError") or (
+        isinstance(status, int) and status >= 500
+    ):
+        return "server_error", None
+    if isinstance(exc, ValueError | json.JSONDecodeError):
+        return "bad_output", None
+    return "other", None
+
+
+@cache
+def _supports_schema(model: str) -> bool:
+    import litellm
+
+    try:
+        return bool(litellm.supports_response_schema(model=model))
+    except Exception:  # an unknown model: LiteLLM cannot say, JSON mode is the safe ask
+        return False
+
+
 class LiteLLMRouter:
-    """``ChatModel`` over a LiteLLM ``Router``; in-process models are LiteLLM custom providers."""
+    """``ChatModel`` over LiteLLM: aliases → ordered deployments with fallback and cooldowns."""
 
     def __init__(
         self,
-        routes: dict[str, list[Deployment]],
+        routing: RoutingConfig,
         *,
+        current: CurrentRouting | None = None,
+        run_routing: RunRouting | None = None,
+        keys: KeyResolver | None = None,
+        cooldowns: Cooldowns | None = None,
         embedded: EmbeddedModel | None = None,
         scripted: ScriptedModel | None = None,
         embedder: EmbeddedEmbedder | None = None,
-        num_retries: int = 1,
     ) -> None:
-        self._routes = routes
+        self._routing = routing
+        self._current = current
+        self._run_routing = run_routing
+        self._runs: OrderedDict[str, RoutingConfig] = OrderedDict()
+        self._keys = keys or EnvKeys()
+        self.cooldowns = cooldowns or Cooldowns()
         self._embedded = embedded
         self._scripted = scripted
         self._embedder = embedder or EmbeddedEmbedder()
-        self._num_retries = num_retries
-        self._router: Any = None
+        self._litellm: Any = None
         self._building = asyncio.Lock()
+
+    @property
+    def routing(self) -> RoutingConfig:
+        """The routing this router was built with (the current one when it was opened)."""
+        return self._routing
+
+    # -- in-process backends (LiteLLM custom provider) -------------------------------------------
 
     def _backend_embedded(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         if self._embedded is None:
-            raise RoutingError("the embedded model is not configured")
+            raise RoutingError("the embedded model is not configured in this process")
         return self._embedded.complete(
             messages,
             json_schema=_schema_of(params),
@@ -59,28 +174,25 @@ class LiteLLMRouter:
 
     def _backend_scripted(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         if self._scripted is None:
-            raise RoutingError("the scripted model is not configured")
+            raise RoutingError("the scripted model is not configured in this process")
         request = params["metadata"]["factory_request"]
         if self._scripted.latency_s:
             time.sleep(self._scripted.latency_s)  # runs in LiteLLM's worker thread, like a real model
         return self._scripted.answer(request)
 
     async def _ready(self) -> Any:
-        """The router, built on first use in a worker thread: importing LiteLLM takes seconds and
-        must not stall the event loop (responders and the live stream share it)."""
-        if self._router is None:
+        """LiteLLM, imported and set up on first use in a worker thread: the import takes seconds
+        and must not stall the event loop (responders and the live stream share it)."""
+        if self._litellm is None:
             async with self._building:
-                if self._router is None:
-                    await asyncio.to_thread(self._ensure)
-        return self._router
+                if self._litellm is None:
+                    self._litellm = await asyncio.to_thread(self._import)
+        return self._litellm
 
-    def _ensure(self) -> Any:
-        if self._router is not None:
-            return self._router
+    def _import(self) -> Any:
         # No network beyond package registries: use the cost map LiteLLM ships.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
-        from litellm.router import Router
 
         from routing.providers import InProcessProvider
 
@@ -89,66 +201,202 @@ class LiteLLMRouter:
         )
         litellm.custom_provider_map = [{"provider": LOCAL_PROVIDER, "custom_handler": provider}]
         litellm.suppress_debug_info = True
-        model_list, fallbacks = [], []
-        for alias, chain in self._routes.items():
-            names = [alias] + [f"{alias}~{i}" for i in range(1, len(chain))]
-            for name, deployment in zip(names, chain, strict=True):
-                params: dict[str, Any] = {"model": deployment.model}
-                if deployment.api_base:
-                    params["api_base"] = deployment.api_base
-                model_list.append({"model_name": name, "litellm_params": params})
-            if len(names) > 1:
-                fallbacks.append({alias: names[1:]})
-        model_list.append({"model_name": EMBED_ALIAS, "litellm_params": {"model": embedding_route().model}})
-        self._router = Router(model_list=model_list, fallbacks=fallbacks, num_retries=self._num_retries)
-        return self._router
+        litellm.drop_params = True  # a provider that lacks a parameter (temperature, ...) is not failed for it
+        return litellm
+
+    # -- which routing -------------------------------------------------------------------------
+
+    async def routing_for(self, request: ChatRequest) -> RoutingConfig:
+        """The routing of the request's run if it recorded one, else the current routing."""
+        if request.run_id and self._run_routing is not None:
+            pinned = self._runs.get(request.run_id)
+            if pinned is None:
+                pinned = await self._run_routing(request.run_id)
+                if pinned is not None:
+                    self._runs[request.run_id] = pinned
+                    if len(self._runs) > _RUNS_KEPT:
+                        self._runs.popitem(last=False)
+            else:
+                self._runs.move_to_end(request.run_id)
+            if pinned is not None:
+                return pinned
+        return await self._current() if self._current is not None else self._routing
+
+    # -- calls ---------------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
-        router = await self._ready()
-        kwargs: dict[str, Any] = {}
-        if request.json_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "task_result", "schema": request.json_schema, "strict": False},
-            }
+        litellm = await self._ready()
+        routing = await self.routing_for(request)
+        chain = routing.chain(request.alias)
+        hops: list[Fallback] = []
         started = time.perf_counter()
-        try:
-            response = await router.acompletion(
-                model=request.alias,
-                messages=[m.model_dump() for m in request.messages],
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                timeout=timeout_s,
-                metadata={"factory_request": request},
-                **kwargs,
-            )
-        except Exception as exc:  # LiteLLM raises many types; all mean "no deployment answered"
-            # The provider's text is quoted in the stage's audited failure: made storable.
-            tried = ", ".join(d.model for d in self._routes.get(request.alias, []))
-            raise RoutingError(
-                f"no deployment of {request.alias} answered (tried {tried}): {storable(str(exc))}."
-                " Check `factory doctor` for model and key status."
-            ) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        hidden = getattr(response, "_hidden_params", {}) or {}
-        usage = getattr(response, "usage", None)
-        return ChatResponse(
-            text=response.choices[0].message.content or "",
-            alias=request.alias,
-            model=str(hidden.get("litellm_model_name") or response.model or ""),
-            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
-            cost_usd=float(hidden.get("response_cost") or 0.0),
-            latency_ms=latency_ms,
+        for deployment in chain:
+            if not deployment.local and (left := self.cooldowns.left(deployment.id)) > 0:
+                hops.append(Fallback(deployment=deployment.id, kind="cooling", reason=f"cooling down {left:.0f}s more"))
+                continue
+            try:
+                response = await self._call(litellm, deployment, request, timeout_s)
+            except Exception as exc:
+                kind, retry_after = classify(exc)
+                if isinstance(exc, _NoKey):
+                    kind = "no_key"
+                reason = redact(storable(str(exc)))[:500]
+                log.info("%s failed for %s (%s): %s", deployment.id, request.alias, kind, reason)
+                if not deployment.local:
+                    self.cooldowns.failed(
+                        deployment.id, kind, routing.cooldown, retry_after_s=retry_after, reason=reason[:120]
+                    )
+                hops.append(Fallback(deployment=deployment.id, kind=kind, reason=reason))
+                continue
+            if not deployment.local:
+                self.cooldowns.succeeded(deployment.id)
+            return response.model_copy(update={"fallbacks": hops, "latency_ms": (time.perf_counter() - started) * 1000})
+        tried = "; ".join(f"{h.deployment} ({h.kind}: {h.reason[:200]})" for h in hops) or "no deployment"
+        raise RoutingError(
+            f"no deployment of {request.alias} answered: {tried}. Check `factory routing test` and `factory doctor`.",
+            fallbacks=hops,
         )
 
+    def _mode(self, deployment: Deployment) -> str:
+        if deployment.structured != "auto":
+            return deployment.structured
+        if deployment.grammar:
+            return "grammar"
+        if deployment.model == SCRIPTED or deployment.provider == "litellm_proxy":
+            return "json_schema"
+        return "json_schema" if _supports_schema(deployment.model) else "json_object"
+
+    async def _call(self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float) -> ChatResponse:
+        messages = [m.model_dump() for m in request.messages]
+        kwargs: dict[str, Any] = {
+            "model": deployment.model,
+            "max_tokens": min(request.max_tokens, deployment.max_tokens or request.max_tokens),
+            "temperature": request.temperature,
+            "timeout": deployment.timeout_s or timeout_s,
+            "num_retries": 0,  # the chain is the retry: a failing deployment is not asked twice
+            "max_retries": 0,
+        }
+        if deployment.local:
+            kwargs["metadata"] = {"factory_request": request}
+        if deployment.api_base:
+            kwargs["api_base"] = deployment.api_base
+        if deployment.key is not None:
+            key = await self._keys.resolve(deployment.key)
+            if not key:
+                raise _NoKey(f"its key {deployment.key.describe()} is not set")
+            register_secret(key)
+            kwargs["api_key"] = key
+        if request.json_schema is not None:
+            mode = self._mode(deployment)
+            if mode == "json_object":
+                kwargs["response_format"] = {"type": "json_object"}
+                messages = with_schema_prompt(messages, request.json_schema)
+            else:  # json_schema, and the grammar (the in-process provider reads the schema from it)
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "task_result", "schema": request.json_schema, "strict": False},
+                }
+        response = await litellm.acompletion(messages=messages, **kwargs)
+        usage = getattr(response, "usage", None)
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        text = response.choices[0].message.content
+        if not isinstance(text, str):
+            raise ValueError("the provider answered no text")
+        return ChatResponse(
+            text=text,
+            alias=request.alias,
+            model=deployment.model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=self._cost(litellm, deployment, response, tokens_in, tokens_out),
+        )
+
+    @staticmethod
+    def _cost(litellm: Any, deployment: Deployment, response: Any, tokens_in: int, tokens_out: int) -> float:
+        """USD of one call: configured prices first, LiteLLM's price map for known cloud models, 0
+        for local ones and for models nobody priced (never None)."""
+        if deployment.local:
+            return 0.0
+        if deployment.price_in_per_m is not None or deployment.price_out_per_m is not None:
+            return (
+                tokens_in * (deployment.price_in_per_m or 0.0) + tokens_out * (deployment.price_out_per_m or 0.0)
+            ) / 1e6
+        hidden = getattr(response, "_hidden_params", None) or {}
+        cost = hidden.get("response_cost")
+        if cost is None:
+            try:
+                cost = litellm.completion_cost(completion_response=response, model=deployment.model)
+            except Exception:  # a model LiteLLM's map lacks: unpriced, shown as 0
+                cost = 0.0
+        return float(cost or 0.0)
+
     async def embed(self, texts: list[str], *, timeout_s: float) -> list[list[float]]:
-        """Vectors for ``texts`` through the ``local/embed`` alias."""
+        """Vectors for ``texts`` through the ``local/embed`` alias (its one deployment)."""
         if not texts:
             return []
-        router = await self._ready()
+        litellm = await self._ready()
         try:
-            response = await router.aembedding(model=EMBED_ALIAS, input=texts, timeout=timeout_s)
+            response = await litellm.aembedding(model=embedding_route().model, input=texts, timeout=timeout_s)
         except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"
-            raise RoutingError(f"{EMBED_ALIAS} failed: {storable(str(exc))}. Check `factory doctor`.") from exc
+            raise RoutingError(f"{EMBED_ALIAS} failed: {redact(storable(str(exc)))}. Check `factory doctor`.") from exc
         return [list(item["embedding"]) for item in response.data]
+
+
+class _NoKey(RuntimeError):
+    """A deployment whose key reference resolves to nothing: skipped like an unreachable one."""
+
+
+__all__ = ["EMBEDDED", "KeyResolver", "LiteLLMRouter", "Message", "classify", "with_schema_prompt"]
+
+
+PROBE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+async def probe(router: LiteLLMRouter, deployment: Deployment, *, timeout_s: float) -> dict[str, Any]:
+    """One tiny real call to ``deployment`` alone: reachable, latency, structured output accepted."""
+    request = ChatRequest(
+        alias="factory/fast",
+        messages=[
+            Message(role="system", content="You answer connectivity checks with JSON only."),
+            Message(role="user", content='Answer exactly {"ok": true}'),
+        ],
+        json_schema=PROBE_SCHEMA,
+        max_tokens=24,
+        temperature=0.0,
+        purpose="routing.test",
+    )
+    result: dict[str, Any] = {"deployment": deployment.id, "mode": None}
+    started = time.perf_counter()
+    try:
+        litellm = await router._ready()
+        result["mode"] = router._mode(deployment)
+        response = await router._call(litellm, deployment, request, timeout_s)
+    except Exception as exc:
+        kind, _ = classify(exc)
+        kind = "no_key" if isinstance(exc, _NoKey) else kind
+        reachable = kind not in ("connection", "timeout", "no_key")
+        return result | {
+            "reachable": reachable, "ok": False, "kind": kind, "error": redact(storable(str(exc)))[:300],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }  # fmt: skip
+    try:
+        answer = json.loads(response.text)
+        structured = isinstance(answer, dict) and isinstance(answer.get("ok"), bool)
+    except json.JSONDecodeError:
+        structured = False
+    return result | {
+        "reachable": True,
+        "ok": structured,
+        "structured": structured,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        "tokens_in": response.tokens_in,
+        "tokens_out": response.tokens_out,
+        "cost_usd": response.cost_usd,
+        **({} if structured else {"error": f"the answer is not the requested JSON: {response.text[:120]!r}"}),
+    }

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,8 @@ class Run(BaseModel):
     artifacts_dir: str = ""
     parent_run_id: str | None = None  # set on a revision: the run it revises
     feedback: str | None = None  # the operator's revision feedback, anchored in every objective
+    #: The model routing the run started with and keeps (``RoutingConfig.public()``: no secret).
+    routing: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
 

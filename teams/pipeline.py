@@ -118,6 +118,8 @@ class PipelineEngine:
             else StageRecord(run_id=run.id, index=index, team=slug)
             for index, slug in enumerate(run.pipeline)
         ]
+        if run.routing is None and self._d.routing is not None:
+            run.routing = await self._d.routing()  # the run keeps the routing it started with
         await self._d.store.create_run(run, stages, lease=lease)
         created = {
             "requirement": run.requirement,
@@ -125,6 +127,7 @@ class PipelineEngine:
             "pipeline_name": run.pipeline_name,
             "parent_run_id": run.parent_run_id,
             "feedback": run.feedback,
+            **({"routing": run.routing} if run.routing is not None else {}),
             **(link or {}),
         }
         # A reused stage's completion is recorded with the run's creation, naming the run it comes
@@ -392,6 +395,7 @@ class PipelineEngine:
             )
             model_s += execution.model_s
             self._account(stage, execution)
+            await self._fallbacks(run, stage, execution)
             _refuse_clashing_files(execution, taken)
             failures += execution.system_blocked
             decision = decide(
@@ -434,6 +438,15 @@ class PipelineEngine:
             stage.tokens_out += response.tokens_out
             stage.cost_usd += response.cost_usd
             stage.model = f"{response.alias} -> {response.model}"
+
+    async def _fallbacks(self, run: Run, stage: StageRecord, execution: Execution) -> None:
+        """Each model call that fell back is shown live: which deployments failed, why, and which answered."""
+        for response in execution.responses:
+            if response.fallbacks:
+                await self._emit(
+                    "model.fallback", run.id, stage=stage.index, team=stage.team, alias=response.alias,
+                    answered=response.model, failed=[f.model_dump(mode="json") for f in response.fallbacks],
+                )  # fmt: skip
 
     def _compactor(self, member: Team) -> Compactor | None:
         memory = self._d.memory

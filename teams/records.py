@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class PipelineDeps:
     memory: StageMemory | None = None
     #: Deadlines of the escalations the gate opens.
     sla: SlaPolicy = field(default_factory=SlaPolicy)
+    #: The current model routing, as a new run records and keeps it (models, bases, key
+    #: references; never a key). Without it a run records none and follows the process's routing.
+    routing: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
 
 
 @dataclass

@@ -128,6 +128,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         END $$;
         """,
     ),
+    (
+        "0005_run_routing_and_fallbacks",
+        """
+        -- The routing a run started with (models, bases, key references: no secret), and each
+        -- model call's fallbacks (deployments that failed before the one that answered).
+        ALTER TABLE runs ADD COLUMN IF NOT EXISTS routing jsonb;
+        ALTER TABLE usage_ledger ADD COLUMN IF NOT EXISTS fallbacks jsonb NOT NULL DEFAULT '[]';
+        CREATE INDEX IF NOT EXISTS usage_ledger_created ON usage_ledger (created_at);
+        """,
+    ),
 ]
 
 LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
@@ -237,6 +247,7 @@ class PostgresRunStore:
             run.artifacts_dir,
             run.parent_run_id,
             run.feedback,
+            Jsonb(run.routing) if run.routing is not None else None,
             run.created_at,
             run.updated_at,
         )
@@ -244,7 +255,8 @@ class PostgresRunStore:
         async with self._fenced(lease) as cur:
             await cur.execute(
                 "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
-                " parent_run_id, feedback, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " parent_run_id, feedback, routing, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 row,
             )
@@ -369,8 +381,8 @@ class PostgresRunStore:
         async with self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO usage_ledger (run_id, team, alias, model, purpose, tokens_in, tokens_out,"
-                " cost_usd, latency_ms, ok, error, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " cost_usd, latency_ms, ok, error, created_at, fallbacks)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     usage.run_id,
                     usage.team,
@@ -384,6 +396,7 @@ class PostgresRunStore:
                     usage.ok,
                     usage.error,
                     usage.created_at,
+                    Jsonb([f.model_dump(mode="json") for f in usage.fallbacks]),
                 ),
             )
 

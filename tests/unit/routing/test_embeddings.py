@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routing.aliases import plan
+from routing.aliases import default_routing
 from routing.embeddings import DIMENSIONS, EmbeddedEmbedder
 from routing.router import LiteLLMRouter
 
@@ -60,7 +60,7 @@ def test_overlong_text_is_truncated_not_refused(embedder: EmbeddedEmbedder) -> N
 
 
 async def test_local_embed_alias_routes_through_litellm(embedder: EmbeddedEmbedder) -> None:
-    router = LiteLLMRouter(plan(scripted=True), embedder=embedder)
+    router = LiteLLMRouter(default_routing(scripted=True), embedder=embedder)
     vectors = await router.embed(["hello world", "goodbye"], timeout_s=30)
     assert len(vectors) == 2 and len(vectors[0]) == DIMENSIONS
     assert cosine(vectors[0], embedder.embed(["hello world"])[0]) > 0.9999

@@ -1,0 +1,222 @@
+"""Governing model routing: show the effective chains and their sources, change them, test them.
+
+One service for every front door (CLI now, chat settings next): it validates each change (an
+unknown provider, a malformed URL, a missing key reference are refused with what to write instead),
+records it in the routing store with who and when, and serves the current routing to new runs. A
+running run keeps the routing it started with (``Run.routing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from factory.errors import InputError
+from factory.routing_sources import base_layers, problems, proxy_key
+from factory.settings import Settings
+from routing.aliases import combine
+from routing.base import CHAT_ALIASES
+from routing.config import Cooldown, Deployment, KeyRef, RoutingChange, RoutingConfig, SourcedAlias
+from routing.cooldowns import Cooling
+from routing.secrets import SecretStore
+from routing.store import COOLDOWN, RoutingStore, layer_of
+
+_FRESH_S = 2.0  # how long the current routing is reused before the store is read again
+
+
+def alias_name(text: str) -> str:
+    """``coder`` or ``factory/coder`` → ``factory/coder``; anything else is refused."""
+    name = text if "/" in text else f"factory/{text}"
+    if name not in CHAT_ALIASES:
+        raise InputError(f"unknown alias {text!r}; the aliases are {', '.join(CHAT_ALIASES)}")
+    return name
+
+
+def deployment(data: dict[str, Any], where: str) -> Deployment:
+    try:
+        return Deployment.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{where}: {problems(exc)}") from exc
+
+
+class RoutingKeys:
+    """Key references resolved: environment variables, and stored secrets (cached briefly, so a
+    call costs no query; a changed secret applies within ``ttl_s``)."""
+
+    def __init__(self, secrets: SecretStore | None, *, ttl_s: float = 30.0) -> None:
+        self._secrets = secrets
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    async def resolve(self, ref: KeyRef) -> str | None:
+        if ref.env:
+            return os.environ.get(ref.env) or None
+        if self._secrets is None or ref.secret is None:
+            return None
+        hit = self._cache.get(ref.secret)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl_s:
+            return hit[1]
+        value = await self._secrets.get(ref.secret)
+        self._cache[ref.secret] = (time.monotonic(), value)
+        return value
+
+
+@dataclass
+class RoutingView:
+    """The effective routing and where each part of it came from."""
+
+    config: RoutingConfig
+    aliases: list[SourcedAlias]
+    cooldown_source: str
+    version: int  # the store's latest change (0: never changed)
+    cooling: list[Cooling] = field(default_factory=list)
+    keys: dict[str, bool] = field(default_factory=dict)  # key reference → set?
+
+    def as_json(self) -> dict[str, Any]:
+        def entry(d: Deployment) -> dict[str, Any]:
+            out = d.public()
+            if d.key is not None:
+                out["key"] = {**d.key.model_dump(exclude_none=True), "present": self.keys.get(d.key.describe(), False)}
+            cooling = next((c for c in self.cooling if c.deployment == d.id), None)
+            if cooling is not None:
+                out["cooling"] = {"left_s": cooling.left_s, "reason": cooling.reason}
+            return out
+
+        return {
+            "version": self.version,
+            "aliases": [
+                {"alias": a.alias, "source": a.source, "chain": [entry(d) for d in a.chain]} for a in self.aliases
+            ],
+            "cooldown": {**self.config.cooldown.model_dump(mode="json"), "source": self.cooldown_source},
+            "proxy": self.config.proxy,
+            "cooling": [c.__dict__ for c in self.cooling],
+        }
+
+
+class RoutingService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RoutingStore,
+        keys: RoutingKeys,
+        *,
+        redis: Redis | None = None,
+        prefix: str = "factory:",
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._keys = keys
+        self._redis = redis
+        self._prefix = prefix
+        self._current: tuple[float, RoutingConfig] | None = None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def view(self) -> RoutingView:
+        latest = await self._store.latest()
+        layer, origins = layer_of(latest)
+        labels = {
+            target: f"store v{c.version} by {c.changed_by} at {c.changed_at:%Y-%m-%d %H:%M}Z"
+            for target, c in origins.items()
+        }
+        layers = base_layers(self._settings)
+        # Each alias of the store layer is labelled with the change it comes from.
+        store_layers = [(labels[a], type(layer)(aliases={a: chain})) for a, chain in layer.aliases.items()]
+        if layer.cooldown is not None:
+            store_layers.append((labels[COOLDOWN], type(layer)(cooldown=layer.cooldown)))
+        config, sourced, cooldown_source = combine(
+            [*layers, *store_layers], proxy=self._settings.litellm_proxy_url, proxy_key=proxy_key()
+        )
+        refs = {d.key for chain in config.aliases.values() for d in chain if d.key is not None}
+        keys = {ref.describe(): bool(await self._keys.resolve(ref)) for ref in refs}
+        return RoutingView(
+            config=config,
+            aliases=sourced,
+            cooldown_source=cooldown_source,
+            version=max((c.version for c in latest), default=0),
+            cooling=await self.cooling(),
+            keys=keys,
+        )
+
+    async def current(self) -> RoutingConfig:
+        """The routing new runs start with (reread from the store at most every two seconds)."""
+        now = time.monotonic()
+        if self._current is None or now - self._current[0] > _FRESH_S:
+            self._current = (now, (await self.view()).config)
+        return self._current[1]
+
+    async def public(self) -> dict[str, Any]:
+        """What a new run records: the current routing without secrets."""
+        return (await self.current()).public()
+
+    # -- changing ------------------------------------------------------------------------------
+
+    async def set(self, alias: str, chain: list[Deployment], *, by: str) -> RoutingChange:
+        name = alias_name(alias)
+        if not chain:
+            raise InputError("give at least one model, e.g. `factory routing set coder ollama_chat/qwen2.5`")
+        missing = [d.key.describe() for d in chain if d.key is not None and not await self._keys.resolve(d.key)]
+        if missing:
+            raise InputError(
+                f"key {', '.join(missing)} is not set: export the variable, or store it with"
+                " `factory secrets set NAME` and give --key-secret NAME"
+            )
+        change = await self._store.change(name, chain=chain, by=by)
+        self._current = None
+        return change
+
+    async def set_cooldown(self, cooldown: Cooldown, *, by: str) -> RoutingChange:
+        change = await self._store.change(COOLDOWN, cooldown=cooldown, by=by)
+        self._current = None
+        return change
+
+    async def reset(self, alias: str | None, *, by: str) -> list[RoutingChange]:
+        """Remove the store's chain of ``alias`` (of every alias and the cooldown policy: None)."""
+        targets = [alias_name(alias)] if alias else [*CHAT_ALIASES, COOLDOWN]
+        set_now = {c.target for c in await self._store.latest() if c.chain is not None or c.cooldown is not None}
+        changes = [await self._store.change(t, by=by) for t in targets if t in set_now]
+        self._current = None
+        return changes
+
+    async def history(self, limit: int = 20) -> list[RoutingChange]:
+        return await self._store.history(limit)
+
+    # -- cooldowns, shared through Redis so `routing show` sees every process's -------------------
+
+    def cooled(self, deployment: str, seconds: float, reason: str) -> None:
+        """``Cooldowns.on_cool``: mirror a new cooldown to Redis (best effort, in the background)."""
+        if self._redis is None:
+            return
+        key = f"{self._prefix}routing:cooldown:{deployment}"
+        value = json.dumps({"reason": reason, "until": time.time() + seconds})
+        redis = self._redis
+
+        async def mirror() -> None:
+            await redis.set(key, value, px=max(1, int(seconds * 1000)))
+
+        try:
+            task = asyncio.get_running_loop().create_task(mirror())
+        except RuntimeError:  # no loop (a synchronous caller): the local cooldown still holds
+            return
+        task.add_done_callback(lambda t: t.exception())  # a Redis hiccup loses only the mirror
+
+    async def cooling(self) -> list[Cooling]:
+        if self._redis is None:
+            return []
+        found = []
+        pattern = f"{self._prefix}routing:cooldown:*"
+        async for key in self._redis.scan_iter(match=pattern, count=100):
+            raw = await self._redis.get(key)
+            if raw is None:
+                continue
+            data = json.loads(raw)
+            name = (key.decode() if isinstance(key, bytes) else key).removeprefix(f"{self._prefix}routing:cooldown:")
+            found.append(Cooling(deployment=name, left_s=round(data["until"] - time.time(), 1), reason=data["reason"]))
+        return sorted(found, key=lambda c: c.deployment)
