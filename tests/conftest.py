@@ -16,6 +16,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from factory import services
+from tests.fakeprovider import fake_provider, fake_providers  # noqa: F401  (fixtures for every test)
 
 REDIS_TEST_DB = 13
 REPO = Path(__file__).resolve().parents[1]
