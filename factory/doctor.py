@@ -87,7 +87,9 @@ async def _routing(factory: Factory) -> dict[str, Any]:
     if any(d.ollama for chain in view.config.aliases.values() for d in chain):
         for server in await ollama_servers(view.config, timeout_s=factory.settings.connect_timeout_s):
             if server.error:
-                warnings.append(f"Ollama at {server.base} is unreachable ({server.error}); start it with `ollama serve`")
+                warnings.append(
+                    f"Ollama at {server.base} is unreachable ({server.error}); start it with `ollama serve`"
+                )
             warnings += [f"Ollama at {server.base} has not pulled {n}: run `ollama pull {n}`" for n in server.missing]
     routes: dict[str, list[str]] = {a.alias: [d.id for d in a.chain] for a in view.aliases}
     routes[EMBED_ALIAS] = [embedding_route().id]

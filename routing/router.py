@@ -96,14 +96,13 @@ def classify(exc: BaseException) -> tuple[FallbackKind, float | None]:
         return "auth", None
     if "missing credentials" in text or "api_key client option must be set" in text:
         return "auth", None  # LiteLLM reports a missing key as a 500
+    if any(t in text for t in ("expecting value", "jsondecodeerror", "unterminated string", "invalid json")):
+        return "bad_output", None  # the provider's body is not JSON (LiteLLM calls it a 500 or a connection error)
     if (
         name == "APIConnectionError"
         or isinstance(exc, ConnectionError | OSError)
         or any(t in text for t in ("connection error", "connection refused", "connecterror", "disconnected"))
     ):
-        # LiteLLM reports an unparseable body as a connection error: it is the provider's output.
-        if "json" in text and ("decode" in text or "expecting" in text or "parse" in text):
-            return "bad_output", None
         return "connection", None
     if name in ("BadRequestError", "ContextWindowExceededError", "UnsupportedParamsError", "NotFoundError") or (
         isinstance(status, int) and 400 <= status < 500
@@ -286,17 +285,20 @@ class LiteLLMRouter:
                 raise _NoKey(f"its key {deployment.key.describe()} is not set")
             register_secret(key)
             kwargs["api_key"] = key
-        if request.json_schema is not None:
-            mode = self._mode(deployment)
-            if mode == "json_object":
-                kwargs["response_format"] = {"type": "json_object"}
-                messages = with_schema_prompt(messages, request.json_schema)
-            else:  # json_schema, and the grammar (the in-process provider reads the schema from it)
-                kwargs["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "task_result", "schema": request.json_schema, "strict": False},
-                }
-        response = await litellm.acompletion(messages=messages, **kwargs)
+        elif deployment.api_base and deployment.provider in _KEYLESS_OK:
+            # A keyless OpenAI-compatible server (llama.cpp, LM Studio, vLLM): without this LiteLLM
+            # would send OPENAI_API_KEY from the environment to that server, or refuse to call it.
+            kwargs["api_key"] = "no-key-configured"
+        mode = self._mode(deployment) if request.json_schema is not None else None
+        try:
+            response = await litellm.acompletion(messages=self._ask(messages, request, mode, kwargs), **kwargs)
+        except Exception as exc:
+            # A provider that refuses JSON-schema output is asked again, once, in JSON mode with the
+            # schema in the prompt (when the mode was not chosen explicitly).
+            if mode != "json_schema" or deployment.structured != "auto" or not _refused_schema(exc):
+                raise
+            mode = "json_object"
+            response = await litellm.acompletion(messages=self._ask(messages, request, mode, kwargs), **kwargs)
         usage = getattr(response, "usage", None)
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
         tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -311,6 +313,24 @@ class LiteLLMRouter:
             tokens_out=tokens_out,
             cost_usd=self._cost(litellm, deployment, response, tokens_in, tokens_out),
         )
+
+    @staticmethod
+    def _ask(
+        messages: list[dict[str, str]], request: ChatRequest, mode: str | None, kwargs: dict[str, Any]
+    ) -> list[dict[str, str]]:
+        """The messages to send, with ``kwargs``' response format set for ``mode``."""
+        kwargs.pop("response_format", None)
+        if request.json_schema is None or mode is None:
+            return messages
+        if mode == "json_object":
+            kwargs["response_format"] = {"type": "json_object"}
+            return with_schema_prompt(messages, request.json_schema)
+        # json_schema, and the grammar (the in-process provider reads the schema from it)
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "task_result", "schema": request.json_schema, "strict": False},
+        }
+        return messages
 
     @staticmethod
     def _cost(litellm: Any, deployment: Deployment, response: Any, tokens_in: int, tokens_out: int) -> float:
@@ -341,6 +361,14 @@ class LiteLLMRouter:
         except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"
             raise RoutingError(f"{EMBED_ALIAS} failed: {redact(storable(str(exc)))}. Check `factory doctor`.") from exc
         return [list(item["embedding"]) for item in response.data]
+
+
+_KEYLESS_OK = frozenset({"openai", "hosted_vllm", "lm_studio", "llamafile", "litellm_proxy", "openai_like"})
+
+
+def _refused_schema(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return classify(exc)[0] == "bad_request" and ("response_format" in text or "json_schema" in text)
 
 
 class _NoKey(RuntimeError):

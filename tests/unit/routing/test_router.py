@@ -58,7 +58,7 @@ async def test_an_unreachable_deployment_falls_back_to_the_local_one() -> None:
     response = await model.complete(request(), timeout_s=20)
     assert response.model == SCRIPTED and '"status": "COMPLETE"' in response.text
     [hop] = response.fallbacks
-    assert (hop.deployment, hop.kind) == ("openai/gpt-4o-mini@http://127.0.0.1:9/v1", "auth")
+    assert (hop.deployment, hop.kind) == ("openai/gpt-4o-mini@http://127.0.0.1:9/v1", "connection")
     [row] = ledger.rows
     assert (row.ok, row.model, row.alias, row.team, row.run_id) == (
         True,
