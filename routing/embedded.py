@@ -2,22 +2,70 @@
 
 Loaded on first use, then kept. llama.cpp contexts are not thread-safe, so calls are serialised.
 JSON-schema output is enforced by a grammar, which is what makes a 135M model usable here.
+
+No input may crash the process, whoever calls (the first choice, or a fallback handed a cloud
+request's schema): every schema is reduced by ``routing.grammar_safety`` to a grammar of bounded
+nesting and size, llama.cpp must accept that grammar before generation uses it, and llama.cpp runs
+on a thread of its own with a large stack, so even its recursive grammar parser has room to spare.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import math
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from factory.errors import ServiceUnavailable
+from factory.errors import RoutingError, ServiceUnavailable
+from routing.grammar_safety import JSON_OBJECT_GBNF, safe_grammar
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "smollm2-135m-instruct-q4_1"
+#: The stack of the thread llama.cpp runs on. Its grammar parser takes ~450 bytes per nested group:
+#: 64 MiB holds ~140,000 levels, over 100x the 900 ``grammar_safety`` lets through (virtual until used).
+LLAMA_STACK_BYTES = 64 * 1024 * 1024
+_GRAMMARS_KEPT = 32
+_stack_size_lock = threading.Lock()  # threading.stack_size is process-wide: set, start, restore
+T = TypeVar("T")
+
+
+def run_on_large_stack(fn: Callable[[], T], stack_bytes: int = LLAMA_STACK_BYTES) -> T:
+    """``fn()`` on a new thread with ``stack_bytes`` of stack; returns its result or raises its error.
+
+    The caller's thread may be any executor's (LiteLLM's, ``asyncio.to_thread``'s) with a stack the
+    platform chose (8 MiB on glibc, less on musl or macOS); C++ recursion must not depend on that.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="llama.cpp")
+    with _stack_size_lock:
+        try:
+            previous: int | None = threading.stack_size(stack_bytes)
+        except (RuntimeError, ValueError):  # a platform that cannot size stacks: the grammar bounds still hold
+            log.warning("cannot give llama.cpp a %d-byte stack here; using the default", stack_bytes)
+            previous = None
+        try:
+            thread.start()
+        finally:
+            if previous is not None:
+                threading.stack_size(previous)
+    thread.join()  # bounded: generation stops at max_tokens
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def default_model_path() -> Path:
@@ -53,6 +101,7 @@ class EmbeddedModel:
         self._lock = threading.Lock()
         self._vocab: Any = None  # a vocabulary-only instance: counting never waits on generation
         self._vocab_lock = threading.Lock()
+        self._accepted: OrderedDict[bytes, bool] = OrderedDict()  # grammar digest → llama.cpp parses it
 
     def _load(self) -> Any:
         if self._llama is None:
@@ -73,23 +122,66 @@ class EmbeddedModel:
         max_tokens: int,
         temperature: float,
     ) -> Completion:
-        """Generate one answer (blocking); the caller runs it in a worker thread."""
-        with self._lock:
-            llama = self._load()
-            response_format = {"type": "json_object", "schema": json_schema} if json_schema else None
-            out = llama.create_chat_completion(
-                messages=messages,
-                response_format=response_format,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                repeat_penalty=1.3,
-            )
+        """Generate one answer (blocking); the caller runs it in a worker thread.
+
+        Any ``json_schema`` is taken (reduced to what the grammar can hold; the gate checks the
+        answer). A prompt longer than the context raises ``RoutingError``; ``max_tokens`` is capped
+        at the context, and a temperature that is not a number in [0, 2] is clamped.
+        """
+        tokens = max(1, min(int(max_tokens), self._n_ctx))
+        heat = min(2.0, max(0.0, temperature)) if math.isfinite(temperature) else 0.0
+        out = run_on_large_stack(lambda: self._generate(messages, json_schema, tokens, heat))
         usage = out.get("usage") or {}
         return Completion(
             text=out["choices"][0]["message"]["content"] or "",
             tokens_in=int(usage.get("prompt_tokens", 0)),
             tokens_out=int(usage.get("completion_tokens", 0)),
         )
+
+    def _generate(
+        self, messages: list[dict[str, str]], json_schema: dict[str, Any] | None, max_tokens: int, temperature: float
+    ) -> Any:
+        """One generation, on the large-stack thread. It holds the lock itself: should the caller stop
+        waiting (an interrupt), the next call still waits for this one to end."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        with self._lock:
+            llama = self._load()
+            grammar = LlamaGrammar.from_string(self._grammar(llama, json_schema)) if json_schema else None
+            try:
+                return llama.create_chat_completion(
+                    messages=messages,
+                    grammar=grammar,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    repeat_penalty=1.3,
+                )
+            except ValueError as exc:  # llama-cpp-python's way of refusing a request, e.g. a prompt too long
+                if "exceed context window" in str(exc):
+                    raise RoutingError(
+                        f"the prompt does not fit the embedded model's context ({exc}); shorten the context"
+                        " given to the team or raise FACTORY_LOCAL_MODEL_CTX"
+                    ) from exc
+                raise RoutingError(f"the embedded model refused the request: {exc}") from exc
+
+    def _grammar(self, llama: Any, json_schema: dict[str, Any]) -> str:
+        """The GBNF for ``json_schema`` that llama.cpp accepts: reduced, measured, parsed once."""
+        from routing.grammar_sampling import grammar_accepted
+
+        safe = safe_grammar(json_schema)
+        if safe.note:
+            log.warning("embedded model: %s", safe.note)
+        digest = hashlib.sha256(safe.gbnf.encode("utf-8")).digest()
+        accepted = self._accepted.get(digest)
+        if accepted is None:
+            accepted = grammar_accepted(llama._model, safe.gbnf)
+            self._accepted[digest] = accepted
+            if len(self._accepted) > _GRAMMARS_KEPT:
+                self._accepted.popitem(last=False)
+        if not accepted:
+            log.warning("embedded model: llama.cpp rejected the schema's grammar; answering any JSON object")
+            return JSON_OBJECT_GBNF
+        return safe.gbnf
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the model's own tokenizer."""

@@ -7,6 +7,9 @@ token, and only when it is refused applies the grammar to the whole vocabulary a
 For greedy decoding the result is the same token (the best allowed token is the best token when
 that one is allowed); for sampling it is the standard llama.cpp rejection scheme.
 
+A grammar llama.cpp cannot parse raises ``GrammarRejected`` here, where llama-cpp-python would
+chain the NULL sampler llama.cpp returns and crash the process at the first token.
+
 Only ``routing.embedded`` imports this; llama_cpp is imported lazily by it.
 """
 
@@ -22,6 +25,35 @@ from llama_cpp import llama_cpp as _c_api
 # llama-cpp-python's types are partial: its C API and sampler wrappers are used untyped here.
 C: Any = _c_api
 internals: Any = _internals
+
+
+class GrammarRejected(ValueError):
+    """llama.cpp refused a grammar. Its sampler would be NULL, and llama-cpp-python would chain it
+    anyway: the process would die (SIGSEGV) at the first token instead of raising."""
+
+
+def grammar_accepted(model: Any, gbnf: str, root: str = "root") -> bool:
+    """Whether llama.cpp parses ``gbnf`` for ``model`` (a ``_internals.LlamaModel``), without using it.
+
+    The parse recurses in C++ once per nested group: call it on a thread with a large stack
+    (``routing.embedded`` does) or with a grammar whose nesting is bounded (``routing.grammar_safety``).
+    """
+    sampler = C.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), root.encode("utf-8"))
+    if not sampler:
+        return False
+    C.llama_sampler_free(sampler)
+    return True
+
+
+def _grammar_sampler(model: Any, grammar: Any) -> Any:
+    """A sampler chain holding only ``grammar``; raises ``GrammarRejected`` rather than chain NULL."""
+    sampler = C.llama_sampler_init_grammar(model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+    if not sampler:
+        raise GrammarRejected("llama.cpp rejected the grammar (see its log line above); nothing was generated")
+    chain = internals.LlamaSampler()
+    C.llama_sampler_chain_add(chain.sampler, sampler)
+    return chain
+
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
@@ -81,6 +113,10 @@ class GrammarCheckedSampler:
             candidates = everything
             self._apply(self._grammar, candidates)
         self._apply(self._pick, candidates)
+        if not 0 <= candidates.selected < candidates.size:  # never read outside the candidates
+            raise RuntimeError(
+                f"the sampler selected no candidate (index {candidates.selected}); nothing more was generated"
+            )
         token = int(candidates.data[candidates.selected].id)
         for sampler in (self._grammar, self._penalties, self._pick):
             C.llama_sampler_accept(sampler.sampler, token)
@@ -96,6 +132,8 @@ class CheckedGrammarLlama(Llama):
     def _init_sampler(self, *args: Any, **kw: Any) -> Any:
         grammar = kw.get("grammar")
         if grammar is None or args or kw.get("mirostat_mode", 0) or kw.get("logits_processor") is not None:
+            if grammar is not None and not grammar_accepted(self._model, grammar._grammar, grammar._root):
+                raise GrammarRejected("llama.cpp rejected the grammar (see its log line above); nothing was generated")
             return super()._init_sampler(*args, **kw)
         penalties = internals.LlamaSampler()
         penalties.add_penalties(
@@ -119,8 +157,7 @@ class CheckedGrammarLlama(Llama):
             pick.add_temp(temp)
             pick.add_dist(self._seed)
             needed = top_k if 0 < top_k <= self.shortlist else self.shortlist + 1
-        strict = internals.LlamaSampler()
-        strict.add_grammar(self._model, grammar)
+        strict = _grammar_sampler(self._model, grammar)
         self.last_sampler = GrammarCheckedSampler(
             penalties, pick, strict, self._n_vocab, needed=needed, shortlist=self.shortlist
         )
