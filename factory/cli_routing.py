@@ -116,7 +116,9 @@ def _show_text(view: dict[str, Any]) -> None:
                 ref = f"env:{d['key']['env']}" if "env" in d["key"] else f"secret:{d['key']['secret']}"
                 parts.append(f"key {ref} ({'set' if d['key']['present'] else 'NOT SET'})")
             extras = [f"{k}={d[k]}" for k in ("timeout_s", "max_tokens", "context_window", "structured") if k in d]
-            extras += [f"${d[k]:g}/M {k[6:9]}" for k in ("price_in_per_m", "price_out_per_m") if k in d]
+            extras += [
+                f"${d[k]:g}/M {label}" for k, label in (("price_in_per_m", "in"), ("price_out_per_m", "out")) if k in d
+            ]
             if "cooling" in d:
                 extras.append(f"COOLING {d['cooling']['left_s']:g}s ({d['cooling']['reason']})")
             echo(f"  {n}. " + " ".join(parts) + (f"  [{', '.join(extras)}]" if extras else ""))
@@ -328,7 +330,12 @@ def routing_export(
     from routing.proxy_config import litellm_config, to_yaml
 
     async def go(factory: Factory) -> Any:
-        return litellm_config(await factory.routing.current(), factory.settings)
+        settings = factory.settings
+        return litellm_config(
+            await factory.routing.current(),
+            team_budget_usd=settings.budget_team_usd,
+            run_budget_usd=settings.budget_run_usd,
+        )
 
     config: dict[str, Any] = _with_factory(go)
     text = to_yaml(config)

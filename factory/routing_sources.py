@@ -26,8 +26,7 @@ from factory.errors import ConfigError
 from factory.settings import Settings
 from routing.aliases import default_layer
 from routing.config import KeyRef, RoutingLayer
-
-PROXY_KEY_ENV = "FACTORY_LITELLM_PROXY_KEY"
+from routing.proxy_config import PROXY_KEY_ENV
 
 
 def _key_env(*names: str) -> str | None:

@@ -221,6 +221,7 @@ async def build_model(
         cooldowns=Cooldowns(on_cool=routing.cooled),
         embedded=embedded,
         scripted=scripted,
+        local_max_tokens=settings.local_max_tokens,
     )
     chain = config.chain("factory/coder")
     description = " -> ".join(d.id for d in chain) + (" (scripted: test only)" if scripted is not None else "")

@@ -76,9 +76,15 @@ def combine(
             chains[alias] = (source, list(chain))
         if layer.cooldown is not None:
             cooldown, cooldown_source = layer.cooldown, source
-    if proxy:
+    if proxy:  # the proxy serves the alias; an in-process tail (the embedded model) stays the last resort
         chains = {
-            alias: ("proxy", [Deployment(model=f"litellm_proxy/{alias}", api_base=proxy, key=proxy_key)])
+            alias: (
+                "proxy",
+                [
+                    Deployment(model=f"litellm_proxy/{alias}", api_base=proxy, key=proxy_key),
+                    *[d for d in chains.get(alias, ("", []))[1] if d.local],
+                ],
+            )
             for alias in CHAT_ALIASES
         }
     missing = [a for a in CHAT_ALIASES if a not in chains]

@@ -141,8 +141,10 @@ class LiteLLMRouter:
         embedded: EmbeddedModel | None = None,
         scripted: ScriptedModel | None = None,
         embedder: EmbeddedEmbedder | None = None,
+        local_max_tokens: int = 700,
     ) -> None:
         self._routing = routing
+        self._local_max_tokens = local_max_tokens
         self._current = current
         self._run_routing = run_routing
         self._runs: OrderedDict[str, RoutingConfig] = OrderedDict()
@@ -167,7 +169,9 @@ class LiteLLMRouter:
         return self._embedded.complete(
             messages,
             json_schema=_schema_of(params),
-            max_tokens=int(params.get("max_tokens") or 512),
+            # A call that fell back from a cloud model asks for the cloud's output size: the 135M model
+            # gets its own cap instead (the schema is bounded for it inside the model).
+            max_tokens=min(int(params.get("max_tokens") or 512), self._local_max_tokens),
             temperature=float(params.get("temperature") or 0.2),
         )
 

@@ -34,7 +34,7 @@ from routing.base import ChatRequest, Message
 from routing.scripted import scripted_answer
 
 Behaviour = Literal[
-    "ok", "rate_limit", "error_500", "hang", "close", "garbage", "reject_json_schema", "echo_key_error"
+    "ok", "rate_limit", "error_500", "hang", "close", "garbage", "reject_json_schema", "echo_key_error", "off_schema"
 ]  # fmt: skip
 BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
 OLLAMA_VERSION = "0.12.3"
@@ -333,6 +333,12 @@ class FakeProvider:
             return self._drop(request)
         if behaviour == "garbage":
             return web.Response(text="<html>502 Bad Gateway</html>\n{not json", content_type="application/json")
+        if behaviour == "off_schema" and not ollama:  # a well-formed answer a team cannot use (gate: retry)
+            usage = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+            choice = {"index": 0, "message": {"role": "assistant", "content": '{"unexpected": true}'},
+                      "finish_reason": "stop"}  # fmt: skip
+            return web.json_response({"id": "chatcmpl-off", "object": "chat.completion", "created": int(time.time()),
+                                      "model": model, "choices": [choice], "usage": usage})  # fmt: skip
         return None
 
     # -- OpenAI-compatible ----------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Issue 14 items 1, 2 and 5 through the real `factory` CLI on real PostgreSQL, Redis and LiteLLM:
+routing set/show/reset/history/test round trip, validation, a run recording and keeping the routing
+it started with, and a per-team USD budget that escalates."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from routing.base import CHAT_ALIASES
+from tests.fakeprovider import FakeProvider
+from tests.integration.cli import factory, run_json
+
+pytestmark = pytest.mark.integration
+REQ = "A tiny notes app: write, list and delete notes."
+
+
+def _ok(proc: Any) -> str:
+    assert proc.returncode == 0, proc.stderr
+    return str(proc.stdout)
+
+
+def _show(env: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_ok(factory("routing", "show", "--json", env=env)))
+    return data
+
+
+def _chain(view: dict[str, Any], alias: str) -> tuple[str, list[str]]:
+    entry = next(a for a in view["aliases"] if a["alias"] == alias)
+    return entry["source"], [d["model"] + (f"@{d['api_base']}" if "api_base" in d else "") for d in entry["chain"]]
+
+
+def test_set_show_history_reset_round_trip(env: dict[str, str], fake_provider: FakeProvider) -> None:
+    env = {**env, "FACTORY_TEST_CODER_KEY": "sk-test-round-trip-key"}
+    assert _chain(_show(env), "factory/coder") == ("default", ["factory-local/scripted"])
+    out = _ok(
+        factory(
+            "routing",
+            "set",
+            "coder",
+            "hosted_vllm/qwen-coder,factory-local/scripted",
+            "--api-base",
+            fake_provider.url,
+            "--key-env",
+            "FACTORY_TEST_CODER_KEY",
+            "--price-in",
+            "0.5",
+            "--price-out",
+            "1.5",
+            "--timeout",
+            "20",
+            "--by",
+            "alice",
+            env=env,
+        )  # fmt: skip
+    )
+    assert "factory/coder" in out and "by alice" in out and "store version 1" in out
+    view = _show(env)
+    source, chain = _chain(view, "factory/coder")
+    assert source.startswith("store v1 by alice") and chain == [
+        f"hosted_vllm/qwen-coder@{fake_provider.url}",
+        "factory-local/scripted",
+    ]
+    first = next(a for a in view["aliases"] if a["alias"] == "factory/coder")["chain"][0]
+    assert first["key"] == {"env": "FACTORY_TEST_CODER_KEY", "present": True}  # whether it is set, never the key
+    assert (first["price_in_per_m"], first["price_out_per_m"], first["timeout_s"]) == (0.5, 1.5, 20.0)
+    assert "sk-test-round-trip-key" not in json.dumps(view)
+    assert _chain(view, "factory/fast") == ("default", ["factory-local/scripted"])  # other aliases untouched
+    text = _ok(factory("routing", "show", env=env))
+    assert "key env:FACTORY_TEST_CODER_KEY (set)" in text and "sk-test" not in text
+
+    _ok(factory("routing", "cooldown", "--allowed-fails", "2", "--cooldown-s", "15", "--by", "bob", env=env))
+    assert _show(env)["cooldown"]["allowed_fails"] == 2 and _show(env)["cooldown"]["source"].startswith(
+        "store v2 by bob"
+    )
+
+    tested = json.loads(factory("routing", "test", "coder", "--json", env=env).stdout)
+    assert [(t["deployment"], t["ok"]) for t in tested] == [
+        (f"hosted_vllm/qwen-coder@{fake_provider.url}", True), ("factory-local/scripted", True),
+    ]  # fmt: skip
+    assert fake_provider.requests[-1].headers["authorization"] == "Bearer sk-test-round-trip-key"
+
+    assert "reset factory/coder" in _ok(factory("routing", "reset", "coder", "--by", "carol", env=env))
+    assert _chain(_show(env), "factory/coder") == ("default", ["factory-local/scripted"])
+    history = json.loads(_ok(factory("routing", "history", "--json", env=env)))
+    assert [(h["version"], h["target"], h["changed_by"], "chain" in h) for h in history] == [
+        (3, "factory/coder", "carol", False), (2, "cooldown", "bob", False), (1, "factory/coder", "alice", True),
+    ]  # fmt: skip
+    assert "reset cooldown" in _ok(factory("routing", "reset", env=env))
+
+
+def test_routing_changes_are_history_the_database_refuses_edits(env: dict[str, str], pg_url: str) -> None:
+    _ok(factory("routing", "set", "fast", "ollama_chat/qwen2.5", "--api-base", "http://127.0.0.1:9", env=env))
+    with psycopg.connect(pg_url) as conn, pytest.raises(psycopg.DatabaseError, match="history"):
+        conn.execute("UPDATE routing_changes SET changed_by = 'mallory'")
+
+
+INVALID = [
+    (["nope", "openai/gpt-4o"], "unknown alias 'nope'"),
+    (["coder", "foo/bar"], "unknown provider 'foo'"),
+    (["coder", "gpt-4o"], "is not provider/model"),
+    (["coder", "openai/x", "--api-base", "ftp://host"], "is not an http(s) URL"),
+    (["coder", "openai/x", "--api-base", "http://u:p@host"], "put no credentials in api_base"),
+    (["coder", "hosted_vllm/qwen"], "needs --api-base"),
+    (
+        ["coder", "openai/x", "--key-env", "FACTORY_TEST_NOT_SET_ANYWHERE"],
+        "key env:FACTORY_TEST_NOT_SET_ANYWHERE is not set",
+    ),
+    (["coder", "openai/x", "--key-secret", "NO_SUCH_SECRET"], "key secret:NO_SUCH_SECRET is not set"),
+    (["coder", "openai/x", "--key-env", "bad name"], "is not an environment variable name"),
+    (
+        [
+            "coder",
+            "openai/x,openai/y",
+            "--api-base",
+            "http://a",
+            "--api-base",
+            "http://b",
+            "--api-base",
+            "http://c",
+        ],
+        "--api-base was given 3 times for 2 models",
+    ),
+    (
+        ["coder", "openai/x,factory-local/smollm2", "--api-base", "http://a", "--api-base", "http://b"],
+        "runs in this process",
+    ),
+    (["coder", "openai/x", "--structured", "grammar"], "structured = grammar is the embedded model's"),
+    (["coder", "openai/x", "--timeout", "-1"], "timeout_s"),
+    (["coder", ","], "give at least one model"),
+]
+
+
+def test_invalid_changes_exit_2_with_what_to_write_and_record_nothing(env: dict[str, str]) -> None:
+    for args, says in INVALID:
+        proc = factory("routing", "set", *args, env=env)
+        assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("factory: ") and says in line, (args, line)
+    assert _show(env)["version"] == 0
+
+
+def test_a_bad_factory_toml_or_env_routing_is_a_clear_error(env: dict[str, str], tmp_path: Any) -> None:
+    bad = factory("routing", "show", env={**env, "FACTORY_ROUTING": "{not json"})
+    assert bad.returncode == 2 and "FACTORY_ROUTING is not JSON" in bad.stderr
+    toml = tmp_path / "factory.toml"
+    toml.write_text('[routing.aliases]\n"factory/coder" = [{model = "nope/x"}]\n')
+    bad = factory("routing", "show", env={**env, "FACTORY_CONFIG": str(toml)})
+    assert bad.returncode == 2 and "unknown provider 'nope'" in bad.stderr and str(toml) in bad.stderr
+    toml.write_text(
+        '[routing.aliases]\n"factory/fast" = [{model = "ollama_chat/qwen2.5", api_base = "http://127.0.0.1:9"}]\n'
+    )
+    env_layer = json.dumps({"aliases": {"factory/cheap": [{"model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}]}})
+    view = _show({**env, "FACTORY_CONFIG": str(toml), "FACTORY_ROUTING": env_layer})
+    assert _chain(view, "factory/fast") == ("factory.toml", ["ollama_chat/qwen2.5@http://127.0.0.1:9"])
+    assert _chain(view, "factory/cheap") == ("environment", ["openai/m@http://127.0.0.1:9/v1"])
+
+
+def test_a_run_records_its_routing_keeps_it_and_a_team_usd_budget_escalates(
+    env: dict[str, str], fake_providers: Any, pg_url: str
+) -> None:
+    first, second = fake_providers(2)
+    for alias in CHAT_ALIASES:  # priced so that one call spends the team's budget
+        _ok(factory("routing", "set", alias, "openai/test-model", "--api-base", first.url,
+                    "--price-in", "1000", "--price-out", "1000", env=env))  # fmt: skip
+    # An answer the team cannot use makes it try again: its second call is over its budget.
+    first.push("off_schema")
+    run_env = {**env, "FACTORY_BUDGET_TEAM_USD": "0.1"}  # the unusable answer costs $0.11
+    proc = factory("run", "--pipeline", "business-analysis", "--json", REQ, env=run_env)
+    assert proc.returncode == 3, proc.stderr
+    outcome = run_json(proc)
+    [escalation] = outcome["escalations"]
+    assert escalation["kind"] == "budget" and escalation["team"] == "business-analysis"
+    assert "budget" in escalation["question"] and "$" in escalation["question"]
+    calls_before = first.count("/v1/chat/completions")
+    assert calls_before >= 1
+
+    with psycopg.connect(pg_url) as conn:
+        [(payload,)] = conn.execute(
+            "SELECT payload FROM audit_entries WHERE run_id = %s AND kind = 'run.created'", (outcome["run_id"],)
+        ).fetchall()
+        [(cost,)] = conn.execute(
+            "SELECT sum(cost_usd) FROM usage_ledger WHERE run_id = %s", (outcome["run_id"],)
+        ).fetchall()
+    recorded = json.loads(payload)["routing"]["aliases"]["factory/coder"]
+    assert recorded == [
+        {"model": "openai/test-model", "api_base": first.url, "price_in_per_m": 1000.0, "price_out_per_m": 1000.0}
+    ]
+    assert cost == pytest.approx(0.11)
+
+    # The routing changes; the run, approved one more budget, carries on with the routing it started with.
+    for alias in CHAT_ALIASES:
+        _ok(factory("routing", "set", alias, "openai/test-model", "--api-base", second.url, env=env))
+    proc = factory("hitl", "approve", escalation["id"], "--resume", env=run_env)
+    assert proc.returncode == 0, proc.stderr  # one more budget: the retry is made, and the stage completes
+    assert first.count("/v1/chat/completions") > calls_before and second.count() == 0
+    # A new run starts with the new routing.
+    fresh = factory("run", "--pipeline", "business-analysis", "--json", REQ, env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert second.count("/v1/chat/completions") >= 1
