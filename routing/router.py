@@ -42,6 +42,7 @@ RunRouting = Callable[[str], Awaitable[RoutingConfig | None]]
 #: The current routing, for calls of no run and for new runs.
 CurrentRouting = Callable[[], Awaitable[RoutingConfig]]
 _RUNS_KEPT = 512  # runs whose routing is cached in this process
+_UNPRICED: set[str] = set()  # models LiteLLM's price map lacks: pricing them throws, ~0.7 ms each time
 
 
 class KeyResolver(Protocol):
@@ -193,9 +194,19 @@ class LiteLLMRouter:
         return self._litellm
 
     def _import(self) -> Any:
-        # No network beyond package registries: use the cost map LiteLLM ships.
+        # No network beyond package registries: use the cost map and Anthropic beta headers LiteLLM ships.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+        # LiteLLM's own log handler writes DEBUG and INFO records to stdout (a --json document is then
+        # not JSON), past the factory's redaction: quiet during the import, removed after it, so its
+        # records reach only the root handlers (stderr, through RedactingFilter).
+        os.environ.setdefault("LITELLM_LOG", "WARNING")
         import litellm
+
+        for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+            litellm_logger = logging.getLogger(name)
+            for handler in list(litellm_logger.handlers):
+                litellm_logger.removeHandler(handler)
 
         from routing.providers import InProcessProvider
 
@@ -348,10 +359,11 @@ class LiteLLMRouter:
             ) / 1e6
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
-        if cost is None:
+        if cost is None and deployment.model not in _UNPRICED:
             try:
                 cost = litellm.completion_cost(completion_response=response, model=deployment.model)
-            except Exception:  # a model LiteLLM's map lacks: unpriced, shown as 0
+            except Exception:  # a model LiteLLM's map lacks: unpriced, shown as 0 (and not asked again)
+                _UNPRICED.add(deployment.model)
                 cost = 0.0
         return float(cost or 0.0)
 

@@ -201,3 +201,59 @@ def test_a_run_records_its_routing_keeps_it_and_a_team_usd_budget_escalates(
     fresh = factory("run", "--pipeline", "business-analysis", "--json", REQ, env=env)
     assert fresh.returncode == 0, fresh.stderr
     assert second.count("/v1/chat/completions") >= 1
+
+
+def test_a_fallback_is_visible_in_the_ledger_the_audit_the_live_events_and_routing_show(
+    env: dict[str, str], fake_providers: Any, pg_url: str, redis_base_url: str, redis_prefix: str
+) -> None:
+    import redis
+
+    down, up = fake_providers(2)
+    down.default = "error_500"
+    for alias in CHAT_ALIASES:
+        _ok(factory("routing", "set", alias, "openai/test-model,openai/test-model",
+                    "--api-base", down.url, "--api-base", up.url, env=env))  # fmt: skip
+    proc = factory("run", "--pipeline", "business-analysis", "--json", REQ, env=env)
+    assert proc.returncode == 0, proc.stderr
+    run_id = run_json(proc)["run_id"]
+    failed = f"openai/test-model@{down.url}"
+    assert down.count("/v1/chat/completions") == 1  # then it cooled: later calls skipped it
+
+    with psycopg.connect(pg_url) as conn:
+        hops = conn.execute("SELECT fallbacks FROM usage_ledger WHERE run_id = %s ORDER BY id", (run_id,)).fetchall()
+        executions = conn.execute(
+            "SELECT payload FROM audit_entries WHERE run_id = %s AND kind = 'stage.execution'", (run_id,)
+        ).fetchall()
+    assert [f["kind"] for f in hops[0][0]] == ["server_error"] and hops[0][0][0]["deployment"] == failed
+    assert all(f["kind"] == "cooling" for row in hops[1:] for f in row[0])
+    calls = json.loads(executions[0][0])["calls"]
+    assert calls[0]["fallbacks"][0]["deployment"] == failed and calls[0]["model"] == "openai/test-model"
+
+    client = redis.Redis.from_url(redis_base_url)
+    events = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _id, fields in client.xrange(f"{redis_prefix}events:{run_id}")
+    ]
+    fallback_events = [e for e in events if e.get("type") == "model.fallback"]
+    assert fallback_events and failed in json.dumps(fallback_events)
+
+    cooling = _show(env)["cooling"]
+    assert [c["deployment"] for c in cooling] == [failed] and "server_error" in cooling[0]["reason"]
+    usage = json.loads(_ok(factory("usage", "--run", run_id, "--json", env=env)))
+    assert usage["total"]["fallback_calls"] == len(hops) and usage["total"]["fallback_hops"] >= len(hops)
+
+
+@pytest.mark.slow
+def test_cloud_failing_falls_back_to_the_embedded_model_without_killing_the_process(
+    env: dict[str, str], fake_provider: FakeProvider
+) -> None:
+    """Issue 14 item 7, exactly as reported: OPENAI_API_KEY set, OPENAI_API_BASE answering 500; the
+    run fell back to the embedded model and died with SIGSEGV (exit 139)."""
+    fake_provider.default = "error_500"
+    cloud = {k: v for k, v in env.items() if k != "FACTORY_SCRIPTED_MODEL"}
+    cloud |= {"OPENAI_API_KEY": "sk-test-cloud-that-fails", "OPENAI_API_BASE": fake_provider.url}
+    proc = factory("run", "--pipeline", "business-analysis", "--json", "A tiny notes app", env=cloud, timeout=900)
+    assert proc.returncode in (0, 3), f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    outcome = run_json(proc)
+    assert outcome["stages"][0]["model"].endswith("factory-local/smollm2")
+    assert fake_provider.count("/v1/chat/completions") >= 1  # the cloud was tried first
