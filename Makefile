@@ -59,9 +59,10 @@ typecheck: install
 
 bench: install
 	$(PY) -m bench.pipeline_overhead
+	$(PY) -m bench.routing
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-proxy .venv-proxy.lock .pytest_cache .ruff_cache .mypy_cache
