@@ -257,3 +257,25 @@ def test_cloud_failing_falls_back_to_the_embedded_model_without_killing_the_proc
     outcome = run_json(proc)
     assert outcome["stages"][0]["model"].endswith("factory-local/smollm2")
     assert fake_provider.count("/v1/chat/completions") >= 1  # the cloud was tried first
+
+
+def test_ollama_models_and_doctor_say_which_configured_model_to_pull(
+    env: dict[str, str], fake_provider: FakeProvider
+) -> None:
+    _ok(factory("routing", "set", "fast", "ollama_chat/qwen2.5:0.5b", "--api-base", fake_provider.ollama_url, env=env))
+    _ok(factory("routing", "set", "cheap", "ollama_chat/llama3.1", "--api-base", fake_provider.ollama_url, env=env))
+    models = factory("routing", "models", env=env)
+    assert models.returncode == 1  # a configured model is missing
+    assert "qwen2.5:0.5b" in models.stdout and "MISSING llama3.1" in models.stdout
+    assert "`ollama pull llama3.1`" in models.stdout
+    listed = json.loads(factory("routing", "models", "--json", env=env).stdout)
+    assert [(s["base"], s["missing"]) for s in listed] == [(fake_provider.ollama_url, ["llama3.1"])]
+    doctor = json.loads(factory("doctor", "--json", env=env).stdout)
+    routing = next(c for c in doctor["checks"] if c["name"] == "routing")
+    assert any("ollama pull llama3.1" in w for w in routing["warnings"]) and routing["sources"][
+        "factory/cheap"
+    ].startswith("store v2")
+    fake_provider.stop()  # down: said, with how to start it
+    doctor = json.loads(factory("doctor", "--json", env=env).stdout)
+    routing = next(c for c in doctor["checks"] if c["name"] == "routing")
+    assert any("unreachable" in w and "ollama serve" in w for w in routing["warnings"])
