@@ -177,7 +177,7 @@ _WAITS = ("'poll' of", "'run' of '_contextvars")
 async def routed_vs_bare(options: Options) -> dict[str, Any]:
     with FakeProvider() as fake:
         router = LiteLLMRouter(routing(at(fake)))
-        litellm = await router._ready()  # the same LiteLLM set-up (drop_params, providers) for both
+        litellm = await router.ready()  # the same LiteLLM set-up (drop_params, providers) for both
         messages = [m.model_dump() for m in REQUEST.messages]
 
         async def bare() -> Any:
@@ -231,7 +231,7 @@ async def fallback_after_429(options: Options) -> dict[str, Any]:
     with FakeProvider(default="rate_limit", retry_after_s=3600) as a, FakeProvider() as b:
         router = LiteLLMRouter(routing(at(a), at(b), cooldown=Cooldown(max_retry_after_s=86_400)))
         alone = LiteLLMRouter(routing(at(b)))
-        litellm = await router._ready()
+        litellm = await router.ready()
         messages = [m.model_dump() for m in REQUEST.messages]
 
         async def rate_limited() -> None:
@@ -309,7 +309,7 @@ async def outage(options: Options, behaviour: Behaviour, policy: Cooldown) -> di
             routing(first, at(b), cooldown=policy),
             cooldowns=Cooldowns(on_cool=lambda d, _s, _r: cools.append(time.monotonic()) if d == first.id else None),
         )
-        await router._ready()
+        await router.ready()
 
         async def one() -> tuple[float, bool, float, bool]:
             started = time.monotonic()

@@ -7,6 +7,7 @@ routing it started with. Keys are named by reference; no command prints a key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -114,7 +115,8 @@ def _show_text(view: dict[str, Any]) -> None:
                 parts.append(f"at {d['api_base']}")
             if "key" in d:
                 ref = f"env:{d['key']['env']}" if "env" in d["key"] else f"secret:{d['key']['secret']}"
-                parts.append(f"key {ref} ({'set' if d['key']['present'] else 'NOT SET'})")
+                state = {True: "set", False: "NOT SET", None: "UNREADABLE"}[d["key"]["present"]]
+                parts.append(f"key {ref} ({state})")
             extras = [f"{k}={d[k]}" for k in ("timeout_s", "max_tokens", "context_window", "structured") if k in d]
             extras += [
                 f"${d[k]:g}/M {label}" for k, label in (("price_in_per_m", "in"), ("price_out_per_m", "out")) if k in d
@@ -122,6 +124,8 @@ def _show_text(view: dict[str, Any]) -> None:
             if "cooling" in d:
                 extras.append(f"COOLING {d['cooling']['left_s']:g}s ({d['cooling']['reason']})")
             echo(f"  {n}. " + " ".join(parts) + (f"  [{', '.join(extras)}]" if extras else ""))
+    for problem in view.get("problems", []):
+        echo(f"WARNING {problem}")
 
 
 @routing_app.command("show")
@@ -217,6 +221,8 @@ def routing_cooldown(
     """Set the cooldown policy: after more than N failures in a row a deployment is skipped for S seconds."""
     from routing.config import Cooldown
 
+    if not math.isfinite(cooldown_s):
+        err("--cooldown-s must be a number of seconds from 0 to 86400", EXIT_INPUT)
     settings = load_settings()
     who = _operator(settings, by)
     policy = Cooldown(allowed_fails=allowed_fails, cooldown_s=cooldown_s)
@@ -258,10 +264,12 @@ def routing_test(
     """One tiny real call per deployment: reachable, latency, structured output accepted. Exit 1 if any fails."""
     from factory.routing_service import alias_name
 
+    if not math.isfinite(timeout):
+        err("--timeout must be a number of seconds from 0.1 to 600", EXIT_INPUT)
     names = [_input(alias_name, alias)] if alias else None
 
     async def go(factory: Factory) -> list[dict[str, Any]]:
-        from routing.router import probe
+        from routing.probe import probe
 
         if factory.router is None:
             raise RuntimeError("routing test needs the factory's own router")

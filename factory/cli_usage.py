@@ -1,7 +1,7 @@
 """``factory usage [--run ID] [--last N] [--by team|alias|model] [--json]`` (DESIGN §10, issue 14).
 
 What the model calls cost, from the usage ledger: calls, failed calls, tokens, cost, fallbacks and the
-median latency per team, alias or model, then the total. The figures come from ``routing.usage_report``.
+median latency per team, alias or model, then the total. The figures come from ``teams.usage_report``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from factory.cli_hitl import _with_factory
 
 if TYPE_CHECKING:
     from factory.wiring import Factory
-    from routing.usage_report import UsageReport
+    from teams.usage_report import UsageReport
 
 SHOWN_RUNS = 10  # run ids listed under the table; the JSON has all of them
-# routing.usage_report's DEFAULT_LAST and MAX_LAST, repeated so that `factory --help` does not import
+# teams.usage_report's DEFAULT_LAST and MAX_LAST, repeated so that `factory --help` does not import
 # pydantic and psycopg (a unit test keeps them equal).
 DEFAULT_LAST, MAX_LAST = 10, 10_000
 
@@ -41,7 +41,7 @@ def usage(
     model calls, per team, alias or model, with a total. "fell back": calls on which at least one
     deployment failed; "hops": the failed deployments in all."""
     from factory.errors import InputError
-    from routing.usage_report import usage_report, usage_scope
+    from teams.usage_report import usage_report, usage_scope
 
     try:
         scope, grouping = usage_scope(run, last, by)  # refused here, before any service starts

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from psycopg import AsyncConnection
 
+from factory.routing_store_pg import MIGRATIONS as ROUTING
+from factory.secrets_pg import MIGRATIONS as SECRETS
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
 from memory.bank_pg import MIGRATIONS as MEMORY
-from routing.secrets_pg import MIGRATIONS as SECRETS
-from routing.store_pg import MIGRATIONS as ROUTING
 from teams.store_pg import MIGRATIONS as RUNS
 
 MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS]

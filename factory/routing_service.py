@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from factory.errors import InputError
+from factory.errors import ConfigError, FactoryError, InputError
 from factory.routing_sources import base_layers, problems, proxy_key
 from factory.settings import Settings
 from routing.aliases import combine
 from routing.base import CHAT_ALIASES
-from routing.config import Cooldown, Deployment, KeyRef, RoutingChange, RoutingConfig, SourcedAlias
+from routing.config import Cooldown, Deployment, KeyRef, RoutingChange, RoutingConfig, RoutingLayer, SourcedAlias
 from routing.cooldowns import Cooling
 from routing.secrets import SecretStore
 from routing.store import COOLDOWN, RoutingStore, layer_of
 
+log = logging.getLogger(__name__)
 _FRESH_S = 2.0  # how long the current routing is reused before the store is read again
 
 
@@ -64,7 +68,8 @@ class RoutingKeys:
         if hit is not None and time.monotonic() - hit[0] < self._ttl_s:
             return hit[1]
         value = await self._secrets.get(ref.secret)
-        self._cache[ref.secret] = (time.monotonic(), value)
+        if value is not None:  # a missing one is asked again: it may be stored any moment
+            self._cache[ref.secret] = (time.monotonic(), value)
         return value
 
 
@@ -77,7 +82,8 @@ class RoutingView:
     cooldown_source: str
     version: int  # the store's latest change (0: never changed)
     cooling: list[Cooling] = field(default_factory=list)
-    keys: dict[str, bool] = field(default_factory=dict)  # key reference → set?
+    keys: dict[str, bool | None] = field(default_factory=dict)  # key reference → set? (None: unreadable)
+    problems: list[str] = field(default_factory=list)  # what could not be read, and what to do
 
     def as_json(self) -> dict[str, Any]:
         def entry(d: Deployment) -> dict[str, Any]:
@@ -97,6 +103,7 @@ class RoutingView:
             "cooldown": {**self.config.cooldown.model_dump(mode="json"), "source": self.cooldown_source},
             "proxy": self.config.proxy,
             "cooling": [c.__dict__ for c in self.cooling],
+            "problems": self.problems,
         }
 
 
@@ -116,40 +123,68 @@ class RoutingService:
         self._redis = redis
         self._prefix = prefix
         self._current: tuple[float, RoutingConfig] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def view(self) -> RoutingView:
+    async def effective(self) -> tuple[RoutingConfig, list[SourcedAlias], str, int]:
+        """The effective routing from the layers and the store alone (no key resolved, no Redis read):
+        (config, each alias's source, the cooldown policy's source, the store's version)."""
         latest = await self._store.latest()
         layer, origins = layer_of(latest)
         labels = {
             target: f"store v{c.version} by {c.changed_by} at {c.changed_at:%Y-%m-%d %H:%M}Z"
             for target, c in origins.items()
         }
-        layers = base_layers(self._settings)
         # Each alias of the store layer is labelled with the change it comes from.
-        store_layers = [(labels[a], type(layer)(aliases={a: chain})) for a, chain in layer.aliases.items()]
+        store_layers = [(labels[a], RoutingLayer(aliases={a: chain})) for a, chain in layer.aliases.items()]
         if layer.cooldown is not None:
-            store_layers.append((labels[COOLDOWN], type(layer)(cooldown=layer.cooldown)))
-        config, sourced, cooldown_source = combine(
-            [*layers, *store_layers], proxy=self._settings.litellm_proxy_url, proxy_key=proxy_key()
-        )
+            store_layers.append((labels[COOLDOWN], RoutingLayer(cooldown=layer.cooldown)))
+        try:
+            config, sourced, cooldown_source = combine(
+                [*base_layers(self._settings), *store_layers],
+                proxy=self._settings.litellm_proxy_url,
+                proxy_key=proxy_key(),
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"the routing cannot be combined: {problems(exc)}") from exc
+        return config, sourced, cooldown_source, max((c.version for c in latest), default=0)
+
+    async def view(self) -> RoutingView:
+        """``effective`` with whether each key is set and the cooldowns every process mirrored: what
+        ``routing show`` and doctor print. A key that cannot be read, or Redis down, is said, not fatal."""
+        config, sourced, cooldown_source, version = await self.effective()
         refs = {d.key for chain in config.aliases.values() for d in chain if d.key is not None}
-        keys = {ref.describe(): bool(await self._keys.resolve(ref)) for ref in refs}
+        keys: dict[str, bool | None] = {}
+        problems_: list[str] = []
+        for ref in refs:
+            try:
+                keys[ref.describe()] = bool(await self._keys.resolve(ref))
+            except FactoryError as exc:
+                keys[ref.describe()] = None
+                problems_.append(f"{ref.describe()}: {exc}")
+        try:
+            cooling = await self.cooling()
+        except (RedisError, OSError) as exc:
+            cooling = []
+            problems_.append(f"cooldowns cannot be read from Redis ({type(exc).__name__})")
+        for c in await self._store.latest():
+            if c.invalid:
+                which = "" if c.target == COOLDOWN else f" {c.target}"
+                problems_.append(
+                    f"store v{c.version} ({c.target}) no longer validates ({c.invalid}); lower sources serve it"
+                    f" until `factory routing reset{which}` or a new `routing set`"
+                )
         return RoutingView(
-            config=config,
-            aliases=sourced,
-            cooldown_source=cooldown_source,
-            version=max((c.version for c in latest), default=0),
-            cooling=await self.cooling(),
-            keys=keys,
-        )
+            config=config, aliases=sourced, cooldown_source=cooldown_source, version=version, cooling=cooling,
+            keys=keys, problems=problems_,
+        )  # fmt: skip
 
     async def current(self) -> RoutingConfig:
         """The routing new runs start with (reread from the store at most every two seconds)."""
         now = time.monotonic()
         if self._current is None or now - self._current[0] > _FRESH_S:
-            self._current = (now, (await self.view()).config)
+            self._current = (now, (await self.effective())[0])
         return self._current[1]
 
     async def public(self) -> dict[str, Any]:
@@ -180,7 +215,9 @@ class RoutingService:
     async def reset(self, alias: str | None, *, by: str) -> list[RoutingChange]:
         """Remove the store's chain of ``alias`` (of every alias and the cooldown policy: None)."""
         targets = [alias_name(alias)] if alias else [*CHAT_ALIASES, COOLDOWN]
-        set_now = {c.target for c in await self._store.latest() if c.chain is not None or c.cooldown is not None}
+        set_now = {
+            c.target for c in await self._store.latest() if c.chain is not None or c.cooldown is not None or c.invalid
+        }
         changes = [await self._store.change(t, by=by) for t in targets if t in set_now]
         self._current = None
         return changes
@@ -192,20 +229,32 @@ class RoutingService:
 
     def cooled(self, deployment: str, seconds: float, reason: str) -> None:
         """``Cooldowns.on_cool``: mirror a new cooldown to Redis (best effort, in the background)."""
+        value = json.dumps({"reason": reason, "until": time.time() + seconds})
+        self._mirror(deployment, lambda redis, key: redis.set(key, value, px=max(1, int(seconds * 1000))))
+
+    def recovered(self, deployment: str) -> None:
+        """``Cooldowns.on_clear``: the deployment answered again; its mirrored cooldown goes."""
+        self._mirror(deployment, lambda redis, key: redis.delete(key))
+
+    def _mirror(self, deployment: str, command: Callable[[Redis, str], Awaitable[Any]]) -> None:
         if self._redis is None:
             return
-        key = f"{self._prefix}routing:cooldown:{deployment}"
-        value = json.dumps({"reason": reason, "until": time.time() + seconds})
-        redis = self._redis
+        redis, key = self._redis, f"{self._prefix}routing:cooldown:{deployment}"
 
         async def mirror() -> None:
-            await redis.set(key, value, px=max(1, int(seconds * 1000)))
+            await command(redis, key)
 
         try:
             task = asyncio.get_running_loop().create_task(mirror())
         except RuntimeError:  # no loop (a synchronous caller): the local cooldown still holds
             return
-        task.add_done_callback(lambda t: t.exception())  # a Redis hiccup loses only the mirror
+        self._tasks.add(task)  # kept until done (a task nobody references may be collected)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a Redis hiccup loses only the mirror
+            log.info("cooldown mirror not written: %s", task.exception())
 
     async def cooling(self) -> list[Cooling]:
         if self._redis is None:
@@ -214,9 +263,11 @@ class RoutingService:
         pattern = f"{self._prefix}routing:cooldown:*"
         async for key in self._redis.scan_iter(match=pattern, count=100):
             raw = await self._redis.get(key)
-            if raw is None:
+            try:
+                data = json.loads(raw) if raw is not None else {}
+                until, reason = float(data["until"]), str(data["reason"])
+            except (ValueError, TypeError, KeyError):  # gone meanwhile, or not ours: skipped
                 continue
-            data = json.loads(raw)
             name = (key.decode() if isinstance(key, bytes) else key).removeprefix(f"{self._prefix}routing:cooldown:")
-            found.append(Cooling(deployment=name, left_s=round(data["until"] - time.time(), 1), reason=data["reason"]))
+            found.append(Cooling(deployment=name, left_s=round(until - time.time(), 1), reason=reason[:300]))
         return sorted(found, key=lambda c: c.deployment)

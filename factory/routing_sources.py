@@ -78,20 +78,19 @@ def env_layer(text: str | None) -> RoutingLayer | None:
 
 def base_layers(settings: Settings) -> list[tuple[str, RoutingLayer]]:
     """The layers below the store: defaults, factory.toml, environment."""
-    layers = [
-        (
-            "default",
-            default_layer(
-                openai_key=_key_env("FACTORY_OPENAI_API_KEY", "OPENAI_API_KEY") if settings.openai_api_key else None,
-                anthropic_key=_key_env("FACTORY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
-                if settings.anthropic_api_key
-                else None,
-                ollama_base=settings.ollama_api_base,
-                ollama_model=settings.ollama_model,
-                scripted=settings.scripted_model is not None,
-            ),
+    try:
+        default = default_layer(
+            openai_key=_key_env("FACTORY_OPENAI_API_KEY", "OPENAI_API_KEY") if settings.openai_api_key else None,
+            anthropic_key=_key_env("FACTORY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+            if settings.anthropic_api_key
+            else None,
+            ollama_base=settings.ollama_api_base,
+            ollama_model=settings.ollama_model,
+            scripted=settings.scripted_model is not None,
         )
-    ]
+    except ValidationError as exc:  # settings are validated; this is a defect, said without the values
+        raise ConfigError(f"the default routing cannot be built: {problems(exc)}") from exc
+    layers = [("default", default)]
     if (toml := toml_layer(settings.config_file)) is not None:
         layers.append(("factory.toml", toml))
     if (env := env_layer(settings.routing_env)) is not None:

@@ -7,6 +7,7 @@ Secrets (API keys, URLs with passwords) are ``SecretStr`` and never logged.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -127,6 +128,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, os.environ.get("FACTORY_CONFIG", "factory.toml"))
         return (init_settings, env_settings, toml)
+
+    @field_validator("ollama_api_base", "litellm_proxy_url")
+    @classmethod
+    def _base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from routing.config import check_url
+
+        name = "OLLAMA_API_BASE" if info.field_name == "ollama_api_base" else "FACTORY_LITELLM_PROXY_URL"
+        return None if not value else check_url(value.strip(), name)
+
+    @field_validator("ollama_model")
+    @classmethod
+    def _ollama_model(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,200}", value):
+            raise ValueError("FACTORY_OLLAMA_MODEL must be an Ollama model name such as llama3.1 or qwen2.5:7b")
+        return value
 
     @field_validator("hitl_low_risk_kinds", "hitl_low_risk_priorities")
     @classmethod

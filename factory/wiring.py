@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import FeatureNotSupported
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -24,6 +24,8 @@ from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
 from factory.routing_service import RoutingKeys, RoutingService
+from factory.routing_store_pg import PostgresRoutingStore
+from factory.secrets_pg import PostgresSecretStore
 from factory.service_errors import safe_url, service_error
 from factory.settings import Settings
 from hitl.base import EscalationKind, EscalationStatus, Priority
@@ -47,8 +49,6 @@ from routing.ledger import RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
 from routing.secrets import SecretBox, SecretStore
-from routing.secrets_pg import PostgresSecretStore
-from routing.store_pg import PostgresRoutingStore
 from teams.clarify import TeamAnswerer
 from teams.gate import GateLimits
 from teams.pipeline import PipelineDeps, PipelineEngine
@@ -117,6 +117,13 @@ def _budgeted(
         )
 
     return BudgetedModel(model, ledger, limits, grants)
+
+
+def _window(settings: Settings, routing: RoutingConfig) -> int:
+    """The context window prompts are packed for: the smallest one the coder chain's routed
+    deployments declare (``context_window``), else ``FACTORY_CONTEXT_WINDOW_TOKENS``."""
+    declared = [d.context_window for d in routing.chain("factory/coder") if d.context_window and not d.local]
+    return min([settings.context_window_tokens, *declared]) if declared else settings.context_window_tokens
 
 
 def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor:
@@ -211,14 +218,21 @@ async def build_model(
 
     async def run_routing(run_id: str) -> RoutingConfig | None:
         run = await store.get_run(run_id)
-        return RoutingConfig.model_validate(run.routing) if run is not None and run.routing else None
+        if run is None or not run.routing:
+            return None
+        try:
+            return RoutingConfig.model_validate(run.routing)
+        except ValidationError as exc:  # recorded under rules since made stricter: the current routing serves
+            log.warning("run %s's recorded routing no longer validates (%s); it uses the current routing", run_id,
+                        exc.errors()[0]["msg"])  # fmt: skip
+            return None
 
     router = LiteLLMRouter(
         config,
         current=routing.current,
         run_routing=run_routing,
         keys=keys,
-        cooldowns=Cooldowns(on_cool=routing.cooled),
+        cooldowns=Cooldowns(on_cool=routing.cooled, on_clear=routing.recovered),
         embedded=embedded,
         scripted=scripted,
         local_max_tokens=settings.local_max_tokens,
@@ -283,7 +297,9 @@ async def _wired(
         try:
             store = PostgresRunStore(pool, lease_ttl_s=settings.run_lease_ttl_s)
             # the key is loaded when a secret is first sealed or opened
-            secrets = PostgresSecretStore(pool, partial(SecretBox.load, settings.data_dir, settings.secret_key))
+            secrets = PostgresSecretStore(
+                pool, lambda create: SecretBox.load(settings.data_dir, settings.secret_key, create=create)
+            )
             keys = RoutingKeys(secrets)
             routing = RoutingService(
                 settings, PostgresRoutingStore(pool), keys, redis=redis, prefix=settings.redis_prefix
@@ -295,7 +311,7 @@ async def _wired(
             if embedder is None:  # embeddings go through the local/embed alias of a router
                 embedder = model if isinstance(model, LiteLLMRouter) else LiteLLMRouter(await routing.current())
             count = embedded.count_tokens if embedded is not None else approx_tokens
-            window = settings.local_model_ctx if compact else settings.context_window_tokens
+            window = settings.local_model_ctx if compact else _window(settings, await routing.current())
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
             escalations = PostgresEscalationQueue(pool, canonical=canonical)  # decisions audited atomically

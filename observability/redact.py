@@ -8,6 +8,7 @@ bearer credential, registered or not.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -26,8 +27,11 @@ def register_secret(value: str | None) -> None:
     global _secrets, _pattern
     if not value or len(value) < _MIN_LEN or value in _secrets:
         return
+    # Also as an error message may quote it: escaped (a header library's "b'...\\t...'"), or in JSON.
+    forms = {value, value.encode("unicode_escape").decode("ascii"), repr(value.encode("utf-8"))[2:-1]}
+    forms.add(json.dumps(value)[1:-1])
     with _lock:
-        _secrets = _secrets | {value}
+        _secrets = _secrets | {f for f in forms if len(f) >= _MIN_LEN}
         # Longest first, so a key that contains another is masked whole.
         _pattern = re.compile("|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True)))
 

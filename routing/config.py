@@ -8,8 +8,6 @@ routing store); the effective routing takes each alias from the highest layer th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -33,8 +31,15 @@ LOCAL_MODELS = (EMBEDDED, SCRIPTED)
 MAX_CHAIN = 8  # deployments per alias: a fallback chain is bounded
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _SECRET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[^\s]{1,200}$")
+_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[^\s\x00-\x1f\x7f]{1,200}$")
+
+
+def looks_like_a_key(name: str) -> bool:
+    """A variable or secret name that is more likely the key itself (long, mixed case and digits,
+    no separator) than the name of where it is kept: refused without being quoted."""
+    return len(name) >= 24 and "_" not in name and any(c.islower() for c in name) and any(c.isdigit() for c in name)
 
 
 class KeyRef(BaseModel):
@@ -47,42 +52,36 @@ class KeyRef(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> KeyRef:
+        # Messages never quote the value: a key pasted where its name belongs must not be printed.
         if (self.env is None) == (self.secret is None):
             raise ValueError('a key reference names exactly one of env or secret: {env = "OPENAI_API_KEY"}')
+        for kind, name in (("env", self.env), ("secret", self.secret)):
+            if name is not None and looks_like_a_key(name):
+                raise ValueError(f"key.{kind} looks like the key itself: give the NAME of where it is kept")
         if self.env is not None and not _NAME.match(self.env):
-            raise ValueError(f"{self.env!r} is not an environment variable name (letters, digits, _)")
+            raise ValueError("key.env must be an environment variable name (letters, digits, _), e.g. OPENAI_API_KEY")
         if self.secret is not None and not _SECRET.match(self.secret):
-            raise ValueError(
-                f"{self.secret!r} is not a secret name (letters, digits, _ . -); see `factory secrets list`"
-            )
+            raise ValueError("key.secret must be a secret name (letters, digits, _ . -); see `factory secrets list`")
         return self
 
     def describe(self) -> str:
         return f"env:{self.env}" if self.env else f"secret:{self.secret}"
 
-    @classmethod
-    def parse(cls, text: str) -> KeyRef:
-        """``NAME`` or ``env:NAME`` (an environment variable) or ``secret:NAME`` (a stored secret)."""
-        kind, _, name = text.partition(":")
-        if not name:
-            return cls(env=kind)
-        if kind not in ("env", "secret"):
-            raise ValueError(f"{text!r}: write env:NAME or secret:NAME")
-        return cls(**{kind: name})
 
-
-def _check_url(value: str) -> str:
+def check_url(value: str, what: str = "api_base") -> str:
+    """An http(s) base URL without credentials, query or fragment (the message never quotes it: a
+    URL can carry a token)."""
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://gpu-box:8000/v1")
+    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL.search(value):
+        raise ValueError(f"{what} must be an http(s) URL, e.g. http://gpu-box:8000/v1")
     if parts.username or parts.password:
-        raise ValueError("put no credentials in api_base; give the key by reference (--key-env or --key-secret)")
+        raise ValueError(f"{what} must hold no credentials (user:password@); give the key by reference")
     if parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: an api_base has no query or fragment")
+        raise ValueError(f"{what} must have no query or fragment; a key in it belongs in a key reference")
     try:
         _ = parts.port
     except ValueError as exc:
-        raise ValueError(f"{value!r}: bad port ({exc})") from exc
+        raise ValueError(f"{what} has a bad port") from exc
     return value.rstrip("/")
 
 
@@ -124,7 +123,7 @@ class Deployment(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value.strip())
+        return None if value is None else check_url(value.strip())
 
     @model_validator(mode="after")
     def _consistent(self) -> Deployment:
@@ -228,12 +227,6 @@ class RoutingConfig(BaseModel):
             **({"proxy": self.proxy} if self.proxy else {}),
         }
 
-    @property
-    def fingerprint(self) -> str:
-        """Stable hash of the routing: equal routings compile once."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
 
 class SourcedAlias(BaseModel):
     """One alias of ``routing show``: its chain and which source set it."""
@@ -252,3 +245,5 @@ class RoutingChange(BaseModel):
     cooldown: Cooldown | None = None
     changed_by: str
     changed_at: datetime
+    #: Why a stored change no longer validates (e.g. a provider LiteLLM dropped); then it is skipped.
+    invalid: str | None = None

@@ -10,6 +10,7 @@ belong to the request (an over-long prompt), not to an outage.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +47,16 @@ OnCool = Callable[[str, float, str], None]
 class Cooldowns:
     """Per-process cooldown book of every deployment this process called."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, on_cool: OnCool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_cool: OnCool | None = None,
+        on_clear: Callable[[str], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._on_cool = on_cool
+        self._on_clear = on_clear
         self._states: dict[str, _State] = {}
 
     def left(self, deployment: str) -> float:
@@ -72,8 +80,8 @@ class Cooldowns:
             return 0.0
         state = self._states.setdefault(deployment, _State())
         state.fails += 1
-        if kind == "rate_limit" and retry_after_s is not None:
-            seconds = min(max(retry_after_s, 0.0), policy.max_retry_after_s)
+        if kind == "rate_limit" and retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
+            seconds = min(retry_after_s, policy.max_retry_after_s)  # the server said how long
         elif state.fails > policy.allowed_fails:
             seconds = policy.cooldown_s
         else:
@@ -87,8 +95,13 @@ class Cooldowns:
         return seconds
 
     def succeeded(self, deployment: str) -> None:
-        if deployment in self._states:
-            del self._states[deployment]
+        state = self._states.pop(deployment, None)
+        if state is not None and state.until and self._on_clear is not None:
+            self._on_clear(deployment)  # it had cooled: the mirror of it goes
+
+    def soonest(self, deployments: list[str]) -> str | None:
+        """Of ``deployments``, the one whose cooldown ends first."""
+        return min(deployments, key=self.left, default=None)
 
     def cooling(self) -> list[Cooling]:
         now = self._clock()

@@ -28,7 +28,7 @@ def _row(
         cost_usd=response.cost_usd if response else 0.0,
         latency_ms=latency_ms,
         ok=error is None,
-        error=redact(storable(error)) if error is not None else None,  # a provider's text: storable, not refused
+        error=redact(storable(error))[:500] if error is not None else None,  # a provider's text: masked whole, then cut
         created_at=datetime.now(UTC),
         fallbacks=response.fallbacks if response else (fallbacks or []),
     )
@@ -47,7 +47,7 @@ class RecordingModel:
             response = await self._inner.complete(request, timeout_s=timeout_s)
         except Exception as exc:
             hops = [f for f in getattr(exc, "fallbacks", []) if isinstance(f, Fallback)]
-            await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc)[:500], hops))
+            await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc), hops))
             raise
         latency_ms = response.latency_ms or (time.perf_counter() - started) * 1000
         await self._ledger.record(_row(request, response, latency_ms, None))

@@ -27,11 +27,12 @@ from factory.errors import RoutingError
 from observability.redact import redact, register_secret
 from observability.text import storable
 from routing.aliases import embedding_route
-from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse, Fallback, FallbackKind, Message
+from routing.base import EMBED_ALIAS, ChatRequest, ChatResponse, Fallback, Message
 from routing.config import EMBEDDED, SCRIPTED, Deployment, KeyRef, RoutingConfig
 from routing.cooldowns import Cooldowns
 from routing.embedded import Completion, EmbeddedModel
 from routing.embeddings import EmbeddedEmbedder
+from routing.failures import NoKey, classify, kind_of, refused_schema
 from routing.providers_known import LOCAL_PROVIDER
 from routing.scripted import ScriptedModel
 
@@ -41,8 +42,10 @@ log = logging.getLogger(__name__)
 RunRouting = Callable[[str], Awaitable[RoutingConfig | None]]
 #: The current routing, for calls of no run and for new runs.
 CurrentRouting = Callable[[], Awaitable[RoutingConfig]]
+_KEY_VARIABLES = ("_API_KEY", "_SECRET_KEY", "_PROXY_KEY", "_ACCESS_KEY", "_TOKEN", "_API_TOKEN")
 _RUNS_KEPT = 512  # runs whose routing is cached in this process
 _UNPRICED: set[str] = set()  # models LiteLLM's price map lacks: pricing them throws, ~0.7 ms each time
+_KEPT = 4096  # bound of the per-process sets above and below
 
 
 class KeyResolver(Protocol):
@@ -72,50 +75,6 @@ def with_schema_prompt(messages: list[dict[str, str]], schema: dict[str, Any]) -
 def _schema_of(params: dict[str, Any]) -> dict[str, Any] | None:
     fmt = params.get("response_format") or {}
     return (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
-    try:
-        value = headers.get("retry-after") if headers is not None else None
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def classify(exc: BaseException) -> tuple[FallbackKind, float | None]:
-    """What kind of failure ``exc`` is (by LiteLLM's exception classes and status codes), and a
-    429's Retry-After."""
-    name = type(exc).__name__
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or name in ("Timeout", "APITimeoutError") or status == 408:
-        return "timeout", None
-    if name == "RateLimitError" or status == 429:
-        return "rate_limit", _retry_after(exc)
-    text = str(exc).lower()
-    if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
-        return "auth", None
-    if "missing credentials" in text or "api_key client option must be set" in text:
-        return "auth", None  # LiteLLM reports a missing key as a 500
-    if any(t in text for t in ("expecting value", "jsondecodeerror", "unterminated string", "invalid json")):
-        return "bad_output", None  # the provider's body is not JSON (LiteLLM calls it a 500 or a connection error)
-    if (
-        name == "APIConnectionError"
-        or isinstance(exc, ConnectionError | OSError)
-        or any(t in text for t in ("connection error", "connection refused", "connecterror", "disconnected"))
-    ):
-        return "connection", None
-    if name in ("BadRequestError", "ContextWindowExceededError", "UnsupportedParamsError", "NotFoundError") or (
-        isinstance(status, int) and 400 <= status < 500
-    ):
-        return "bad_request", None
-    if name in ("InternalServerError", "ServiceUnavailableError", "APIError") or (
-        isinstance(status, int) and status >= 500
-    ):
-        return "server_error", None
-    if isinstance(exc, ValueError | json.JSONDecodeError):
-        return "bad_output", None
-    return "other", None
 
 
 @cache
@@ -156,6 +115,7 @@ class LiteLLMRouter:
         self._embedder = embedder or EmbeddedEmbedder()
         self._litellm: Any = None
         self._building = asyncio.Lock()
+        self._no_schema: set[str] = set()  # deployments that refused JSON-schema output
 
     @property
     def routing(self) -> RoutingConfig:
@@ -184,7 +144,7 @@ class LiteLLMRouter:
             time.sleep(self._scripted.latency_s)  # runs in LiteLLM's worker thread, like a real model
         return self._scripted.answer(request)
 
-    async def _ready(self) -> Any:
+    async def ready(self) -> Any:
         """LiteLLM, imported and set up on first use in a worker thread: the import takes seconds
         and must not stall the event loop (responders and the live stream share it)."""
         if self._litellm is None:
@@ -207,6 +167,10 @@ class LiteLLMRouter:
             litellm_logger = logging.getLogger(name)
             for handler in list(litellm_logger.handlers):
                 litellm_logger.removeHandler(handler)
+        # Keys LiteLLM reads from the environment itself (a deployment naming none) are secrets too.
+        for name, value in os.environ.items():
+            if name.endswith(_KEY_VARIABLES):
+                register_secret(value)
 
         from routing.providers import InProcessProvider
 
@@ -239,21 +203,24 @@ class LiteLLMRouter:
     # -- calls ---------------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
-        litellm = await self._ready()
+        litellm = await self.ready()
         routing = await self.routing_for(request)
         chain = routing.chain(request.alias)
         hops: list[Fallback] = []
         started = time.perf_counter()
+        cooling = [d for d in chain if not d.local and self.cooldowns.left(d.id) > 0]
+        # Every deployment cooling and none in-process: the one recovering first is tried anyway,
+        # rather than failing every call until a cooldown ends.
+        spare = self.cooldowns.soonest([d.id for d in cooling]) if len(cooling) == len(chain) else None
         for deployment in chain:
-            if not deployment.local and (left := self.cooldowns.left(deployment.id)) > 0:
+            if deployment in cooling and deployment.id != spare:
+                left = self.cooldowns.left(deployment.id)
                 hops.append(Fallback(deployment=deployment.id, kind="cooling", reason=f"cooling down {left:.0f}s more"))
                 continue
             try:
-                response = await self._call(litellm, deployment, request, timeout_s)
+                response = await self.call(litellm, deployment, request, timeout_s)
             except Exception as exc:
-                kind, retry_after = classify(exc)
-                if isinstance(exc, _NoKey):
-                    kind = "no_key"
+                kind, retry_after = kind_of(exc)
                 reason = redact(storable(str(exc)))[:500]
                 log.info("%s failed for %s (%s): %s", deployment.id, request.alias, kind, reason)
                 if not deployment.local:
@@ -271,16 +238,18 @@ class LiteLLMRouter:
             fallbacks=hops,
         )
 
-    def _mode(self, deployment: Deployment) -> str:
+    def mode(self, deployment: Deployment) -> str:
         if deployment.structured != "auto":
             return deployment.structured
         if deployment.grammar:
             return "grammar"
         if deployment.model == SCRIPTED or deployment.provider == "litellm_proxy":
             return "json_schema"
+        if deployment.id in self._no_schema:  # it refused a JSON schema before: not asked twice a call
+            return "json_object"
         return "json_schema" if _supports_schema(deployment.model) else "json_object"
 
-    async def _call(self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float) -> ChatResponse:
+    async def call(self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float) -> ChatResponse:
         messages = [m.model_dump() for m in request.messages]
         kwargs: dict[str, Any] = {
             "model": deployment.model,
@@ -297,22 +266,25 @@ class LiteLLMRouter:
         if deployment.key is not None:
             key = await self._keys.resolve(deployment.key)
             if not key:
-                raise _NoKey(f"its key {deployment.key.describe()} is not set")
+                raise NoKey(f"its key {deployment.key.describe()} is not set")
             register_secret(key)
             kwargs["api_key"] = key
-        elif deployment.api_base and deployment.provider in _KEYLESS_OK:
-            # A keyless OpenAI-compatible server (llama.cpp, LM Studio, vLLM): without this LiteLLM
-            # would send OPENAI_API_KEY from the environment to that server, or refuse to call it.
+        elif deployment.api_base and not deployment.ollama:
+            # A server of our own with no key named (llama.cpp, LM Studio, vLLM, a gateway): without
+            # this LiteLLM would send the provider's key from the environment (OPENAI_API_KEY, ...)
+            # to that server, or refuse to call it.
             kwargs["api_key"] = "no-key-configured"
-        mode = self._mode(deployment) if request.json_schema is not None else None
+        mode = self.mode(deployment) if request.json_schema is not None else None
         try:
             response = await litellm.acompletion(messages=self._ask(messages, request, mode, kwargs), **kwargs)
         except Exception as exc:
             # A provider that refuses JSON-schema output is asked again, once, in JSON mode with the
             # schema in the prompt (when the mode was not chosen explicitly).
-            if mode != "json_schema" or deployment.structured != "auto" or not _refused_schema(exc):
+            if mode != "json_schema" or deployment.structured != "auto" or not refused_schema(exc):
                 raise
             mode = "json_object"
+            if len(self._no_schema) < _KEPT:
+                self._no_schema.add(deployment.id)
             response = await litellm.acompletion(messages=self._ask(messages, request, mode, kwargs), **kwargs)
         usage = getattr(response, "usage", None)
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -362,8 +334,9 @@ class LiteLLMRouter:
         if cost is None and deployment.model not in _UNPRICED:
             try:
                 cost = litellm.completion_cost(completion_response=response, model=deployment.model)
-            except Exception:  # a model LiteLLM's map lacks: unpriced, shown as 0 (and not asked again)
-                _UNPRICED.add(deployment.model)
+            except Exception as exc:  # a model LiteLLM's map lacks: unpriced, shown as 0
+                if "map" in str(exc).lower() and len(_UNPRICED) < _KEPT:
+                    _UNPRICED.add(deployment.model)  # its "isn't mapped" is not asked again (~0.7 ms each)
                 cost = 0.0
         return float(cost or 0.0)
 
@@ -371,7 +344,7 @@ class LiteLLMRouter:
         """Vectors for ``texts`` through the ``local/embed`` alias (its one deployment)."""
         if not texts:
             return []
-        litellm = await self._ready()
+        litellm = await self.ready()
         try:
             response = await litellm.aembedding(model=embedding_route().model, input=texts, timeout=timeout_s)
         except Exception as exc:  # LiteLLM raises many types; all mean "no vectors"
@@ -379,68 +352,4 @@ class LiteLLMRouter:
         return [list(item["embedding"]) for item in response.data]
 
 
-_KEYLESS_OK = frozenset({"openai", "hosted_vllm", "lm_studio", "llamafile", "litellm_proxy", "openai_like"})
-
-
-def _refused_schema(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return classify(exc)[0] == "bad_request" and ("response_format" in text or "json_schema" in text)
-
-
-class _NoKey(RuntimeError):
-    """A deployment whose key reference resolves to nothing: skipped like an unreachable one."""
-
-
 __all__ = ["EMBEDDED", "KeyResolver", "LiteLLMRouter", "Message", "classify", "with_schema_prompt"]
-
-
-PROBE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"ok": {"type": "boolean"}},
-    "required": ["ok"],
-    "additionalProperties": False,
-}
-
-
-async def probe(router: LiteLLMRouter, deployment: Deployment, *, timeout_s: float) -> dict[str, Any]:
-    """One tiny real call to ``deployment`` alone: reachable, latency, structured output accepted."""
-    request = ChatRequest(
-        alias="factory/fast",
-        messages=[
-            Message(role="system", content="You answer connectivity checks with JSON only."),
-            Message(role="user", content='Answer exactly {"ok": true}'),
-        ],
-        json_schema=PROBE_SCHEMA,
-        max_tokens=24,
-        temperature=0.0,
-        purpose="routing.test",
-    )
-    result: dict[str, Any] = {"deployment": deployment.id, "mode": None}
-    started = time.perf_counter()
-    try:
-        litellm = await router._ready()
-        result["mode"] = router._mode(deployment)
-        response = await router._call(litellm, deployment, request, timeout_s)
-    except Exception as exc:
-        kind, _ = classify(exc)
-        kind = "no_key" if isinstance(exc, _NoKey) else kind
-        reachable = kind not in ("connection", "timeout", "no_key")
-        return result | {
-            "reachable": reachable, "ok": False, "kind": kind, "error": redact(storable(str(exc)))[:300],
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        }  # fmt: skip
-    try:
-        answer = json.loads(response.text)
-        structured = isinstance(answer, dict) and isinstance(answer.get("ok"), bool)
-    except json.JSONDecodeError:
-        structured = False
-    return result | {
-        "reachable": True,
-        "ok": structured,
-        "structured": structured,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        "tokens_in": response.tokens_in,
-        "tokens_out": response.tokens_out,
-        "cost_usd": response.cost_usd,
-        **({} if structured else {"error": f"the answer is not the requested JSON: {response.text[:120]!r}"}),
-    }

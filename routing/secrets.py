@@ -109,15 +109,25 @@ class SecretBox:
         return cls(AESGCM.generate_key(bit_length=256), source="a generated key")
 
     @classmethod
-    def load(cls, data_dir: Path, key: SecretStr | str | None = None) -> SecretBox:
+    def load(cls, data_dir: Path, key: SecretStr | str | None = None, *, create: bool = True) -> SecretBox:
         """The box of ``key`` (FACTORY_SECRET_KEY) if given, else of ``<data_dir>/secret.key``, which
-        is created (owner-only) when missing."""
+        is created (owner-only) when missing and ``create`` (only storing a secret may create it: a
+        new key opens none of the secrets already stored)."""
         if key is not None:
             text = key.get_secret_value() if isinstance(key, SecretStr) else key
             return cls(parse_key(text, "FACTORY_SECRET_KEY"), source="FACTORY_SECRET_KEY")
         path = data_dir / KEY_FILE
         fix = "restore it from a backup (the secrets sealed with it open with no other key), or remove it to start anew"
-        return cls(parse_key(_read_or_create_key(path), f"the key file {path}", fix=fix), source=str(path))
+        if create:
+            return cls(parse_key(_read_or_create_key(path), f"the key file {path}", fix=fix), source=str(path))
+        try:
+            text = _read_key(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"stored secrets cannot be opened here: there is no key ({path} is missing and FACTORY_SECRET_KEY is"
+                " not set); set FACTORY_SECRET_KEY, or copy secret.key (mode 600) from where the secrets were stored"
+            ) from exc
+        return cls(parse_key(text, f"the key file {path}", fix=fix), source=str(path))
 
     def seal(self, name: str, value: str) -> Sealed:
         nonce = secrets.token_bytes(NONCE_BYTES)

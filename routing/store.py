@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Protocol
 
+from routing.base import CHAT_ALIASES
 from routing.config import Cooldown, Deployment, RoutingChange, RoutingLayer
 
 COOLDOWN = "cooldown"  # the target of a cooldown-policy change
@@ -33,7 +34,7 @@ class RoutingStore(Protocol):
 
 def layer_of(latest: list[RoutingChange]) -> tuple[RoutingLayer, dict[str, RoutingChange]]:
     """The store's routing layer, and the change each of its values comes from."""
-    aliases = {c.target: c.chain for c in latest if c.chain is not None}
+    aliases = {c.target: c.chain for c in latest if c.chain is not None and c.target in CHAT_ALIASES}
     cooldown = next((c.cooldown for c in latest if c.target == COOLDOWN and c.cooldown is not None), None)
     layer = RoutingLayer.model_validate({"aliases": aliases, "cooldown": cooldown})
     origins = {c.target: c for c in latest if c.chain is not None or c.cooldown is not None}

@@ -102,15 +102,15 @@ INVALID = [
     (["nope", "openai/gpt-4o"], "unknown alias 'nope'"),
     (["coder", "foo/bar"], "unknown provider 'foo'"),
     (["coder", "gpt-4o"], "is not provider/model"),
-    (["coder", "openai/x", "--api-base", "ftp://host"], "is not an http(s) URL"),
-    (["coder", "openai/x", "--api-base", "http://u:p@host"], "put no credentials in api_base"),
+    (["coder", "openai/x", "--api-base", "ftp://host"], "must be an http(s) URL"),
+    (["coder", "openai/x", "--api-base", "http://u:p@host"], "must hold no credentials"),
     (["coder", "hosted_vllm/qwen"], "needs --api-base"),
     (
         ["coder", "openai/x", "--key-env", "FACTORY_TEST_NOT_SET_ANYWHERE"],
         "key env:FACTORY_TEST_NOT_SET_ANYWHERE is not set",
     ),
     (["coder", "openai/x", "--key-secret", "NO_SUCH_SECRET"], "key secret:NO_SUCH_SECRET is not set"),
-    (["coder", "openai/x", "--key-env", "bad name"], "is not an environment variable name"),
+    (["coder", "openai/x", "--key-env", "bad name"], "must be an environment variable name"),
     (
         [
             "coder",
@@ -140,6 +140,7 @@ def test_invalid_changes_exit_2_with_what_to_write_and_record_nothing(env: dict[
         assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith("factory: ") and says in line, (args, line)
+        assert "AbCdEfGh1234567890" not in line  # a key given where its name belongs is never printed
     assert _show(env)["version"] == 0
 
 
@@ -279,3 +280,27 @@ def test_ollama_models_and_doctor_say_which_configured_model_to_pull(
     doctor = json.loads(factory("doctor", "--json", env=env).stdout)
     routing = next(c for c in doctor["checks"] if c["name"] == "routing")
     assert any("unreachable" in w and "ollama serve" in w for w in routing["warnings"])
+
+
+def test_settings_with_credentials_in_a_url_are_refused_without_printing_them(env: dict[str, str]) -> None:
+    for name in ("OLLAMA_API_BASE", "FACTORY_LITELLM_PROXY_URL"):
+        proc = factory("routing", "show", env={**env, name: "http://bob:t0kenS3cretValue@ollama.lan:11434"})
+        assert proc.returncode == 2 and name in proc.stderr and "credentials" in proc.stderr, proc.stderr
+        assert "t0kenS3cretValue" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_stored_change_that_no_longer_validates_is_skipped_said_and_reset(env: dict[str, str], pg_url: str) -> None:
+    _ok(factory("routing", "set", "coder", "ollama_chat/qwen2.5", "--api-base", "http://127.0.0.1:9", env=env))
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as if LiteLLM had dropped a provider since
+        conn.execute(
+            "INSERT INTO routing_changes (target, value, changed_by) VALUES"
+            " ('factory/coder', '[{\"model\": \"gone-provider/m\"}]', 'old-version')"
+        )
+    view = _show(env)
+    assert _chain(view, "factory/coder") == ("default", ["factory-local/scripted"])  # the lower sources serve it
+    assert any(
+        "store v2 (factory/coder) no longer validates" in p and "unknown provider" in p for p in view["problems"]
+    )
+    assert "WARNING store v2" in _ok(factory("routing", "show", env=env))
+    assert "reset factory/coder" in _ok(factory("routing", "reset", "coder", env=env))
+    assert _show(env)["problems"] == []

@@ -22,8 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from factory.errors import ConfigError, InputError
 from factory.migrations import migrate
+from factory.secrets_pg import PostgresSecretStore
 from routing.secrets import KEY_FILE, MAX_VALUE_BYTES, InMemorySecretStore, SecretBox, SecretStore
-from routing.secrets_pg import PostgresSecretStore
 from tests.integration.cli import FACTORY, factory
 
 pytestmark = pytest.mark.integration
@@ -319,9 +319,9 @@ async def test_postgres_store_loads_its_key_only_when_a_value_is_sealed_or_opene
         await migrate(conn)
     loads: list[int] = []
 
-    def load() -> SecretBox:
+    def load(create: bool) -> SecretBox:
         loads.append(1)
-        return SecretBox.load(tmp_path)
+        return SecretBox.load(tmp_path, create=create)
 
     async with AsyncConnectionPool(pg_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
         store = PostgresSecretStore(pool, load)
@@ -329,3 +329,18 @@ async def test_postgres_store_loads_its_key_only_when_a_value_is_sealed_or_opene
         assert loads == [] and not (tmp_path / KEY_FILE).exists()
         await store.put(NAME, "v", by="ana")
         assert await store.get(NAME) == "v" and loads == [1]
+
+
+async def test_reading_a_secret_where_there_is_no_key_says_so_and_creates_none(pg_url: str, tmp_path: Path) -> None:
+    """Only storing a secret may create the key file: a new key would open none of the stored secrets."""
+    async with AsyncConnectionPool(pg_url, open=False, kwargs={"autocommit": True}) as pool:
+        async with pool.connection() as conn:
+            await migrate(conn)
+        here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+        await PostgresSecretStore(pool, lambda create: SecretBox.load(here, create=create)).put(
+            NAME, "sk-x-1234567", by="ana"
+        )
+        reader = PostgresSecretStore(pool, lambda create: SecretBox.load(elsewhere, create=create))
+        with pytest.raises(ConfigError, match="no key"):
+            await reader.get(NAME)
+        assert not (elsewhere / "secret.key").exists()

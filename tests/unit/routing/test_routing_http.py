@@ -18,7 +18,8 @@ from routing.base import CHAT_ALIASES, ChatRequest, Message
 from routing.config import SCRIPTED, Cooldown, Deployment, KeyRef, RoutingConfig
 from routing.cooldowns import Cooldowns
 from routing.ollama_models import ollama_servers
-from routing.router import LiteLLMRouter, probe
+from routing.probe import probe
+from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
 from tests.fakeprovider import FakeProvider
 
@@ -287,3 +288,31 @@ def test_cloud_falls_back_to_the_real_embedded_model_with_the_cloud_schema(fake_
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["kinds"] == ["server_error"] and out["model"] == "factory-local/smollm2"
     assert out["text"] and out["cost"] == 0.0
+
+
+async def test_all_cooling_and_nothing_local_tries_the_one_recovering_first(fake_providers: Any) -> None:
+    first, second = fake_providers(2, default="error_500")
+    router = LiteLLMRouter(config(at(first), at(second), cooldown=Cooldown(cooldown_s=600)))
+    with pytest.raises(RoutingError):
+        await router.complete(ask(), timeout_s=10)  # both fail, both cool
+    first.default = "ok"
+    response = await router.complete(ask(), timeout_s=10)  # not refused outright for ten minutes
+    assert [f.kind for f in response.fallbacks] == [] and first.count("/v1/chat/completions") == 2
+    assert second.count("/v1/chat/completions") == 1
+
+
+async def test_a_429_without_a_usable_retry_after_cools_by_the_policy(fake_providers: Any) -> None:
+    first, second = fake_providers(2, retry_after_s=0)
+    first.default = "rate_limit"
+    router = LiteLLMRouter(config(at(first), at(second), cooldown=Cooldown(cooldown_s=600)))
+    for _ in range(3):
+        await router.complete(ask(), timeout_s=10)
+    assert first.count("/v1/chat/completions") == 1
+
+
+async def test_a_schema_refusal_is_remembered(fake_provider: FakeProvider) -> None:
+    fake_provider.default = "reject_json_schema"
+    router = LiteLLMRouter(config(at(fake_provider, model="openai/gpt-4o-mini")))
+    for _ in range(3):
+        jsonschema.validate(json.loads((await router.complete(ask(), timeout_s=10)).text), SCHEMA)
+    assert fake_provider.count("/v1/chat/completions") == 4  # refused once, then JSON mode straight away

@@ -7,6 +7,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
 from routing.config import Cooldown, Deployment, RoutingChange
 
@@ -37,12 +38,18 @@ _COLUMNS = "version, target, value, changed_by, changed_at"
 
 
 def _change(row: dict[str, Any]) -> RoutingChange:
+    """A stored change; one that no longer validates (a provider LiteLLM dropped, a stricter rule) is
+    kept, marked ``invalid``, so every command still works and the lower sources serve its alias."""
     value = row.pop("value")
-    if value is None:
-        return RoutingChange(**row)
-    if row["target"] == "cooldown":
-        return RoutingChange(**row, cooldown=Cooldown.model_validate(value))
-    return RoutingChange(**row, chain=[Deployment.model_validate(d) for d in value])
+    try:
+        if value is None:
+            return RoutingChange(**row)
+        if row["target"] == "cooldown":
+            return RoutingChange(**row, cooldown=Cooldown.model_validate(value))
+        return RoutingChange(**row, chain=[Deployment.model_validate(d) for d in value])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return RoutingChange(**row, invalid=str(first["msg"]).removeprefix("Value error, ")[:300])
 
 
 class PostgresRoutingStore:

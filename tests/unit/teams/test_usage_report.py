@@ -9,7 +9,7 @@ import pytest
 
 from factory import cli_usage
 from factory.errors import InputError
-from routing.usage_report import (
+from teams.usage_report import (
     DEFAULT_LAST,
     MAX_LAST,
     USAGE_BY,

@@ -32,21 +32,22 @@ MIGRATIONS: list[tuple[str, str]] = [
 class PostgresSecretStore:
     """``SecretStore`` on a psycopg pool; ``box`` is a ``SecretBox`` or what loads one when first needed."""
 
-    def __init__(self, pool: AsyncConnectionPool, box: SecretBox | Callable[[], SecretBox]) -> None:
+    def __init__(self, pool: AsyncConnectionPool, box: SecretBox | Callable[[bool], SecretBox]) -> None:
         self._pool = pool
         self._box: SecretBox | None = box if isinstance(box, SecretBox) else None
         self._load = box if not isinstance(box, SecretBox) else None
 
-    def _sealer(self) -> SecretBox:
+    def _sealer(self, *, create: bool) -> SecretBox:
+        """The box; the loader is told whether it may create a key (only ``put`` may)."""
         if self._box is None:
             assert self._load is not None
-            self._box = self._load()
+            self._box = self._load(create)
         return self._box
 
     async def put(self, name: str, value: str, *, by: str) -> None:
         check_value(check_name(name), value)
         who = check_by(by)
-        sealed = self._sealer().seal(name, value)
+        sealed = self._sealer(create=True).seal(name, value)
         async with self._pool.connection() as conn:
             await conn.execute(
                 """
@@ -64,7 +65,7 @@ class PostgresSecretStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        return self._sealer().open(name, Sealed(bytes(row[0]), bytes(row[1])))
+        return self._sealer(create=False).open(name, Sealed(bytes(row[0]), bytes(row[1])))
 
     async def list(self) -> builtins.list[SecretInfo]:
         async with self._pool.connection() as conn:
