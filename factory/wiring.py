@@ -7,7 +7,7 @@ import select
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, OperationalError
@@ -38,14 +38,15 @@ from memory.chain import canonical
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
+from observability.base import Event, EventSink
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
-from routing.base import ChatModel, Embedder
+from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback
 from routing.budget import BudgetedModel, BudgetLimits
 from routing.config import RoutingConfig
 from routing.cooldowns import Cooldowns
 from routing.embedded import EmbeddedModel
-from routing.ledger import RecordingModel
+from routing.ledger import OnFallback, RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
 from routing.secrets import SecretBox, SecretStore
@@ -117,6 +118,23 @@ def _budgeted(
         )
 
     return BudgetedModel(model, ledger, limits, grants)
+
+
+def _fallback_events(events: EventSink) -> OnFallback:
+    """A run's model call that fell back is a ``model.fallback`` live event as it happens: which
+    deployments failed and why, and which answered (None: none did)."""
+
+    async def emit(request: ChatRequest, response: ChatResponse | None, hops: list[Fallback]) -> None:
+        if request.run_id is None:
+            return
+        data = {
+            "team": request.team, "alias": request.alias, "purpose": request.purpose,
+            "answered": response.model if response is not None else None,
+            "failed": [h.model_dump(mode="json") for h in hops],
+        }  # fmt: skip
+        await events.emit(Event(type="model.fallback", run_id=request.run_id, data=data, at=datetime.now(UTC)))
+
+    return emit
 
 
 def _window(settings: Settings, routing: RoutingConfig) -> int:
@@ -315,7 +333,10 @@ async def _wired(
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
             escalations = PostgresEscalationQueue(pool, canonical=canonical)  # decisions audited atomically
-            recorded = _budgeted(RecordingModel(model, store), store, escalations, settings)
+            events = FanOut([bus, stream])
+            recorded = _budgeted(
+                RecordingModel(model, store, on_fallback=_fallback_events(events)), store, escalations, settings
+            )
             runner = TeamRunner(
                 recorded,
                 timeout_s=settings.model_timeout_s,
@@ -340,7 +361,6 @@ async def _wired(
             )
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
             audit = PostgresAuditLog(pool)
-            events = FanOut([bus, stream])
             sla = sla_policy(settings)
             engine = PipelineEngine(
                 PipelineDeps(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from observability.redact import redact
 from observability.text import storable
 from routing.base import ChatModel, ChatRequest, ChatResponse, Fallback, UsageLedger, UsageRecord
+
+log = logging.getLogger(__name__)
 
 
 def _row(
@@ -34,12 +38,26 @@ def _row(
     )
 
 
-class RecordingModel:
-    """Wraps a ``ChatModel``; each call, failed or not, becomes one ledger row."""
+#: Told of every call that fell back (the response is None when no deployment answered), as it happens.
+OnFallback = Callable[[ChatRequest, ChatResponse | None, list[Fallback]], Awaitable[None]]
 
-    def __init__(self, inner: ChatModel, ledger: UsageLedger) -> None:
+
+class RecordingModel:
+    """Wraps a ``ChatModel``; each call, failed or not, becomes one ledger row, and a call that fell
+    back is told to ``on_fallback`` (the live event) at once."""
+
+    def __init__(self, inner: ChatModel, ledger: UsageLedger, *, on_fallback: OnFallback | None = None) -> None:
         self._inner = inner
         self._ledger = ledger
+        self._on_fallback = on_fallback
+
+    async def _tell(self, request: ChatRequest, response: ChatResponse | None, hops: list[Fallback]) -> None:
+        if not hops or self._on_fallback is None:
+            return
+        try:
+            await self._on_fallback(request, response, hops)
+        except Exception as exc:  # an event that cannot be sent never fails the call
+            log.warning("fallback of %s not reported: %s", request.alias, exc)
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         started = time.perf_counter()
@@ -48,7 +66,9 @@ class RecordingModel:
         except Exception as exc:
             hops = [f for f in getattr(exc, "fallbacks", []) if isinstance(f, Fallback)]
             await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, str(exc), hops))
+            await self._tell(request, None, hops)
             raise
         latency_ms = response.latency_ms or (time.perf_counter() - started) * 1000
         await self._ledger.record(_row(request, response, latency_ms, None))
+        await self._tell(request, response, response.fallbacks)
         return response

@@ -395,7 +395,6 @@ class PipelineEngine:
             )
             model_s += execution.model_s
             self._account(stage, execution)
-            await self._fallbacks(run, stage, execution)
             _refuse_clashing_files(execution, taken)
             failures += execution.system_blocked
             decision = decide(
@@ -438,15 +437,6 @@ class PipelineEngine:
             stage.tokens_out += response.tokens_out
             stage.cost_usd += response.cost_usd
             stage.model = f"{response.alias} -> {response.model}"
-
-    async def _fallbacks(self, run: Run, stage: StageRecord, execution: Execution) -> None:
-        """Each model call that fell back is shown live: which deployments failed, why, and which answered."""
-        for response in execution.responses:
-            if response.fallbacks:
-                await self._emit(
-                    "model.fallback", run.id, stage=stage.index, team=stage.team, alias=response.alias,
-                    answered=response.model, failed=[f.model_dump(mode="json") for f in response.fallbacks],
-                )  # fmt: skip
 
     def _compactor(self, member: Team) -> Compactor | None:
         memory = self._d.memory

@@ -91,3 +91,38 @@ async def test_when_every_deployment_fails_the_error_names_them_and_the_ledger_r
     assert [(f.deployment, f.kind) for f in row.fallbacks] == [
         ("openai/gpt-4o-mini@http://127.0.0.1:9/v1", "connection")
     ]
+
+
+async def test_a_call_that_fell_back_is_told_at_once_even_when_nothing_answered() -> None:
+    from routing.base import ChatResponse, Fallback
+
+    told: list[tuple[str | None, list[str]]] = []
+
+    async def on_fallback(req: ChatRequest, response: ChatResponse | None, hops: list[Fallback]) -> None:
+        told.append((response.model if response else None, [h.kind for h in hops]))
+
+    hop = Fallback(deployment="openai/x@http://h/v1", kind="timeout", reason="no answer in 1s")
+
+    class Answering:
+        def __init__(self, hops: list[Fallback], fail: bool = False) -> None:
+            self.hops, self.fail = hops, fail
+
+        async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
+            if self.fail:
+                raise RoutingError("no deployment of factory/fast answered", fallbacks=self.hops)
+            return ChatResponse(text="{}", alias=request.alias, model="openai/y", fallbacks=self.hops)
+
+    ledger = ListLedger()
+    await RecordingModel(Answering([hop]), ledger, on_fallback=on_fallback).complete(request(), timeout_s=1)
+    await RecordingModel(Answering([]), ledger, on_fallback=on_fallback).complete(request(), timeout_s=1)
+    with pytest.raises(RoutingError):
+        await RecordingModel(Answering([hop], fail=True), ledger, on_fallback=on_fallback).complete(
+            request(), timeout_s=1
+        )
+    assert told == [("openai/y", ["timeout"]), (None, ["timeout"])]
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("event stream down")
+
+    response = await RecordingModel(Answering([hop]), ledger, on_fallback=broken).complete(request(), timeout_s=1)
+    assert response.model == "openai/y"  # an event that cannot be sent never fails the call
