@@ -127,10 +127,13 @@ class RoutingService:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def effective(self) -> tuple[RoutingConfig, list[SourcedAlias], str, int]:
+    async def effective(
+        self, latest: list[RoutingChange] | None = None
+    ) -> tuple[RoutingConfig, list[SourcedAlias], str, int]:
         """The effective routing from the layers and the store alone (no key resolved, no Redis read):
-        (config, each alias's source, the cooldown policy's source, the store's version)."""
-        latest = await self._store.latest()
+        (config, each alias's source, the cooldown policy's source, the store's version). ``latest``:
+        the store's latest changes, when the caller read them already."""
+        latest = await self._store.latest() if latest is None else latest
         layer, origins = layer_of(latest)
         labels = {
             target: f"store v{c.version} by {c.changed_by} at {c.changed_at:%Y-%m-%d %H:%M}Z"
@@ -153,7 +156,8 @@ class RoutingService:
     async def view(self) -> RoutingView:
         """``effective`` with whether each key is set and the cooldowns every process mirrored: what
         ``routing show`` and doctor print. A key that cannot be read, or Redis down, is said, not fatal."""
-        config, sourced, cooldown_source, version = await self.effective()
+        latest = await self._store.latest()
+        config, sourced, cooldown_source, version = await self.effective(latest)
         refs = {d.key for chain in config.aliases.values() for d in chain if d.key is not None}
         keys: dict[str, bool | None] = {}
         problems_: list[str] = []
@@ -168,7 +172,7 @@ class RoutingService:
         except (RedisError, OSError) as exc:
             cooling = []
             problems_.append(f"cooldowns cannot be read from Redis ({type(exc).__name__})")
-        for c in await self._store.latest():
+        for c in latest:
             if c.invalid:
                 which = "" if c.target == COOLDOWN else f" {c.target}"
                 problems_.append(

@@ -164,6 +164,7 @@ def litellm_config(
     left_out: dict[str, list[str]] = {}
     unserved: list[str] = []
     secrets: set[str] = set()
+    secret_of: dict[str, str] = {}  # exported variable → the stored secret's name
     json_mode: list[str] = []
     for alias, chain in config.aliases.items():
         served = [d for d in chain if not d.local]
@@ -178,7 +179,14 @@ def litellm_config(
                 {"model_name": group, "litellm_params": litellm_params(deployment), "model_info": {"id": group}}
             )
             if deployment.key is not None and deployment.key.secret:
-                secrets.add(key_env(deployment.key))
+                variable = key_env(deployment.key)
+                other = secret_of.setdefault(variable, deployment.key.secret)
+                if other != deployment.key.secret:
+                    raise ConfigError(
+                        f"the stored secrets {other!r} and {deployment.key.secret!r} would both be exported as"
+                        f" {variable}; rename one (`factory secrets set`) so the proxy can tell them apart"
+                    )
+                secrets.add(variable)
             if deployment.structured == "json_object":
                 json_mode.append(group)
         if len(groups) > 1:

@@ -248,3 +248,10 @@ def test_stored_secrets_and_cooldowns_in_the_export() -> None:
     assert router["fallbacks"] == [] and router["allowed_fails"] == 2 and router["cooldown_time"] == 30
     assert set(router["allowed_fails_policy"].values()) == {2}
     assert "budgets_enforced_by_factory" not in config["factory"]
+
+
+def test_two_stored_secrets_that_would_share_one_variable_are_refused() -> None:
+    dotted = Deployment(model="anthropic/claude-haiku-4-5", key=KeyRef(secret="anthropic.prod"))
+    dashed = Deployment(model="anthropic/claude-sonnet-4-5", key=KeyRef(secret="anthropic-prod"))
+    with pytest.raises(ConfigError, match="would both be exported as FACTORY_SECRET_ANTHROPIC_PROD"):
+        litellm_config(_config([dotted], [dashed], [dotted], [dotted]))
