@@ -8,12 +8,13 @@ overwrite a line. JSON output is escaped by ``json.dumps`` itself (ASCII only).
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -22,6 +23,7 @@ from factory.errors import FactoryError
 
 if TYPE_CHECKING:
     from factory.settings import Settings
+    from factory.wiring import Factory
     from teams.pipeline import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_WAITING = 0, 1, 2, 3
@@ -256,3 +258,36 @@ def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
     status = outcome.run.status
     code = {RunStatus.COMPLETE: EXIT_OK, RunStatus.WAITING_HUMAN: EXIT_WAITING}.get(status, EXIT_FAILED)
     raise typer.Exit(code)
+
+
+def who_decides(settings: Settings, by: str | None) -> str:
+    """Who decides: ``--by``, else FACTORY_OPERATOR, else the OS user; checked with the desk's own
+    rule (not empty, not too long, no control characters) before any service is started."""
+    from factory.errors import DecisionRefused
+    from hitl.desk import checked_author
+
+    if by is not None:
+        who, source = by, "--by"
+    elif settings.operator is not None:
+        who, source = settings.operator, "FACTORY_OPERATOR"
+    else:
+        try:
+            who, source = getpass.getuser(), "your user name (give --by)"
+        except (KeyError, OSError):  # no user name in this environment (e.g. a container)
+            return "operator"
+    try:
+        return checked_author(who)
+    except DecisionRefused as exc:
+        err(f"{source}: {exc}", exc.exit_code)
+
+
+def with_factory(go: Callable[[Factory], Awaitable[Any]], settings: Settings | None = None) -> Any:
+    settings = settings or load_settings()
+
+    async def main() -> Any:
+        from factory.wiring import open_factory
+
+        async with open_factory(settings) as factory:
+            return await go(factory)
+
+    return run_async(main())

@@ -6,7 +6,6 @@ A decision is recorded at once; the run it unblocks continues in a ``factory wor
 
 from __future__ import annotations
 
-import getpass
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,8 @@ from factory.cli_common import (
     report,
     run_async,
     show_progress,
+    who_decides,
+    with_factory,
 )
 
 if TYPE_CHECKING:
@@ -59,27 +60,6 @@ def _text(value: str, what: str) -> str:
         return checked_text(value, what, required=True) or ""
     except DecisionRefused as exc:
         err(str(exc), exc.exit_code)
-
-
-def _operator(settings: Settings, by: str | None) -> str:
-    """Who decides: ``--by``, else FACTORY_OPERATOR, else the OS user; checked with the desk's own
-    rule (not empty, not too long, no control characters) before any service is started."""
-    from factory.errors import DecisionRefused
-    from hitl.desk import checked_author
-
-    if by is not None:
-        who, source = by, "--by"
-    elif settings.operator is not None:
-        who, source = settings.operator, "FACTORY_OPERATOR"
-    else:
-        try:
-            who, source = getpass.getuser(), "your user name (give --by)"
-        except (KeyError, OSError):  # no user name in this environment (e.g. a container)
-            return "operator"
-    try:
-        return checked_author(who)
-    except DecisionRefused as exc:
-        err(f"{source}: {exc}", exc.exit_code)
 
 
 def _due(e: Escalation, now: datetime) -> str:
@@ -131,7 +111,7 @@ def hitl_show(escalation_id: str, as_json: AsJson = False) -> None:
             raise EscalationNotFound(f"no escalation {escalation_id!r}; see `factory hitl list`")
         return found
 
-    e = _with_factory(go)
+    e = with_factory(go)
     if as_json:
         print_json(e.model_dump(mode="json"))
         return
@@ -157,7 +137,7 @@ def hitl_answer(escalation_id: str, text: str, by: By = None, resume: Resume = N
     """Answer a question (or say what unblocks a team); its stage runs again with your answer."""
     answer = _text(text, "answer")
     settings = load_settings()
-    who = _operator(settings, by)  # refused here, before any service starts
+    who = who_decides(settings, by)  # refused here, before any service starts
     _decide(settings, resume, lambda f: f.desk.answer(escalation_id, answer, by=who))
 
 
@@ -170,7 +150,7 @@ def hitl_approve(
 ) -> None:
     """Approve a stage's artifacts (or more budget); the run continues."""
     settings = load_settings()
-    who = _operator(settings, by)  # refused here, before any service starts
+    who = who_decides(settings, by)  # refused here, before any service starts
     _decide(settings, resume, lambda f: f.desk.approve(escalation_id, notes=notes, by=who))
 
 
@@ -184,7 +164,7 @@ def hitl_reject(
     """Reject with a reason: the stage runs again with it (a budget escalation: the run is cancelled)."""
     why = _text(reason, "reason")
     settings = load_settings()
-    who = _operator(settings, by)  # refused here, before any service starts
+    who = who_decides(settings, by)  # refused here, before any service starts
     _decide(settings, resume, lambda f: f.desk.reject(escalation_id, reason=why, by=who))
 
 
@@ -204,7 +184,7 @@ def hitl_defer(
     if until is not None:
         deadline = until if until.tzinfo else until.replace(tzinfo=UTC)
     settings = load_settings()
-    who = _operator(settings, by)  # refused here, before any service starts
+    who = who_decides(settings, by)  # refused here, before any service starts
     _decide(settings, False, lambda f: f.desk.defer(escalation_id, until=deadline, by=who))
 
 
@@ -220,12 +200,12 @@ def hitl_batch_approve(
     if not escalation_ids and not all_low_risk:
         err("name the escalations to approve, or --all for every waiting low-risk one", EXIT_INPUT)
     settings = load_settings()
-    operator = _operator(settings, by)
+    operator = who_decides(settings, by)
 
     async def go(factory: Factory) -> Any:
         return await factory.desk.batch_approve(None if all_low_risk else escalation_ids, by=operator, notes=notes)
 
-    outcome = _with_factory(go, settings)
+    outcome = with_factory(go, settings)
     if as_json:
         print_json({"approved": [e.id for e in outcome.approved], "refused": dict(outcome.refused)})
     else:
@@ -244,20 +224,8 @@ def _attention() -> Attention:
     async def go(factory: Factory) -> Attention:
         return attention(await factory.escalations.list_open(), factory.desk.policy, datetime.now(UTC))
 
-    result: Attention = _with_factory(go)
+    result: Attention = with_factory(go)
     return result
-
-
-def _with_factory(go: Callable[[Factory], Awaitable[Any]], settings: Settings | None = None) -> Any:
-    settings = settings or load_settings()
-
-    async def main() -> Any:
-        from factory.wiring import open_factory
-
-        async with open_factory(settings) as factory:
-            return await go(factory)
-
-    return run_async(main())
 
 
 LEASE_WAIT_S = 10.0  # how long a decision waits for a process that is just letting go of the run

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from factory.cli_common import EXIT_FAILED, EXIT_INPUT, echo, err, load_settings, print_json
-from factory.cli_hitl import _operator, _with_factory
+from factory.cli_common import EXIT_FAILED, EXIT_INPUT, echo, err, load_settings, print_json, who_decides, with_factory
 
 if TYPE_CHECKING:
     from factory.wiring import Factory
@@ -135,7 +134,7 @@ def routing_show(as_json: AsJson = False) -> None:
     async def go(factory: Factory) -> dict[str, Any]:
         return (await factory.routing.view()).as_json()
 
-    view = _with_factory(go)
+    view = with_factory(go)
     if as_json:
         print_json(view)
     else:
@@ -176,12 +175,12 @@ def routing_set(
         structured,
     )  # fmt: skip
     settings = load_settings()
-    who = _operator(settings, by)
+    who = who_decides(settings, by)
 
     async def go(factory: Factory) -> int:
         return (await factory.routing.set(name, chain, by=who)).version
 
-    version = _with_factory(go, settings)
+    version = with_factory(go, settings)
     echo(
         f"{name}: {' -> '.join(d.id for d in chain)} (store version {version}, by {who}); runs started from now use it"
     )
@@ -199,12 +198,12 @@ def routing_reset(
 
     name = _input(alias_name, alias) if alias else None
     settings = load_settings()
-    who = _operator(settings, by)
+    who = who_decides(settings, by)
 
     async def go(factory: Factory) -> list[str]:
         return [c.target for c in await factory.routing.reset(name, by=who)]
 
-    reset = _with_factory(go, settings)
+    reset = with_factory(go, settings)
     echo(f"reset {', '.join(reset)}" if reset else "nothing to reset: the store sets no routing")
 
 
@@ -224,13 +223,13 @@ def routing_cooldown(
     if not math.isfinite(cooldown_s):
         err("--cooldown-s must be a number of seconds from 0 to 86400", EXIT_INPUT)
     settings = load_settings()
-    who = _operator(settings, by)
+    who = who_decides(settings, by)
     policy = Cooldown(allowed_fails=allowed_fails, cooldown_s=cooldown_s)
 
     async def go(factory: Factory) -> int:
         return (await factory.routing.set_cooldown(policy, by=who)).version
 
-    version = _with_factory(go, settings)
+    version = with_factory(go, settings)
     echo(f"cooldown: {allowed_fails} allowed fails, {cooldown_s:g}s (store version {version}, by {who})")
 
 
@@ -243,7 +242,7 @@ def routing_history(
     async def go(factory: Factory) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json", exclude_none=True) for c in await factory.routing.history(limit)]
 
-    changes = _with_factory(go)
+    changes = with_factory(go)
     if as_json:
         print_json(changes)
         return
@@ -283,7 +282,7 @@ def routing_test(
                 out.append({"alias": name, **seen[d.id]})
         return out
 
-    results = _with_factory(go)
+    results = with_factory(go)
     if as_json:
         print_json(results)
     else:
@@ -309,7 +308,7 @@ def routing_models(as_json: AsJson = False) -> None:
         )
         return [s.__dict__ for s in servers]
 
-    servers = _with_factory(go)
+    servers = with_factory(go)
     if as_json:
         print_json(servers)
         return
@@ -345,7 +344,7 @@ def routing_export(
             run_budget_usd=settings.budget_run_usd,
         )
 
-    config: dict[str, Any] = _with_factory(go)
+    config: dict[str, Any] = with_factory(go)
     text = to_yaml(config)
     if out is None:
         echo(text, lines=True)

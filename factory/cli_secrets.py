@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from factory.cli_common import EXIT_FAILED, EXIT_INPUT, echo, err, load_settings, print_json, read_stdin
-from factory.cli_hitl import _operator, _with_factory
+from factory.cli_common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    echo,
+    err,
+    load_settings,
+    print_json,
+    read_stdin,
+    who_decides,
+    with_factory,
+)
 
 if TYPE_CHECKING:
     from factory.wiring import Factory
@@ -70,13 +79,13 @@ def secrets_set(ctx: typer.Context, name: Name, by: By = None) -> None:
         )
     name = _name(name)
     settings = load_settings()
-    who = _operator(settings, by)
+    who = who_decides(settings, by)
     value = _value(name)
 
     async def go(factory: Factory) -> None:
         await factory.secrets.put(name, value, by=who)
 
-    _with_factory(go, settings)
+    with_factory(go, settings)
     echo(f"stored secret {name} (encrypted)")
 
 
@@ -87,7 +96,7 @@ def secrets_list(as_json: AsJson = False) -> None:
     async def go(factory: Factory) -> list[SecretInfo]:
         return await factory.secrets.list()
 
-    infos: list[SecretInfo] = _with_factory(go)
+    infos: list[SecretInfo] = with_factory(go)
     if as_json:
         print_json([_row(i) for i in infos])
         return
@@ -105,7 +114,7 @@ def secrets_delete(name: Name) -> None:
     async def go(factory: Factory) -> bool:
         return await factory.secrets.delete(name)
 
-    if not _with_factory(go):
+    if not with_factory(go):
         err(f"no secret {name!r} is stored; see `factory secrets list`", EXIT_FAILED)
     echo(f"deleted secret {name}")
 

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from factory.cli_common import echo, err, print_json
-from factory.cli_hitl import _with_factory
+from factory.cli_common import echo, err, print_json, with_factory
 
 if TYPE_CHECKING:
     from factory.wiring import Factory
@@ -51,7 +50,7 @@ def usage(
     async def go(factory: Factory) -> UsageReport:
         return await usage_report(factory.pool, scope, grouping)
 
-    report: UsageReport = _with_factory(go)
+    report: UsageReport = with_factory(go)
     if as_json:
         print_json(report.model_dump(mode="json"))
         return
