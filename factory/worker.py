@@ -32,6 +32,20 @@ def worker_key(prefix: str) -> str:
     return f"{prefix}worker:{socket.gethostname()}:{os.getpid()}"
 
 
+def wake_key(prefix: str) -> str:
+    return f"{prefix}runs:wake"
+
+
+async def wake_workers(redis: Redis, prefix: str, run_id: str) -> None:
+    """Tell a waiting worker a run was submitted (best effort: without it, the next poll finds it)."""
+    with contextlib.suppress(RedisError, OSError):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(wake_key(prefix), run_id)
+            pipe.ltrim(wake_key(prefix), 0, 999)
+            pipe.expire(wake_key(prefix), 60)
+            await pipe.execute()
+
+
 async def workers_alive(redis: Redis, prefix: str) -> list[str]:
     """The workers that announced themselves within their heartbeat's lifetime."""
     try:
@@ -85,7 +99,7 @@ class Worker:
         """Run both loops and the heartbeat until ``stop`` is set."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(stop, self._ladder_step, "sla ladder"))
-            group.create_task(self._every(stop, self.resume_pass, "resume"))
+            group.create_task(self._every(stop, self.resume_pass, "resume", wait=self._woken))
             group.create_task(self._every(stop, self._heartbeat, "heartbeat"))
         with contextlib.suppress(RedisError, OSError):
             await self._f.redis.delete(worker_key(self._f.settings.redis_prefix))
@@ -99,12 +113,37 @@ class Worker:
         ttl = max(5, int(self._poll_s * 3) + 1)
         await self._f.redis.set(worker_key(self._f.settings.redis_prefix), "1", ex=ttl)
 
-    async def _every(self, stop: asyncio.Event, step: Callable[[], Awaitable[object]], name: str) -> None:
+    async def _woken(self, stop: asyncio.Event) -> None:
+        """Wait ``poll_s``, or less when a run is submitted (``wake_workers``) or the worker stops."""
+        deadline = asyncio.get_running_loop().time() + self._poll_s
+        key = wake_key(self._f.settings.redis_prefix)
+        while not stop.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            try:  # in slices shorter than the client's socket timeout, so a stop is seen within one
+                if await self._f.redis.blpop([key], timeout=max(0.1, min(left, 1.0))):  # type: ignore[misc]
+                    return
+            except (RedisError, OSError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), left)
+                return
+
+    async def _every(
+        self,
+        stop: asyncio.Event,
+        step: Callable[[], Awaitable[object]],
+        name: str,
+        wait: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+    ) -> None:
         while not stop.is_set():
             try:
                 await step()
             except Exception as exc:  # a service that comes back is used again on the next pass
                 known = isinstance(exc, FactoryError | RedisError | OSError)
                 log.warning("worker %s step failed: %s", name, exc, exc_info=not known)
+            if wait is not None:
+                await wait(stop)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._poll_s)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -116,3 +117,37 @@ class RedisEventStream:
             self.failed += len(events)
             log.warning("%d live events (first %s of run %s) not published: %s", len(events), events[0].type,
                         events[0].run_id, exc)  # fmt: skip
+
+
+async def tail_events(
+    redis: Redis,
+    stream: str,
+    *,
+    start: str = "$",
+    block_ms: int = 1000,
+    count: int = 512,
+    max_backoff_s: float = 5.0,
+) -> AsyncIterator[tuple[str, list[Event]]]:
+    """Follow ``stream`` from after ``start``: yields (last id, events), an empty list when a block
+    passed with nothing new (so a reader can check whether to stop). Redis going away is waited out
+    with a bounded backoff, resuming after the last id seen (nothing is skipped that Redis kept)."""
+    last, backoff = start, 0.1
+    while True:
+        try:
+            got = await redis.xread({stream: last}, block=block_ms, count=count)
+        except (RedisError, OSError) as exc:
+            log.warning("live events of %s unreadable (%s); retrying in %.1fs", stream, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(max_backoff_s, backoff * 2)
+            continue
+        backoff = 0.1
+        events: list[Event] = []
+        for _, entries in got or ():
+            for entry_id, fields in entries:
+                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                raw = fields.get(b"json") or fields.get("json")
+                try:
+                    events.append(Event.model_validate_json(raw))
+                except (ValueError, TypeError):  # not ours, or from a newer version: skipped, not fatal
+                    log.warning("skipped a malformed live event %s in %s", last, stream)
+        yield last, events
