@@ -32,6 +32,7 @@ from factory.cli_hitl import hitl_app, worker
 from factory.cli_routing import routing_app
 from factory.cli_secrets import secrets_app
 from factory.cli_usage import usage
+from factory.cli_users import users_app
 from factory.errors import InputError
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ app.command()(worker)
 app.add_typer(broker_app, name="broker")
 app.add_typer(routing_app, name="routing", help="Which models serve each alias: show, change, test.")
 app.add_typer(secrets_app, name="secrets", help="Encrypted secrets (API keys) that routing names by reference.")
+app.add_typer(users_app, name="users", help="Operator accounts for the chat's login.")
 app.command("usage")(usage)
 
 

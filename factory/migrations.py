@@ -6,12 +6,13 @@ from psycopg import AsyncConnection
 
 from factory.routing_store_pg import MIGRATIONS as ROUTING
 from factory.secrets_pg import MIGRATIONS as SECRETS
+from factory.users_pg import MIGRATIONS as USERS
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
 from memory.bank_pg import MIGRATIONS as MEMORY
 from teams.store_pg import MIGRATIONS as RUNS
 
-MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS]
+MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS]
 _LOCK = 0x_FAC_7021
 
 
