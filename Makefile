@@ -22,12 +22,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m routing.embedded
 	touch $@
 
-up: install  ## start the embedded services and run the sample requirement through Phase 1
-	$(VENV)/bin/factory up
-	@# exit 3 is a designed outcome (a stage waits on the operator), not a failed start-up
-	$(VENV)/bin/factory run "$(REQUIREMENT)" || { code=$$?; [ $$code -eq 3 ] && \
-	  echo "make up: the run waits on you: 'factory hitl list' shows what, 'factory hitl answer|approve|reject' decides, 'factory resume' continues"; \
-	  [ $$code -eq 3 ]; }
+up: install  ## start the embedded services, a worker and the chat; open the printed URL (Ctrl-C stops)
+	$(VENV)/bin/factory up $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 run: install
 	$(VENV)/bin/factory run "$(REQUIREMENT)" --pipeline $(or $(PIPELINE),phase1)
@@ -40,7 +36,7 @@ doctor: install
 
 test: install  ## lint, types, then every test: unit, integration (real services), slow (real embedded model)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy factory teams routing memory hitl observability broker
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat
 	$(VENV)/bin/pytest
 
 test-fast: install
@@ -55,7 +51,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: install
-	$(VENV)/bin/mypy factory teams routing memory hitl observability broker
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat
 
 bench: install
 	$(PY) -m bench.pipeline_overhead

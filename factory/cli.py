@@ -381,21 +381,35 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
-def up() -> None:
-    """Start the embedded services (those not configured), migrate, and show where they are."""
+def up(
+    host: Annotated[
+        str, typer.Option(help="Address the chat listens on (login required unless loopback).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the chat.")] = 8000,
+    services_only: Annotated[
+        bool, typer.Option("--services-only", help="Start the services, migrate, report, and exit.")
+    ] = False,
+    worker: Annotated[bool, typer.Option(help="Start a `factory worker` beside the chat.")] = True,
+) -> None:
+    """Start what is missing (embedded services, a worker) and serve the chat until Ctrl-C."""
 
-    async def go() -> Any:
+    async def services() -> Any:
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
             return factory.endpoints, factory.model_description
 
     settings = load_settings()
-    endpoints, model = run_async(go())
+    endpoints, model = run_async(services())
     db = "embedded" if endpoints.embedded_database else "configured"
     rd = "embedded" if endpoints.embedded_redis else "configured"
     echo(f"postgres: {db} · redis: {rd} · models: {model} · data: {settings.data_dir}")
-    echo('ready: `factory run "REQUIREMENT"` runs a pipeline; `factory down` stops the services')
+    if services_only:
+        echo('ready: `factory run "REQUIREMENT"` runs a pipeline; `factory down` stops the services')
+        return
+    from factory.chat_up import serve_chat
+
+    raise typer.Exit(serve_chat(settings, host=host, port=port, worker=worker))
 
 
 @app.command()

@@ -128,6 +128,10 @@ class RunStore(Protocol):
         """Runs in any of ``statuses`` but for the ``exclude``d ids, oldest update first."""
         ...
 
+    async def recent_runs(self, *, limit: int = 10) -> list[Run]:
+        """The newest runs first (by creation)."""
+        ...
+
     def lease(self, run_id: str) -> AbstractAsyncContextManager[Lease]:
         """Hold the run for this process while the block runs (one driver per run, across processes),
         renewed in the background; raises ``RunBusy`` at once if another holds it. A killed process's

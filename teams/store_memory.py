@@ -67,6 +67,10 @@ class InMemoryRunStore:
         )
         return [r.model_copy(deep=True) for r in found[:limit]]
 
+    async def recent_runs(self, *, limit: int = 10) -> list[Run]:
+        found = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)
+        return [r.model_copy(deep=True) for r in found[:limit]]
+
     @asynccontextmanager
     async def lease(self, run_id: str) -> AsyncIterator[Lease]:
         _owner, token, held = self._leases.get(run_id, ("", 0, False))

@@ -294,6 +294,13 @@ class PostgresRunStore:
             )
             return [Run.model_validate(r) for r in await cur.fetchall()]
 
+    async def recent_runs(self, *, limit: int = 10) -> list[Run]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM runs ORDER BY created_at DESC LIMIT %s", (limit,)
+            )
+            return [Run.model_validate(r) for r in await cur.fetchall()]
+
     @asynccontextmanager
     async def lease(self, run_id: str) -> AsyncIterator[Lease]:
         lease = await self._take(run_id)

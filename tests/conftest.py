@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -101,3 +103,22 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_", "OPENAI_", "ANTHROPIC_", "OLLAMA_"))}
     env["FACTORY_DATA_DIR"] = str(tmp_path / "data")
     return env
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], pg_url: str, redis_base_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
+    """A `factory` environment on the test's database and Redis prefix, with an empty model script."""
+    script = tmp_path / "script.json"
+    script.write_text("{}")
+    return {
+        **cli_env,
+        "FACTORY_DATABASE_URL": pg_url,
+        "FACTORY_REDIS_URL": redis_base_url,
+        "FACTORY_REDIS_PREFIX": redis_prefix,
+        "FACTORY_SCRIPTED_MODEL": str(script),
+    }
+
+
+def write_script(env: dict[str, str], script: dict[str, Any]) -> None:
+    """What the scripted model answers in the next `factory` process (each reads it afresh)."""
+    Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(script))

@@ -197,7 +197,7 @@ def test_bad_setting_is_an_input_error(env: dict[str, str]) -> None:
 
 
 def test_up_reports_where_the_services_are(env: dict[str, str]) -> None:
-    proc = factory("up", env=env)
+    proc = factory("up", "--services-only", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "postgres: configured · redis: configured · models: factory-local/scripted (scripted: test only)" in (
         proc.stdout

@@ -1,0 +1,50 @@
+"""``factory up``'s serving part: a worker process beside the chat, both stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+
+from factory.cli_common import echo, run_async
+from factory.settings import Settings
+
+WORKER_STOP_S = 15.0
+
+
+def start_worker() -> subprocess.Popen[bytes]:
+    """A `factory worker` of this data dir and configuration (it inherits the environment)."""
+    return subprocess.Popen([sys.executable, "-m", "factory", "worker"], env=os.environ.copy())
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(WORKER_STOP_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve_chat(settings: Settings, *, host: str, port: int, worker: bool) -> int:
+    """Serve the chat (and a worker) until SIGINT/SIGTERM; the exit code."""
+    from chat.serve import serve
+
+    proc = start_worker() if worker else None
+
+    def ready(url: str, login: str) -> None:
+        echo(f"chat: {url} · {login}" + (f" · worker pid {proc.pid}" if proc else " · no worker"))
+        echo("stop with Ctrl-C; `factory down` stops the embedded services")
+
+    try:
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            run_async(serve(settings, host=host, port=port, on_ready=ready))
+    finally:
+        if proc is not None:
+            stop_worker(proc)
+    return 0

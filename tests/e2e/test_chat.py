@@ -1,0 +1,123 @@
+"""The chat in a real browser: an operator runs a requirement and decides in chat, a closed page
+loses nothing, a viewer cannot decide (not even over the socket), hostile output stays inert."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Chat, login, send
+from tests.integration.cli import factory, run_json
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = (
+    "<script>window.__pwned=1</script> see [the docs](javascript:window.__pwned=2)"
+    ' <img src=x onerror="window.__pwned=3"> <a href="javascript:window.__pwned=4">here</a>'
+)
+BLOCKED = {
+    "status": "BLOCKED",
+    "reasoning": f"Cannot pick a datastore. {HOSTILE}",
+    "blockers": ["Which datastore: PostgreSQL or SQLite? <b>unbolded</b>"],
+    "confidence": 0.3,
+}
+REQ = "Build a tiny URL shortener with an HTTP API."
+
+
+def _open_escalations(environ: dict[str, str]) -> list[dict[str, Any]]:
+    proc = factory("hitl", "list", "--json", env=environ)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    return list(data["items"] if isinstance(data, dict) else data)
+
+
+def _inert(page: Any) -> None:
+    """Nothing a model wrote ran or became a live link."""
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("[...document.scripts].some(s => s.textContent.includes('__pwned'))") is False
+    assert page.locator('a[href^="javascript:"]').count() == 0
+    assert page.locator("img[onerror]").count() == 0
+
+
+@pytest.mark.script({"teams": {"backend-engineering": [BLOCKED]}})
+def test_operator_runs_a_requirement_and_answers_an_escalation(chat: Chat, page: Any) -> None:
+    login(page, chat, "ana")
+    page.get_by_text("Try the sample requirement").wait_for()
+    chat.screenshot(page, "01-first-screen")
+    send(page, REQ)
+    page.get_by_text("1. business-analysis · complete").wait_for(timeout=60_000)
+    card = page.get_by_text("A team is blocked")
+    card.wait_for(timeout=60_000)
+    page.get_by_text("Which datastore: PostgreSQL or SQLite? <b>unbolded</b>").first.wait_for()
+    _inert(page)
+    chat.screenshot(page, "02-escalation-card")
+    page.get_by_role("button", name="Answer").first.click()
+    page.get_by_text("as your next message").wait_for()
+    send(page, "Use PostgreSQL.")
+    page.get_by_text("answered by ana").first.wait_for(timeout=30_000)
+    page.get_by_text("Run complete.").wait_for(timeout=90_000)
+    page.get_by_text("5. documentation · complete").first.wait_for()
+    run_id = page.locator("text=/run-\\d{8}-\\d{6}-[0-9a-f]{8}/").first.inner_text().strip()
+    assert page.get_by_text(".zip").count() >= 1  # the bundle as a zip, beside its files
+    _inert(page)
+    chat.screenshot(page, "03-run-complete")
+    assert not _open_escalations(chat.env)
+    assert run_id
+
+
+@pytest.mark.script({"latency_s": 1.0})
+def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: Any, pg_url: str) -> None:
+    login(page, chat, "ana")
+    send(page, REQ)
+    page.get_by_text("1. business-analysis").first.wait_for(timeout=60_000)
+    page.close()  # mid-run: the run goes on without any page
+    with psycopg.connect(pg_url) as conn:
+        run_id = conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
+    again = browser.new_page()
+    login(again, chat, "ana")
+    again.get_by_text(REQ).first.click()  # the thread, in the history sidebar
+    again.get_by_text("Run complete.").wait_for(timeout=90_000)
+    for n, team in enumerate(["business-analysis", "solution-architecture", "backend-engineering",
+                              "qa-engineering", "documentation"], start=1):  # fmt: skip
+        again.get_by_text(f"{n}. {team} · complete").first.wait_for()
+    chat.screenshot(again, "reopened-thread")
+    with psycopg.connect(pg_url) as conn:
+        status = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
+        attempts = [r[0] for r in conn.execute("SELECT attempts FROM stages WHERE run_id = %s", (run_id,))]
+    assert status == "complete" and attempts == [1] * 5  # nothing run twice, nothing lost
+
+
+def test_a_viewer_watches_but_cannot_decide(chat: Chat, page: Any, browser: Any) -> None:
+    operator = browser.new_page()
+    login(operator, chat, "ana")
+    sent: list[str] = []  # what the viewer's page sends: its session id is in there
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
+    page.on("request", lambda r: sent.append(r.post_data or ""))
+    login(page, chat, "val")
+    page.get_by_text("viewer").first.wait_for()
+    Path(chat.env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps({"teams": {"backend-engineering": [BLOCKED]}}))
+    outcome = factory("run", REQ, "--json", env=chat.env)  # from the CLI, while both are connected
+    assert outcome.returncode == 3, outcome.stderr
+    escalation = run_json(outcome)["escalations"][0]["id"]
+    operator.get_by_text("New in run").first.wait_for(timeout=30_000)  # it reached the connected operator
+    chat.screenshot(operator, "operator-sees-new-escalation")
+    page.get_by_text("New in run").first.wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Defer").count() == 0  # a viewer is offered no decision
+    send(page, f"/reject {escalation} not on my watch")
+    page.get_by_text("cannot decide an escalation").first.wait_for(timeout=15_000)
+    # A decision sent straight to the server, with the viewer's own session and cookie: refused there.
+    found = (re.search(r'"session_?[iI]d"\s*:\s*"([0-9a-f-]{36})"', text) for text in sent)
+    session = next(match.group(1) for match in found if match)
+    action = {"name": "decide_approve", "payload": {"id": escalation, "version": 0}, "id": "x", "label": "Approve"}
+    response = page.request.post(chat.url + "/project/action", data={"sessionId": session, "action": action})
+    assert response.status == 200, response.text()
+    page.get_by_text("cannot decide an escalation").nth(1).wait_for(timeout=15_000)
+    _inert(page)
+    chat.screenshot(page, "viewer-refused")
+    waiting = _open_escalations(chat.env)
+    assert [item["id"] for item in waiting] == [escalation]  # still open: nothing a viewer sent decided it
