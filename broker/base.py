@@ -115,8 +115,9 @@ class ClarificationBroker(Protocol):
 
     limits: BrokerLimits
 
-    async def request(self, request: ClarificationRequest) -> BrokerOutcome:
-        """Send and wait for the reply; a refusal or timeout is an outcome, never an exception."""
+    async def request(self, request: ClarificationRequest, limits: BrokerLimits | None = None) -> BrokerOutcome:
+        """Send and wait for the reply; a refusal or timeout is an outcome, never an exception.
+        ``limits``: this request's (a run's policy), else the broker's."""
         ...
 
     async def serve(self, team: TeamSlug, answerer: Answerer, *, consumer: str, stop: asyncio.Event) -> None:

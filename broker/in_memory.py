@@ -41,14 +41,15 @@ class InMemoryBroker:
         """Put a request on its team's queue again (a duplicate delivery, as Redis may make)."""
         self._queues[request.target_team].put_nowait(request)
 
-    async def request(self, request: ClarificationRequest) -> BrokerOutcome:
+    async def request(self, request: ClarificationRequest, limits: BrokerLimits | None = None) -> BrokerOutcome:
+        limits = limits or self.limits
         if request.id in self._answers:  # asked and answered before: the same answer again
             return BrokerOutcome(request=request, reply=self._answers[request.id])
-        refused = refusal_for(request, self.limits)
+        refused = refusal_for(request, limits)
         waiter = self._waiters.get(request.id)
         if refused is None and waiter is None:  # a request already out is counted once, and waited on again
             self._per_objective[request.objective_id] += 1
-            refused = cap_refusal(request, self._per_objective[request.objective_id], self.limits)
+            refused = cap_refusal(request, self._per_objective[request.objective_id], limits)
         if refused is not None:
             self._counters[f"refused.{refused[0].value}"] += 1
             return BrokerOutcome(request=request, refusal=refused[0], detail=refused[1])
@@ -57,13 +58,13 @@ class InMemoryBroker:
             waiter = self._waiters[request.id] = asyncio.get_running_loop().create_future()
             self.deliver(request)
         try:
-            reply = await asyncio.wait_for(asyncio.shield(waiter), timeout=self.limits.reply_timeout_s)
+            reply = await asyncio.wait_for(asyncio.shield(waiter), timeout=limits.reply_timeout_s)
         except TimeoutError:
             self._counters["timeouts"] += 1
             return BrokerOutcome(
                 request=request,
                 refusal=Refusal.TIMEOUT,
-                detail=f"{request.target_team} did not answer within {self.limits.reply_timeout_s:g} s",
+                detail=f"{request.target_team} did not answer within {limits.reply_timeout_s:g} s",
             )
         return BrokerOutcome(request=request, reply=reply, detail="" if reply.ok else reply.answer)
 

@@ -123,18 +123,19 @@ class RedisBroker:
 
     # -- asking ---------------------------------------------------------------------------------
 
-    async def request(self, request: ClarificationRequest) -> BrokerOutcome:
-        refused = refusal_for(request, self.limits)
+    async def request(self, request: ClarificationRequest, limits: BrokerLimits | None = None) -> BrokerOutcome:
+        limits = limits or self.limits
+        refused = refusal_for(request, limits)
         if refused is not None:
             await self._count(f"refused.{refused[0].value}")
             return BrokerOutcome(request=request, refusal=refused[0], detail=refused[1])
         lost: list[BaseException] = []  # connection losses not yet recovered from
-        deadline = asyncio.get_running_loop().time() + self.limits.reply_timeout_s
+        deadline = asyncio.get_running_loop().time() + limits.reply_timeout_s
         try:
             # The loop keeps its own deadline; this bounds what it cannot see, such as a client
             # that retries a lost connection by itself for longer than the asker may wait.
             async with asyncio.timeout_at(deadline + _GRACE_S):
-                return await self._ask(request, deadline, lost)
+                return await self._ask(request, deadline, lost, limits)
         except TimeoutError:
             pass
         if lost:
@@ -148,10 +149,12 @@ class RedisBroker:
         return BrokerOutcome(
             request=request,
             refusal=Refusal.TIMEOUT,
-            detail=f"{request.target_team} did not answer within {self.limits.reply_timeout_s:g} s",
+            detail=f"{request.target_team} did not answer within {limits.reply_timeout_s:g} s",
         )
 
-    async def _ask(self, request: ClarificationRequest, deadline: float, lost: list[BaseException]) -> BrokerOutcome:
+    async def _ask(
+        self, request: ClarificationRequest, deadline: float, lost: list[BaseException], limits: BrokerLimits
+    ) -> BrokerOutcome:
         """Send, then wait in slices; after a lost connection, or if Redis forgot the request
         (restarted without its data), send it again: the send script and responders deduplicate by id."""
         loop = asyncio.get_running_loop()
@@ -166,7 +169,7 @@ class RedisBroker:
             try:
                 if not sent:
                     count, popped = await self._send_and_wait(keys, payload, request.id, wait_s, resend=resend)
-                    capped = cap_refusal(request, count, self.limits)
+                    capped = cap_refusal(request, count, limits)
                     if capped is not None:
                         return BrokerOutcome(request=request, refusal=capped[0], detail=capped[1])
                     sent = True

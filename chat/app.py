@@ -18,7 +18,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import Select, TextInput
 
-from chat import access, render
+from chat import access, governance, render
 from chat.data_layer import data_layer as make_data_layer
 from chat.live import TERMINAL, RunView, element_id
 from chat.runtime import runtime
@@ -155,7 +155,10 @@ async def chat_start() -> None:
 
 
 async def send_settings(profile: str) -> None:
+    """The settings panel: the pipeline to run (Pipeline), the team (Team chat), and in Pipeline the
+    factory's governance too (model chains, API keys, run policy: see ``chat.governance``)."""
     widgets: list[Any] = []
+    shown: dict[str, str] = {}
     if profile == "Pipeline":
         widgets += [
             Select(id="pipeline", label="Pipeline", values=["phase1", "full", "custom"], initial_value="phase1",
@@ -163,15 +166,38 @@ async def send_settings(profile: str) -> None:
             TextInput(id="teams", label="Custom teams (comma separated, in order)", initial="",
                       placeholder="business-analysis,solution-architecture,backend-engineering"),
         ]  # fmt: skip
+        more, shown = await governance.widgets(runtime.factory)
+        widgets += more
     if profile == "Team chat":
         widgets.append(Select(id="team", label="Team", values=list(ALL_TEAMS), initial_value=ALL_TEAMS[0]))
+    cl.user_session.set("shown", shown)
     if widgets:
         cl.user_session.set("settings", await cl.ChatSettings(widgets).send())
 
 
 @cl.on_settings_update
 async def settings_update(values: dict[str, Any]) -> None:
+    # The key leaves the session at once: Chainlit would otherwise keep it in the thread's metadata.
+    secret = governance.wipe_secret(values, cl.context.session.chat_settings)
     cl.user_session.set("settings", values)
+    shown: dict[str, str] = cl.user_session.get("shown") or {}
+    if not shown or not governance.governance_changed(values, shown, secret):
+        return
+    profile = cl.user_session.get("chat_profile") or "Pipeline"
+    try:
+        access.require(user(), "settings")
+    except access.Refused as exc:
+        await cl.ErrorMessage(content=f"Refused: {exc}").send()
+        await send_settings(profile)  # back to what is in force
+        return
+    done = await governance.apply(runtime.factory, values, shown, secret, by=user().identifier)
+    lines = [f"- {render.inert(line)}" for line in done.changed] + [
+        f"- **refused:** {render.inert(r)}" for r in done.refused
+    ]
+    tail = "\n\nNew runs use these settings; runs already started keep theirs." if done.changed else ""
+    text = "**Settings.**\n" + "\n".join(lines) + tail
+    await (cl.ErrorMessage(content=text) if done.refused and not done.changed else cl.Message(content=text)).send()
+    await send_settings(profile)  # the panel shows what is now in force (and no key)
 
 
 # --- live updates --------------------------------------------------------------------------------

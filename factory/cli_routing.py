@@ -17,7 +17,6 @@ from factory.cli_common import EXIT_FAILED, EXIT_INPUT, echo, err, load_settings
 
 if TYPE_CHECKING:
     from factory.wiring import Factory
-    from routing.config import Deployment
 
 routing_app = typer.Typer(no_args_is_help=True, help="Which models serve each alias: show, change, test.")
 
@@ -34,71 +33,6 @@ def _input(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except InputError as exc:
         err(str(exc), exc.exit_code)
-
-
-def spread(values: list[str] | None, models: list[str], what: str) -> list[str | None]:
-    """One value per model: an option given once applies to every model that is not in-process;
-    given once per model it applies in order (``-`` for none)."""
-    from factory.errors import InputError
-    from routing.providers_known import LOCAL_PROVIDER
-
-    if not values:
-        return [None] * len(models)
-    if len(values) == 1:
-        return [None if m.startswith(f"{LOCAL_PROVIDER}/") else values[0] for m in models]
-    if len(values) == len(models):
-        return [None if v in ("-", "") else v for v in values]
-    raise InputError(
-        f"--{what} was given {len(values)} times for {len(models)} models: give it once (for every model)"
-        f" or once per model, in order ('-' for none)"
-    )
-
-
-def chain_of(
-    models: str,
-    api_base: Many,
-    key_env: Many,
-    key_secret: Many,
-    timeout: Many,
-    max_tokens: Many,
-    context_window: Many,
-    price_in: Many,
-    price_out: Many,
-    structured: Many,
-) -> list[Deployment]:
-    """The deployments ``routing set`` describes, validated (``InputError`` says what to write)."""
-    from factory.errors import InputError
-    from factory.routing_service import deployment
-
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    if not names:
-        raise InputError("give at least one model, e.g. `factory routing set coder ollama_chat/qwen2.5`")
-    options = {
-        "api_base": spread(api_base, names, "api-base"),
-        "env": spread(key_env, names, "key-env"),
-        "secret": spread(key_secret, names, "key-secret"),
-        "timeout_s": spread(timeout, names, "timeout"),
-        "max_tokens": spread(max_tokens, names, "max-tokens"),
-        "context_window": spread(context_window, names, "context-window"),
-        "price_in_per_m": spread(price_in, names, "price-in"),
-        "price_out_per_m": spread(price_out, names, "price-out"),
-        "structured": spread(structured, names, "structured"),
-    }
-    chain = []
-    for i, name in enumerate(names):
-        data: dict[str, Any] = {"model": name}
-        env, secret = options["env"][i], options["secret"][i]
-        if env and secret:
-            raise InputError(f"{name}: give its key as --key-env or --key-secret, not both")
-        if env or secret:
-            data["key"] = {"env": env} if env else {"secret": secret}
-        for field in ("api_base", "timeout_s", "max_tokens", "context_window", "price_in_per_m", "price_out_per_m"):
-            if options[field][i] is not None:
-                data[field] = options[field][i]
-        if options["structured"][i] is not None:
-            data["structured"] = options["structured"][i]
-        chain.append(deployment(data, f"model {i + 1} ({name})"))
-    return chain
 
 
 def _show_text(view: dict[str, Any]) -> None:
@@ -167,7 +101,7 @@ def routing_set(
     by: By = None,
 ) -> None:
     """Set the chain of one alias (replaces the lower sources' chain for it; new runs use it)."""
-    from factory.routing_service import alias_name
+    from factory.routing_service import alias_name, chain_of
 
     name = _input(alias_name, alias)
     chain = _input(

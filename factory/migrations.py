@@ -5,6 +5,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 
 from chat.tables import MIGRATIONS as CHAT
+from factory.policy import MIGRATIONS as POLICY
 from factory.routing_store_pg import MIGRATIONS as ROUTING
 from factory.secrets_pg import MIGRATIONS as SECRETS
 from factory.users_pg import MIGRATIONS as USERS
@@ -13,7 +14,7 @@ from memory.audit_pg import MIGRATIONS as AUDIT
 from memory.bank_pg import MIGRATIONS as MEMORY
 from teams.store_pg import MIGRATIONS as RUNS
 
-MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS, *CHAT]
+MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS, *CHAT, *POLICY]
 _LOCK = 0x_FAC_7021
 
 

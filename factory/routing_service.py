@@ -28,6 +28,7 @@ from routing.aliases import combine
 from routing.base import CHAT_ALIASES
 from routing.config import Cooldown, Deployment, KeyRef, RoutingChange, RoutingConfig, RoutingLayer, SourcedAlias
 from routing.cooldowns import Cooling
+from routing.providers_known import LOCAL_PROVIDER
 from routing.secrets import SecretStore
 from routing.store import COOLDOWN, RoutingStore, layer_of
 
@@ -275,3 +276,63 @@ class RoutingService:
             name = (key.decode() if isinstance(key, bytes) else key).removeprefix(f"{self._prefix}routing:cooldown:")
             found.append(Cooling(deployment=name, left_s=round(until - time.time(), 1), reason=reason[:300]))
         return sorted(found, key=lambda c: c.deployment)
+
+
+def spread(values: list[str] | None, models: list[str], what: str) -> list[str | None]:
+    """One value per model: an option given once applies to every model that is not in-process;
+    given once per model it applies in order (``-`` for none)."""
+    if not values:
+        return [None] * len(models)
+    if len(values) == 1:
+        return [None if m.startswith(f"{LOCAL_PROVIDER}/") else values[0] for m in models]
+    if len(values) == len(models):
+        return [None if v in ("-", "") else v for v in values]
+    raise InputError(
+        f"--{what} was given {len(values)} times for {len(models)} models: give it once (for every model)"
+        f" or once per model, in order ('-' for none)"
+    )
+
+
+def chain_of(
+    models: str,
+    api_base: list[str] | None,
+    key_env: list[str] | None,
+    key_secret: list[str] | None,
+    timeout: list[str] | None,
+    max_tokens: list[str] | None,
+    context_window: list[str] | None,
+    price_in: list[str] | None,
+    price_out: list[str] | None,
+    structured: list[str] | None,
+) -> list[Deployment]:
+    """The deployments ``routing set`` (and the chat's settings panel) describe, validated
+    (``InputError`` says what to write)."""
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise InputError("give at least one model, e.g. `factory routing set coder ollama_chat/qwen2.5`")
+    options = {
+        "api_base": spread(api_base, names, "api-base"),
+        "env": spread(key_env, names, "key-env"),
+        "secret": spread(key_secret, names, "key-secret"),
+        "timeout_s": spread(timeout, names, "timeout"),
+        "max_tokens": spread(max_tokens, names, "max-tokens"),
+        "context_window": spread(context_window, names, "context-window"),
+        "price_in_per_m": spread(price_in, names, "price-in"),
+        "price_out_per_m": spread(price_out, names, "price-out"),
+        "structured": spread(structured, names, "structured"),
+    }
+    chain = []
+    for i, name in enumerate(names):
+        data: dict[str, Any] = {"model": name}
+        env, secret = options["env"][i], options["secret"][i]
+        if env and secret:
+            raise InputError(f"{name}: give its key as --key-env or --key-secret, not both")
+        if env or secret:
+            data["key"] = {"env": env} if env else {"secret": secret}
+        for option in ("api_base", "timeout_s", "max_tokens", "context_window", "price_in_per_m", "price_out_per_m"):
+            if options[option][i] is not None:
+                data[option] = options[option][i]
+        if options["structured"][i] is not None:
+            data["structured"] = options["structured"][i]
+        chain.append(deployment(data, f"model {i + 1} ({name})"))
+    return chain

@@ -23,6 +23,7 @@ from broker.responders import responding
 from factory import services
 from factory.errors import ServiceUnavailable
 from factory.migrations import migrate
+from factory.policy import PolicyService, budget_limits
 from factory.routing_service import RoutingKeys, RoutingService
 from factory.routing_store_pg import PostgresRoutingStore
 from factory.secrets_pg import PostgresSecretStore
@@ -102,14 +103,17 @@ def low_risk(settings: Settings) -> LowRisk:
 def _budgeted(
     model: ChatModel, ledger: PostgresRunStore, escalations: PostgresEscalationQueue, settings: Settings
 ) -> ChatModel:
-    limits = BudgetLimits(
-        run_tokens=settings.budget_run_tokens,
-        run_cost_usd=settings.budget_run_usd,
-        team_tokens=settings.budget_team_tokens,
-        team_cost_usd=settings.budget_team_usd,
-    )
-    if not limits.any:
-        return model
+    """Budgets per run: what the run's recorded policy sets (the chat's settings panel), else the
+    settings'. A run's policy never changes, so its limits are read once."""
+    known: dict[str, BudgetLimits] = {}
+
+    async def limits(run_id: str) -> BudgetLimits:
+        if run_id not in known:
+            run = await ledger.get_run(run_id)
+            if len(known) > 1000:
+                known.clear()
+            known[run_id] = budget_limits(run.policy if run is not None else None, settings)
+        return known[run_id]
 
     async def grants(run_id: str) -> int:
         return sum(
@@ -175,6 +179,7 @@ class Factory:
     secrets: SecretStore
     routing: RoutingService
     router: LiteLLMRouter | None  # None when a model was handed in (tests)
+    policy: PolicyService
 
 
 async def _still_open(conn: AsyncConnection[Any]) -> None:
@@ -360,6 +365,7 @@ async def _wired(
                 window_tokens=window,
             )
             broker = RedisBroker(redis, prefix=settings.redis_prefix, limits=broker_limits(settings))
+            policy = PolicyService(settings, pool)
             audit = PostgresAuditLog(pool)
             sla = sla_policy(settings)
             engine = PipelineEngine(
@@ -380,6 +386,7 @@ async def _wired(
                     memory=memory,
                     sla=sla,
                     routing=routing.public,
+                    policy=policy.current,
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)
@@ -404,6 +411,7 @@ async def _wired(
                     secrets=secrets,
                     routing=routing,
                     router=model if isinstance(model, LiteLLMRouter) else None,
+                    policy=policy,
                 )
         finally:
             await redis.aclose()

@@ -35,20 +35,29 @@ class BudgetLimits:
 class BudgetedModel:
     """Wraps a ``ChatModel``: before each call of a run, checks the run's and the team's spending."""
 
-    def __init__(self, inner: ChatModel, ledger: UsageLedger, limits: BudgetLimits, grants: Grants) -> None:
+    def __init__(
+        self,
+        inner: ChatModel,
+        ledger: UsageLedger,
+        limits: BudgetLimits | Callable[[str], Awaitable[BudgetLimits]],
+        grants: Grants,
+    ) -> None:
+        """``limits``: the same for every run, or what a run's recorded policy sets (by run id)."""
         self._inner = inner
         self._ledger = ledger
         self._limits = limits
         self._grants = grants
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
-        if request.run_id and self._limits.any:
+        if request.run_id:
             await self.check(request.run_id, request.team)
         return await self._inner.complete(request, timeout_s=timeout_s)
 
     async def check(self, run_id: str, team: str | None) -> None:
         """Raise ``BudgetExceeded`` if the run (or ``team`` in it) has spent its budget."""
-        limits = self._limits
+        limits = self._limits if isinstance(self._limits, BudgetLimits) else await self._limits(run_id)
+        if not limits.any:
+            return
         run: Spend = await self._ledger.spent(run_id)
         times = 1 + await self._grants(run_id)
         if limits.run_tokens is not None and run.tokens >= limits.run_tokens * times:

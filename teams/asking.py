@@ -3,11 +3,12 @@ announced whatever comes of it; what no team answered goes to the human."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from broker.base import BrokerOutcome, ClarificationBroker, ClarificationRequest, Refusal
+from broker.base import BrokerLimits, BrokerOutcome, ClarificationBroker, ClarificationRequest, Refusal
 from memory.base import AuditLog
 from teams.base import Run, RunStore, StageRecord
 from teams.gate import GateDecision, Verdict
@@ -30,8 +31,10 @@ async def ask_team(
     lease: Lease,
     member: Team,
     result: TaskResult,
+    limits: BrokerLimits | None = None,
 ) -> BrokerOutcome:
-    """Ask the target team of ``result``'s question; without a broker the request is refused."""
+    """Ask the target team of ``result``'s question (within ``limits``, the run's; default the
+    broker's); without a broker the request is refused."""
     assert result.clarification_needed is not None
     stage.clarifications += 1
     await store.save_stage(stage, lease=lease)
@@ -53,7 +56,7 @@ async def ask_team(
             request=request, refusal=Refusal.UNAVAILABLE, detail="no clarification broker is running"
         )
     else:
-        outcome = await broker.request(request)
+        outcome = await broker.request(request, limits)
     status = outcome.status
     await audit.append(
         run.id,
@@ -85,4 +88,18 @@ def unanswered(outcome: BrokerOutcome) -> GateDecision:
         kind="clarification",
         priority="high",
         context={"hop_chain": [*outcome.request.hop_chain, outcome.request.target_team], "broker_outcome": reason},
+    )
+
+
+def broker_limits_of(run: Run, broker: ClarificationBroker | None) -> BrokerLimits | None:
+    """The clarification limits of ``run``: its recorded policy's over the broker's own."""
+    policy = run.policy or {}
+    if broker is None or not policy:
+        return None
+    base = broker.limits
+    return dataclasses.replace(
+        base,
+        max_per_objective=int(policy.get("clarify_max_per_objective", base.max_per_objective)),
+        max_depth=int(policy.get("clarify_max_depth", base.max_depth)),
+        reply_timeout_s=float(policy.get("clarify_reply_timeout_s", base.reply_timeout_s)),
     )

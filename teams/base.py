@@ -86,6 +86,9 @@ class Run(BaseModel):
     feedback: str | None = None  # the operator's revision feedback, anchored in every objective
     #: The model routing the run started with and keeps (``RoutingConfig.public()``: no secret).
     routing: dict[str, Any] | None = None
+    #: The run policy it started with and keeps (gate limits, budgets, clarification limits), as
+    #: the operator set it in the chat's settings panel; None: the process's settings.
+    policy: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from teams.base import Run
 from teams.results import TaskResult, TaskStatus
 
 
@@ -72,3 +73,13 @@ def decide(
             priority="medium",
         )
     return GateDecision(Verdict.ADVANCE, f"complete with confidence {result.confidence:.2f}")
+
+
+def limits_of(run: Run, default: GateLimits) -> GateLimits:
+    """The gate limits of ``run``: its recorded policy's, else the process's."""
+    policy = run.policy or {}
+    return GateLimits(
+        confidence_floor=float(policy.get("confidence_floor", default.confidence_floor)),
+        retry_budget=int(policy.get("retry_budget", default.retry_budget)),
+        iteration_cap=int(policy.get("iteration_cap", default.iteration_cap)),
+    )

@@ -20,12 +20,12 @@ from hitl.desk import decision_audit, opened_audit
 from memory.base import AuditEntry
 from memory.packing import PackedContext
 from observability.base import Event
-from teams.asking import ask_team, unanswered
+from teams.asking import ask_team, broker_limits_of, unanswered
 from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus, StoredArtifact
 from teams.bundle import sha256_text, write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.escalation import escalation_for
-from teams.gate import GateDecision, Verdict, decide
+from teams.gate import GateDecision, Verdict, decide, limits_of
 from teams.lease import Lease
 from teams.places import check_bundle_root
 from teams.records import (
@@ -132,6 +132,8 @@ class PipelineEngine:
         ]
         if run.routing is None and self._d.routing is not None:
             run.routing = await self._d.routing()  # the run keeps the routing it started with
+        if run.policy is None and self._d.policy is not None:
+            run.policy = await self._d.policy()  # and the policy
         await self._d.store.create_run(run, stages, lease=lease)
         created = {
             "requirement": run.requirement,
@@ -140,6 +142,7 @@ class PipelineEngine:
             "parent_run_id": run.parent_run_id,
             "feedback": run.feedback,
             **({"routing": run.routing} if run.routing is not None else {}),
+            **({"policy": run.policy} if run.policy is not None else {}),
             **(link or {}),
         }
         # A reused stage's completion is recorded with the run's creation, naming the run it comes
@@ -309,7 +312,7 @@ class PipelineEngine:
         context = [p for p in prior if p.team in wanted]
         # The attempt number is committed before the model is called: a re-run after a crash
         # starts a new attempt, so no audit key or escalation id is ever reused.
-        if stage.attempts >= self._d.limits.iteration_cap * MAX_RESUMES:
+        if stage.attempts >= limits_of(run, self._d.limits).iteration_cap * MAX_RESUMES:
             raise PipelineError(
                 f"{stage.team} was executed {stage.attempts} times across resumes without completing;"
                 " revise the run from this team with feedback (`factory revise`)"
@@ -413,7 +416,7 @@ class PipelineEngine:
                 execution.result,
                 failures=failures,
                 executions=stage.attempts - first_attempt + 1,
-                limits=self._d.limits,
+                limits=limits_of(run, self._d.limits),
                 system_blocked=execution.system_blocked,
             )
             execution.audit = execution_entry(stage, execution, decision)
@@ -428,7 +431,7 @@ class PipelineEngine:
             elif decision.verdict is Verdict.CLARIFY:
                 outcome = await ask_team(
                     self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, lease, member,
-                    execution.result,
+                    execution.result, broker_limits_of(run, self._d.broker),
                 )  # fmt: skip
                 if not outcome.answered or outcome.reply is None:
                     return execution, unanswered(outcome), model_s

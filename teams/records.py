@@ -59,6 +59,9 @@ class PipelineDeps:
     #: The current model routing, as a new run records and keeps it (models, bases, key
     #: references; never a key). Without it a run records none and follows the process's routing.
     routing: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
+    #: The current run policy, as a new run records and keeps it (``GateLimits`` fields, budgets,
+    #: clarification limits); without it a run follows ``limits`` and the broker's own limits.
+    policy: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
 
 
 @dataclass

@@ -138,6 +138,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX IF NOT EXISTS usage_ledger_created ON usage_ledger (created_at);
         """,
     ),
+    (
+        "0006_run_policy",
+        """
+        -- The run policy a run started with (gate limits, budgets, clarification limits).
+        ALTER TABLE runs ADD COLUMN IF NOT EXISTS policy jsonb;
+        """,
+    ),
 ]
 
 LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
@@ -248,6 +255,7 @@ class PostgresRunStore:
             run.parent_run_id,
             run.feedback,
             Jsonb(run.routing) if run.routing is not None else None,
+            Jsonb(run.policy) if run.policy is not None else None,
             run.created_at,
             run.updated_at,
         )
@@ -255,8 +263,8 @@ class PostgresRunStore:
         async with self._fenced(lease) as cur:
             await cur.execute(
                 "INSERT INTO runs (id, requirement, pipeline, pipeline_name, status, artifacts_dir,"
-                " parent_run_id, feedback, routing, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " parent_run_id, feedback, routing, policy, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 row,
             )

@@ -121,3 +121,39 @@ def test_a_viewer_watches_but_cannot_decide(chat: Chat, page: Any, browser: Any)
     chat.screenshot(page, "viewer-refused")
     waiting = _open_escalations(chat.env)
     assert [item["id"] for item in waiting] == [escalation]  # still open: nothing a viewer sent decided it
+
+
+KEY = "sk-test-NEVER-SHOWN-4242424242"
+
+
+def test_settings_change_the_next_run_and_never_show_a_key(chat: Chat, page: Any, pg_url: str) -> None:
+    login(page, chat, "ana")
+    page.click("#chat-settings-open-modal")
+    page.locator('[id="confidence_floor"]').fill("0.95")  # every stage (scripted confidence 0.9) asks you
+    page.locator('[id="budget_run_tokens"]').fill("lots")  # refused, with why; the rest still applies
+    page.locator('[id="secret_name"]').fill("OPENAI")
+    page.locator('[id="secret_value"]').fill(KEY)
+    chat.screenshot(page, "01-settings-panel")
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_text("confidence_floor = 0.95").wait_for(timeout=30_000)
+    page.get_by_text("API key OPENAI stored").wait_for()
+    page.get_by_text("budget_run_tokens").first.wait_for()
+    chat.screenshot(page, "02-settings-applied")
+    stored = factory("secrets", "list", "--json", env=chat.env)
+    assert stored.returncode == 0 and "OPENAI" in stored.stdout and KEY not in stored.stdout
+    send(page, REQ)
+    page.get_by_text("Approval needed").first.wait_for(timeout=60_000)  # the new policy reached the run
+    chat.screenshot(page, "03-policy-applied")
+    assert KEY not in page.content()
+    page.click("#chat-settings-open-modal")
+    assert page.locator('[id="secret_value"]').input_value() == ""  # the panel holds no key
+    assert page.locator('[id="confidence_floor"]').input_value() == "0.95"
+    page.keyboard.press("Escape")
+    page.reload()  # the session's settings are persisted with the thread: the key must not be
+    page.wait_for_selector("#chat-input", timeout=30_000)
+    with psycopg.connect(pg_url) as conn:
+        for table in ("threads", "steps", "runs", "audit_entries", "policy_changes", "routing_changes"):
+            (found,) = conn.execute(f"SELECT count(*) FROM {table} WHERE {table}::text LIKE %s", (f"%{KEY}%",)).fetchone()
+            assert found == 0, f"the key is in {table}"
+        (policy,) = conn.execute("SELECT policy FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+    assert policy["confidence_floor"] == 0.95
