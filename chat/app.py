@@ -18,13 +18,12 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import Select, TextInput
 
-from chat import access, governance, render
+from chat import access, decisions, governance, render
 from chat.data_layer import data_layer as make_data_layer
 from chat.live import TERMINAL, RunView, element_id
 from chat.runtime import runtime
 from factory.errors import FactoryError
 from hitl.attention import attention
-from hitl.base import Escalation
 from teams.slugs import ALL_TEAMS
 
 log = logging.getLogger(__name__)
@@ -350,18 +349,18 @@ async def submit(requirement: str) -> None:
 
 
 async def command(text: str) -> None:
-    parts = text.split(maxsplit=2)
-    name, args = parts[0].lower(), parts[1:]
-    if name in ("/answer", "/reject") and len(args) == 2:
-        await decide(name[1:], args[0], None, args[1])
-    elif name in ("/approve", "/defer") and args:
-        await decide(name[1:], args[0], None, args[1] if len(args) > 1 else None)
-    elif name == "/verify" and args:
-        await verify(args[0])
-    elif name == "/watch" and args:
-        await watch(args[0])
+    parsed = decisions.parse_command(text)
+    if parsed is not None:
+        await decide(parsed[0], parsed[1], None, parsed[2])
+        return
+    parts = text.split(maxsplit=1)
+    name, arg = parts[0].lower(), (parts[1].strip() if len(parts) > 1 else "")
+    if name == "/verify" and arg:
+        await verify(arg)
+    elif name == "/watch" and arg:
+        await watch(arg)
     elif name == "/costs":
-        await costs(int(args[0]) if args and args[0].isdigit() else 10)
+        await costs(int(arg) if arg.isdigit() else 10)
     else:
         await cl.Message(
             content="Commands: `/attention` · `/answer ID TEXT` · `/approve ID [NOTES]` · `/reject ID REASON` ·"
@@ -461,20 +460,7 @@ async def guarded(work: Any) -> None:
 
 async def decide(kind: str, escalation_id: str, version: Any, text: str | None) -> None:
     """One decision through the desk (who and which version are checked there), then the run moves."""
-    access.require(user(), "decide")
-    desk, by = runtime.factory.desk, user().identifier
-    seen = int(version) if isinstance(version, int | str) and str(version).isdigit() else None
-    decided: Escalation
-    if kind == "answer":
-        decided = await desk.answer(escalation_id, text or "", by=by, version=seen)
-    elif kind == "reject":
-        decided = await desk.reject(escalation_id, reason=text or "", by=by, version=seen)
-    elif kind == "approve":
-        decided = await desk.approve(escalation_id, by=by, notes=text, version=seen)
-    elif kind == "defer":
-        decided = await desk.defer(escalation_id, by=by, version=seen)
-    else:
-        raise access.Refused(f"unknown decision {kind!r}")
+    decided = await decisions.decide(runtime.factory.desk, user(), kind, escalation_id, version, text)
     await cl.Message(content=f"{render.code(decided.id)}: {render.decision_line(decided)}").send()
     if not decided.waiting:
         await continue_run(decided.run_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,9 @@ from factory import services
 from tests.fakeprovider import fake_provider, fake_providers  # noqa: F401  (fixtures for every test)
 
 REDIS_TEST_DB = 13
+# Importing chainlit writes .chainlit/ and .files/ into its app root (default: the working directory):
+# tests that import the chat's modules get a throwaway root, never the repository.
+os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="chainlit-tests-"))
 REPO = Path(__file__).resolve().parents[1]
 
 
