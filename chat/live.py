@@ -135,13 +135,16 @@ class RunView:
         return message
 
     async def _card(self, e: Escalation) -> None:
-        key = f"esc:{e.id}"
+        key, ident = f"esc:{e.id}", self.ident("esc", e.id)
         text = render.escalation_card(e)
         first = key not in self.drawn
-        if first and not e.waiting and self.ident("esc", e.id) not in self.known:
+        if first and not e.waiting and ident not in self.known:
             return  # decided before this view ever showed it: the stage's step tells the story
-        actions = decision_actions(e, self.role) if e.waiting and first else None
+        actions = decision_actions(e, self.role) if e.waiting and first else []
         await self._message(key, text, actions)
+        if actions and ident in self.known:  # a reopened thread keeps its messages, not their buttons
+            for action in actions:
+                await action.send(for_id=ident)
         if actions:
             self.actions[e.id] = actions
         if not e.waiting:
@@ -170,8 +173,7 @@ class RunView:
         )
         verify = cl.Action(name="verify_audit", payload={"run_id": self.run_id}, label="Verify audit")
         msg = cl.Message(content=text, id=self.ident("end"), elements=elements, actions=[verify])
-        if msg.id not in self.known:
-            await msg.send()
+        await _show(msg, self.known)
         pictures = [
             cl.Plotly(name="pipeline", figure=render.pipeline_figure(stages, await self.clarifications()),
                       display="inline", size="large"),
@@ -180,8 +182,19 @@ class RunView:
         ]  # fmt: skip
         table = render.usage_table(render.usage_by_team(stages))
         charts = cl.Message(content=table, id=self.ident("charts"), elements=pictures)
-        if charts.id not in self.known:
-            await charts.send()
+        await _show(charts, self.known)
+
+
+async def _show(message: cl.Message, known: set[str]) -> None:
+    """Send ``message``; in a reopened thread that holds it already, send only its files, pictures
+    and buttons again (the history keeps the text; elements and actions are not stored)."""
+    if message.id not in known:
+        await message.send()
+        return
+    for element in message.elements or []:
+        await element.send(for_id=message.id)
+    for action in message.actions or []:
+        await action.send(for_id=message.id)
 
 
 def _zip(root: Path, names: list[str]) -> bytes | None:

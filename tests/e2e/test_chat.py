@@ -70,7 +70,15 @@ def test_operator_runs_a_requirement_and_answers_an_escalation(chat: Chat, page:
     assert run_id
 
 
-@pytest.mark.script({"latency_s": 1.0})
+ASK = {
+    "status": "NEEDS_CLARIFICATION",
+    "reasoning": "The datastore decides the schema.",
+    "clarification_needed": {"target_team": "solution-architecture", "question": "Which database do we use?"},
+    "confidence": 0.5,
+}
+
+
+@pytest.mark.script({"latency_s": 1.0, "teams": {"backend-engineering": [ASK]}})
 def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: Any, pg_url: str) -> None:
     login(page, chat, "ana")
     send(page, REQ)
@@ -85,11 +93,14 @@ def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: 
     for n, team in enumerate(["business-analysis", "solution-architecture", "backend-engineering",
                               "qa-engineering", "documentation"], start=1):  # fmt: skip
         again.get_by_text(f"{n}. {team} · complete").first.wait_for()
+    again.get_by_text(".zip").first.wait_for()  # the bundle's files come back with the thread
+    again.get_by_text("3. backend-engineering · complete").first.click()  # its clarification, nested
+    again.get_by_text("clarification: backend-engineering asked solution-architecture").first.wait_for()
     chat.screenshot(again, "reopened-thread")
     with psycopg.connect(pg_url) as conn:
         status = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
         attempts = [r[0] for r in conn.execute("SELECT attempts FROM stages WHERE run_id = %s", (run_id,))]
-    assert status == "complete" and attempts == [1] * 5  # nothing run twice, nothing lost
+    assert status == "complete" and attempts == [1, 1, 2, 1, 1]  # nothing run twice (backend asked once)
 
 
 def test_a_viewer_watches_but_cannot_decide(chat: Chat, page: Any, browser: Any) -> None:
