@@ -56,6 +56,7 @@ typecheck: install
 bench: install
 	$(PY) -m bench.pipeline_overhead
 	$(PY) -m bench.routing
+	$(PY) -m bench.chat
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
