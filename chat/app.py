@@ -24,6 +24,8 @@ from chat.live import TERMINAL, RunView, element_id
 from chat.runtime import runtime
 from factory.errors import FactoryError
 from hitl.attention import attention
+from routing.base import Message
+from teams.conversation import TeamConversation
 from teams.slugs import ALL_TEAMS
 
 log = logging.getLogger(__name__)
@@ -227,9 +229,13 @@ def session_alive(session_id: str) -> bool:
 async def follow(session_id: str) -> None:
     """This session's live view: redraw the runs it shows when their events arrive (at most one
     redraw per run per frame), and bring any new escalation of any run to this operator."""
+    loop = asyncio.get_running_loop()
     async with runtime.subscription() as sub:
         while session_alive(session_id):
-            events = await sub.batch(wait_s=1.0, linger_s=FRAME_S)
+            # The first event after a quiet spell is drawn at once; in a burst, at most one redraw
+            # per frame (what arrives meanwhile is drawn together in the next).
+            events = await sub.batch(wait_s=1.0, linger_s=0.0)
+            started = loop.time()
             views: dict[str, RunView] = cl.user_session.get("views") or {}
             touched = {e.run_id for e in events} & set(views)
             if sub.overflowed:  # events were dropped: redraw everything from the store
@@ -242,6 +248,8 @@ async def follow(session_id: str) -> None:
             for event in events:
                 if event.type == "escalation.opened" and event.run_id not in views:
                     await announce(event.data.get("id", ""))
+            if events:
+                await asyncio.sleep(max(0.0, FRAME_S - (loop.time() - started)))
 
 
 async def announce(escalation_id: str) -> None:
@@ -514,7 +522,32 @@ async def ask_project(question: str) -> None:
 
 
 async def team_chat(text: str) -> None:
-    await cl.Message(content="Team chat is not wired yet.").send()
+    """Talk to the team chosen in the settings panel; its reply streams in as it is written (as
+    inert text: a team's output never acts in the page)."""
+    access.require(user(), "chat")
+    f = runtime.factory
+    slug = (cl.user_session.get("settings") or {}).get("team") or ALL_TEAMS[0]
+    histories: dict[str, list[Any]] = cl.user_session.get("team_history") or {}
+    conversation = TeamConversation(f.model, f.memory.gateway, timeout_s=f.settings.model_timeout_s)
+    reply = cl.Message(content="", author=slug)
+    final = None
+    try:
+        async for item in conversation.reply(slug, histories.get(slug, []), text, by=user().identifier):
+            if isinstance(item, str):
+                await reply.stream_token(render.inert(item))
+            else:
+                final = item
+    except FactoryError as exc:
+        await reply.stream_token(f"\n\n**The answer broke off:** {render.inert(exc)}")
+    if final is not None:
+        histories[slug] = [*histories.get(slug, []), Message(role="user", content=text),
+                           Message(role="assistant", content=final.text)][-24:]  # fmt: skip
+        cl.user_session.set("team_history", histories)
+        reply.content += (
+            f"\n\n*{render.inert(final.model)} · {final.tokens_in:,} in / {final.tokens_out:,} out ·"
+            f" {render.money(final.cost_usd)} · kept in {render.inert(slug)}'s memory*"
+        )
+    await reply.send()
 
 
 async def costs(last: int) -> None:

@@ -509,18 +509,19 @@ class PipelineEngine:
         try:
             recorded = await self._d.audit.append_many(run.id, entries)  # the execution and its commit, one trip
             await self._anchor(run, recorded[-1])
+            # Said as soon as it is recorded: the memory it leaves (which may call a model) follows.
+            await self._emit(
+                "stage.completed",
+                run.id,
+                stage=stage.index,
+                team=stage.team,
+                tokens_in=stage.tokens_in,
+                tokens_out=stage.tokens_out,
+                confidence=result.confidence,
+                replaced={name: f"{old['team']} (stage {old['stage'] + 1})" for name, old in replaced.items()},
+            )
         finally:
             await retaining
-        await self._emit(
-            "stage.completed",
-            run.id,
-            stage=stage.index,
-            team=stage.team,
-            tokens_in=stage.tokens_in,
-            tokens_out=stage.tokens_out,
-            confidence=result.confidence,
-            replaced={name: f"{old['team']} (stage {old['stage'] + 1})" for name, old in replaced.items()},
-        )
 
     async def _anchor(self, run: Run, entry: AuditEntry) -> None:
         """Move the audit's anchor in the bundle's manifest (outside the database) to ``entry``, so a
