@@ -10,6 +10,7 @@ its operator; bound to any other address with no account, the chat refuses to st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,13 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     on_ready: Callable[[str, str], Awaitable[None] | None] | None = None,
+    on_stop: Callable[[], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Open the factory, then serve the chat until cancelled or SIGINT/SIGTERM (uvicorn's own)."""
+    """Open the factory, then serve the chat until cancelled or SIGINT/SIGTERM (uvicorn's own).
+
+    ``on_ready(url, login)`` runs once it listens; ``on_stop()`` when it stops serving, before
+    Chainlit's shutdown, which ends the process (``os._exit(0)``): no ``finally`` of a caller runs
+    after a signal stopped the server."""
     from chat import access
     from chat.runtime import runtime
 
@@ -143,6 +149,8 @@ async def serve(
         os.environ["FACTORY_CHAT_AUTH"] = "password" if accounts else "local"
         os.environ["FACTORY_CHAT_LOCAL_USER"] = local_user()
         app = _load()
+        if on_stop is not None:
+            _before_shutdown(app, on_stop)
         import uvicorn
 
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", lifespan="on",
@@ -190,6 +198,25 @@ def _load() -> Any:
     ensure_jwt_secret()
     init_markdown(config.root)
     return server.app
+
+
+def _before_shutdown(app: Any, on_stop: Callable[[], Awaitable[None] | None]) -> None:
+    """Run ``on_stop`` at the start of the app's shutdown, inside Chainlit's lifespan (whose end
+    exits the process)."""
+    chainlit_lifespan = getattr(app.router.lifespan_context, "_chainlit", app.router.lifespan_context)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        async with chainlit_lifespan(app_) as state:
+            try:
+                yield state
+            finally:
+                done = on_stop()
+                if done is not None:
+                    await done
+
+    lifespan._chainlit = chainlit_lifespan  # type: ignore[attr-defined]  # a later serve() wraps the original
+    app.router.lifespan_context = lifespan
 
 
 async def _announce(

@@ -32,19 +32,26 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def serve_chat(settings: Settings, *, host: str, port: int, worker: bool) -> int:
-    """Serve the chat (and a worker) until SIGINT/SIGTERM; the exit code."""
+    """Serve the chat (and a worker) until SIGINT/SIGTERM; the exit code. The worker starts once the
+    chat listens, so a start the chat refuses (a port in use, the network without an account) starts
+    none and resumes no run."""
     from chat.serve import serve
 
-    proc = start_worker() if worker else None
+    started: list[subprocess.Popen[bytes]] = []
 
     def ready(url: str, login: str) -> None:
-        echo(f"chat: {url} · {login}" + (f" · worker pid {proc.pid}" if proc else " · no worker"))
+        if worker:
+            started.append(start_worker())
+        echo(f"chat: {url} · {login}" + (f" · worker pid {started[0].pid}" if started else " · no worker"))
         echo("stop with Ctrl-C; `factory down` stops the embedded services")
+
+    def stopping() -> None:
+        for proc in started:
+            stop_worker(proc)
 
     try:
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-            run_async(serve(settings, host=host, port=port, on_ready=ready))
+            run_async(serve(settings, host=host, port=port, on_ready=ready, on_stop=stopping))
     finally:
-        if proc is not None:
-            stop_worker(proc)
+        stopping()  # when serve() ended without a shutdown (which exits the process itself)
     return 0

@@ -242,6 +242,34 @@ def show_progress(factory: Any, stages: int, as_json: bool) -> None:
         factory.bus.subscribe(progress(stages))
 
 
+def embedded_only(routing: Mapping[str, Any] | None) -> bool:
+    """Whether a run's routing (``Run.routing``, as ``RoutingConfig.public()`` records it) serves every
+    chat alias with the embedded 135M model alone, so its artifacts are for trying the factory. The
+    scripted test model is not the embedded one; a run without a recorded routing is not judged."""
+    from routing.config import EMBEDDED
+
+    aliases = (routing or {}).get("aliases")
+    if not isinstance(aliases, Mapping) or not aliases:
+        return False
+    return all(
+        isinstance(chain, list) and chain and all(isinstance(d, Mapping) and d.get("model") == EMBEDDED for d in chain)
+        for chain in aliases.values()
+    )
+
+
+def embedded_only_notice() -> list[str]:
+    """What a text run summary adds when ``embedded_only``: the artifacts are not for use, and how to
+    give the factory a real model."""
+    from routing.config import EMBEDDED
+
+    return [
+        f"note: every model of this run was the embedded 135M model ({EMBEDDED}): its artifacts are for"
+        " trying the factory, not for use",
+        "      for real work: `factory routing set factory/coder MODEL` (likewise factory/architect, factory/fast,"
+        " factory/cheap); for an API key, `factory secrets set NAME`, then --key-secret NAME",
+    ]
+
+
 def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
     from teams.base import RunStatus
 
@@ -253,6 +281,9 @@ def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
         echo(f"audit: {outcome.audit.entries} entries, head {outcome.audit.head_sha256[:16]}")
         for e in outcome.escalations:
             echo(f"waiting on you: {e.id} [{e.kind.value}/{e.priority.value}] {e.team}: {e.question}")
+        if embedded_only(outcome.run.routing):
+            for line in embedded_only_notice():
+                echo(line)
         if outcome.error:
             echo(f"error: {outcome.error}", err=True)
     status = outcome.run.status
