@@ -42,7 +42,7 @@ from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.base import Event, EventSink
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
-from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback
+from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel
 from routing.budget import BudgetedModel, BudgetLimits
 from routing.config import RoutingConfig
 from routing.cooldowns import Cooldowns
@@ -102,7 +102,7 @@ def low_risk(settings: Settings) -> LowRisk:
 
 def _budgeted(
     model: ChatModel, ledger: PostgresRunStore, escalations: PostgresEscalationQueue, settings: Settings
-) -> ChatModel:
+) -> BudgetedModel:
     """Budgets per run: what the run's recorded policy sets (the chat's settings panel), else the
     settings'. A run's policy never changes, so its limits are read once."""
     known: dict[str, BudgetLimits] = {}
@@ -180,6 +180,8 @@ class Factory:
     routing: RoutingService
     router: LiteLLMRouter | None  # None when a model was handed in (tests)
     policy: PolicyService
+    #: The model chain every team call goes through (budgets, usage ledger, routing): ``complete`` and ``stream``.
+    model: RoutedChatModel
 
 
 async def _still_open(conn: AsyncConnection[Any]) -> None:
@@ -412,6 +414,7 @@ async def _wired(
                     routing=routing,
                     router=model if isinstance(model, LiteLLMRouter) else None,
                     policy=policy,
+                    model=recorded,
                 )
         finally:
             await redis.aclose()

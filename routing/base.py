@@ -1,7 +1,8 @@
-"""Contracts of the ``routing`` package: chat requests, the model Protocol and the usage ledger."""
+"""Contracts of the ``routing`` package: chat requests, the model Protocols and the usage ledger."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -92,6 +93,21 @@ class ChatModel(Protocol):
     """Anything that answers chat requests: the LiteLLM router, or a scripted model in tests."""
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse: ...
+
+
+class StreamingChatModel(Protocol):
+    """Anything that streams a free-text answer (no ``json_schema``: a request with one is refused
+    with ``ValueError``). A failure before the first chunk may move the call to another deployment;
+    a failure after it raises ``RoutingError`` (the caller keeps what it showed)."""
+
+    def stream(self, request: ChatRequest, *, timeout_s: float) -> AsyncIterator[str | ChatResponse]:
+        """Text chunks as they arrive, then exactly one ChatResponse (the whole text, model, tokens,
+        cost, latency, fallbacks) as the last item."""
+        ...
+
+
+class RoutedChatModel(ChatModel, StreamingChatModel, Protocol):
+    """A model that answers whole and streamed: the factory's model chain (``Factory.model``)."""
 
 
 class Embedder(Protocol):

@@ -8,11 +8,12 @@ operator grants (an approved budget escalation) adds one more budget of the same
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from factory.errors import BudgetExceeded
 from routing.base import ChatModel, ChatRequest, ChatResponse, Spend, UsageLedger
+from routing.streaming import check_streamable, closing, streaming
 
 #: How many budget extensions the operator granted a run.
 Grants = Callable[[str], Awaitable[int]]
@@ -52,6 +53,15 @@ class BudgetedModel:
         if request.run_id:
             await self.check(request.run_id, request.team)
         return await self._inner.complete(request, timeout_s=timeout_s)
+
+    async def stream(self, request: ChatRequest, *, timeout_s: float) -> AsyncIterator[str | ChatResponse]:
+        """``StreamingChatModel``: the budget checked before the stream starts (for a run's call)."""
+        check_streamable(request)
+        if request.run_id:
+            await self.check(request.run_id, request.team)
+        async with closing(streaming(self._inner).stream(request, timeout_s=timeout_s)) as items:
+            async for item in items:
+                yield item
 
     async def check(self, run_id: str, team: str | None) -> None:
         """Raise ``BudgetExceeded`` if the run (or ``team`` in it) has spent its budget."""

@@ -7,17 +7,22 @@ No input may crash the process, whoever calls (the first choice, or a fallback h
 request's schema): every schema is reduced by ``routing.grammar_safety`` to a grammar of bounded
 nesting and size, llama.cpp must accept that grammar before generation uses it, and llama.cpp runs
 on a thread of its own with a large stack, so even its recursive grammar parser has room to spare.
+
+``stream`` generates free text on such a thread too, handing each chunk to the event loop through
+a bounded queue: the loop never waits on llama.cpp, and llama.cpp waits (holding the model) only
+while the reader is behind. A reader that stops reading stops the generation at the next token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +55,15 @@ def run_on_large_stack(fn: Callable[[], T], stack_bytes: int = LLAMA_STACK_BYTES
         except BaseException as exc:  # handed to the caller's thread, which raises it
             outcome["error"] = exc
 
+    thread = start_on_large_stack(target, stack_bytes)
+    thread.join()  # bounded: generation stops at max_tokens
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def start_on_large_stack(target: Callable[[], None], stack_bytes: int = LLAMA_STACK_BYTES) -> threading.Thread:
+    """A started thread running ``target`` with ``stack_bytes`` of stack (see ``run_on_large_stack``)."""
     thread = threading.Thread(target=target, name="llama.cpp")
     with _stack_size_lock:
         try:
@@ -62,10 +76,7 @@ def run_on_large_stack(fn: Callable[[], T], stack_bytes: int = LLAMA_STACK_BYTES
         finally:
             if previous is not None:
                 threading.stack_size(previous)
-    thread.join()  # bounded: generation stops at max_tokens
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
+    return thread
 
 
 def default_model_path() -> Path:
@@ -85,6 +96,57 @@ class Completion:
     text: str
     tokens_in: int
     tokens_out: int
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """What a generation thread raised, handed to the reader to raise."""
+
+    error: BaseException
+
+
+def _refused(exc: ValueError) -> RoutingError:
+    """llama-cpp-python's way of refusing a request (a ``ValueError``), as the factory says it."""
+    if "exceed context window" in str(exc):
+        return RoutingError(
+            f"the prompt does not fit the embedded model's context ({exc}); shorten the context"
+            " given to the team or raise FACTORY_LOCAL_MODEL_CTX"
+        )
+    return RoutingError(f"the embedded model refused the request: {exc}")
+
+
+class _Handoff:
+    """Chunks from the generation thread to the event loop: at most ``size`` waiting (the thread
+    blocks on a free slot, never the loop), and a thread whose reader is gone stops."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, reader_timeout_s: float) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[str | Completion | _Failed] = asyncio.Queue()
+        self._slots = threading.Semaphore(size)
+        self._reader_timeout_s = reader_timeout_s
+        self.stopped = threading.Event()
+
+    def put(self, item: str | Completion | _Failed) -> bool:
+        """From the thread: hand ``item`` over; False when the reader is gone (stop generating)."""
+        waited = 0.0
+        while not self._slots.acquire(timeout=0.25):
+            waited += 0.25
+            if self.stopped.is_set() or waited >= self._reader_timeout_s:
+                self.stopped.set()
+                return False
+        if self.stopped.is_set():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody reads any more
+            self.stopped.set()
+            return False
+        return True
+
+    async def get(self) -> str | Completion | _Failed:
+        item = await self._queue.get()
+        self._slots.release()
+        return item
 
 
 class EmbeddedModel:
@@ -157,12 +219,82 @@ class EmbeddedModel:
                     repeat_penalty=1.3,
                 )
             except ValueError as exc:  # llama-cpp-python's way of refusing a request, e.g. a prompt too long
-                if "exceed context window" in str(exc):
-                    raise RoutingError(
-                        f"the prompt does not fit the embedded model's context ({exc}); shorten the context"
-                        " given to the team or raise FACTORY_LOCAL_MODEL_CTX"
-                    ) from exc
-                raise RoutingError(f"the embedded model refused the request: {exc}") from exc
+                raise _refused(exc) from exc
+
+    async def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        queue_size: int = 32,
+        reader_timeout_s: float = 120.0,
+    ) -> AsyncIterator[str | Completion]:
+        """Free text as llama.cpp generates it: text chunks, then one ``Completion`` (the whole text
+        and its tokens). One generation at a time, like ``complete``: this one waits for the model.
+
+        The chunks cross from the generation thread through a queue of ``queue_size``; a reader that
+        stops (closes the stream, or reads nothing for ``reader_timeout_s``) ends the generation at
+        the next token and frees the model. The caller bounds its own waits (the router's timeouts).
+        """
+        tokens = max(1, min(int(max_tokens), self._n_ctx))
+        heat = min(2.0, max(0.0, temperature)) if math.isfinite(temperature) else 0.0
+        handoff = _Handoff(asyncio.get_running_loop(), max(1, queue_size), reader_timeout_s)
+
+        def produce() -> None:
+            try:
+                done = self._generate_stream(messages, tokens, heat, handoff)
+            except BaseException as exc:  # handed to the reader, which raises it
+                handoff.put(_Failed(exc))
+                return
+            if done is not None:
+                handoff.put(done)
+
+        start_on_large_stack(produce)
+        try:
+            while True:
+                item = await handoff.get()
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:
+            handoff.stopped.set()  # a reader gone mid-way: the thread stops at its next token
+
+    def _generate_stream(
+        self, messages: list[dict[str, str]], max_tokens: int, temperature: float, handoff: _Handoff
+    ) -> Completion | None:
+        """One streamed generation, on the generation thread, holding the model throughout; None when
+        the reader left before it ended."""
+        with self._lock:
+            if handoff.stopped.is_set():  # the reader gave up while another generation held the model
+                return None
+            llama = self._load()
+            try:
+                chunks = llama.create_chat_completion(
+                    messages=messages, max_tokens=max_tokens, temperature=temperature, repeat_penalty=1.3, stream=True
+                )
+                parts: list[str] = []
+                finish = None
+                try:
+                    for chunk in chunks:
+                        choice = chunk["choices"][0]
+                        finish = choice.get("finish_reason") or finish
+                        text = choice.get("delta", {}).get("content")
+                        if text:
+                            parts.append(text)
+                            if not handoff.put(text):
+                                return None
+                finally:
+                    chunks.close()  # stops llama.cpp's generator where it is
+            except ValueError as exc:
+                raise _refused(exc) from exc
+            text = "".join(parts)
+            tokens_out = len(llama.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+            # The context holds the prompt and every generated token but a last one cut by max_tokens.
+            tokens_in = max(0, int(llama.n_tokens) - tokens_out + (1 if finish == "length" else 0))
+            return Completion(text=text, tokens_in=tokens_in, tokens_out=tokens_out)
 
     def _grammar(self, llama: Any, json_schema: dict[str, Any]) -> str:
         """The GBNF for ``json_schema`` that llama.cpp accepts: reduced, measured, parsed once."""

@@ -1,15 +1,17 @@
-"""Recording every model call in the usage ledger, whichever model answered."""
+"""Recording every model call in the usage ledger, whichever model answered, whole or streamed."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from observability.redact import redact
 from observability.text import storable
 from routing.base import ChatModel, ChatRequest, ChatResponse, Fallback, UsageLedger, UsageRecord
+from routing.streaming import check_streamable, closing, streaming
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,38 @@ class RecordingModel:
         await self._ledger.record(_row(request, response, latency_ms, None))
         await self._tell(request, response, response.fallbacks)
         return response
+
+    async def stream(self, request: ChatRequest, *, timeout_s: float) -> AsyncIterator[str | ChatResponse]:
+        """``StreamingChatModel``: the inner model's chunks as they come; one ledger row per call, written
+        before the final ``ChatResponse`` is handed on (a reader may stop at it). A stream that broke
+        off mid-way is a failed row with what its part cost; one the reader left, a failed row too."""
+        check_streamable(request)
+        started = time.perf_counter()
+        shown = 0
+        recorded = False
+        try:
+            async with closing(streaming(self._inner).stream(request, timeout_s=timeout_s)) as items:
+                async for item in items:
+                    if isinstance(item, ChatResponse):
+                        recorded = True
+                        latency_ms = item.latency_ms or (time.perf_counter() - started) * 1000
+                        await self._ledger.record(_row(request, item, latency_ms, None))
+                        await self._tell(request, item, item.fallbacks)
+                    else:
+                        shown += len(item)
+                    yield item
+        except Exception as exc:
+            if not recorded:
+                recorded = True
+                partial = getattr(exc, "response", None)  # routing.streaming.StreamInterrupted: the part that came
+                partial = partial if isinstance(partial, ChatResponse) else None
+                hops = [f for f in getattr(exc, "fallbacks", []) if isinstance(f, Fallback)]
+                row = _row(request, partial, (time.perf_counter() - started) * 1000, str(exc), hops)
+                await self._ledger.record(row.model_copy(update={"fallbacks": hops}))
+                await self._tell(request, None, hops)
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if not recorded:  # the reader stopped reading (the operator's "stop"), or was cancelled
+                error = f"the caller stopped the stream after {shown} characters"
+                await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, error))
+            raise

@@ -5,7 +5,8 @@ and structured-output mode; no retries inside it. A timeout, a 429, a 5xx, a ref
 garbage or a missing key moves the same call to the next deployment, and the failure is kept on the
 response (``fallbacks``) for the ledger, the stage's audit entry and the live events. A deployment
 that keeps failing cools down (``routing.cooldowns``) so later calls skip it. A run's calls use the
-routing the run started with; other calls use the current routing.
+routing the run started with; other calls use the current routing. ``stream`` walks the same chain
+for free text, chunk by chunk (``routing.streaming``).
 
 LiteLLM is imported on the first model call, in a worker thread: a command that calls no model
 starts fast, and the import does not stall the event loop.
@@ -14,12 +15,13 @@ starts fast, and the import does not stall the event loop.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
 from typing import Any, Protocol
 
@@ -35,6 +37,7 @@ from routing.embeddings import EmbeddedEmbedder
 from routing.failures import NoKey, classify, kind_of, refused_schema
 from routing.providers_known import LOCAL_PROVIDER
 from routing.scripted import ScriptedModel
+from routing.streaming import cause, closing, litellm_stream, stream_chain
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ _KEY_VARIABLES = ("_API_KEY", "_SECRET_KEY", "_PROXY_KEY", "_ACCESS_KEY", "_TOKE
 _RUNS_KEPT = 512  # runs whose routing is cached in this process
 _UNPRICED: set[str] = set()  # models LiteLLM's price map lacks: pricing them throws, ~0.7 ms each time
 _KEPT = 4096  # bound of the per-process sets above and below
+#: What LiteLLM 1.106 imports lazily on its first (streamed) OpenAI-compatible call.
+_WARM_MODULES = ("openai.resources", "litellm.proxy._types", "litellm.litellm_core_utils.default_encoding")
 
 
 class KeyResolver(Protocol):
@@ -102,8 +107,11 @@ class LiteLLMRouter:
         scripted: ScriptedModel | None = None,
         embedder: EmbeddedEmbedder | None = None,
         local_max_tokens: int = 700,
+        stream_idle_s: float = 60.0,
     ) -> None:
+        """``stream_idle_s``: how long a stream may go silent between chunks (at most the call's timeout)."""
         self._routing = routing
+        self._stream_idle_s = stream_idle_s
         self._local_max_tokens = local_max_tokens
         self._current = current
         self._run_routing = run_routing
@@ -163,6 +171,11 @@ class LiteLLMRouter:
         os.environ.setdefault("LITELLM_LOG", "WARNING")
         import litellm
 
+        for module in _WARM_MODULES:  # else imported by the first call, on the event loop: a chat frozen ~1 s
+            try:
+                importlib.import_module(module)
+            except ImportError:  # another LiteLLM version's layout: that call pays the import then
+                pass
         for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
             litellm_logger = logging.getLogger(name)
             for handler in list(litellm_logger.handlers):
@@ -205,38 +218,92 @@ class LiteLLMRouter:
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         litellm = await self.ready()
         routing = await self.routing_for(request)
-        chain = routing.chain(request.alias)
         hops: list[Fallback] = []
         started = time.perf_counter()
-        cooling = [d for d in chain if not d.local and self.cooldowns.left(d.id) > 0]
-        # Every deployment cooling and none in-process: the one recovering first is tried anyway,
-        # rather than failing every call until a cooldown ends.
-        spare = self.cooldowns.soonest([d.id for d in cooling]) if len(cooling) == len(chain) else None
-        for deployment in chain:
-            if deployment in cooling and deployment.id != spare:
-                left = self.cooldowns.left(deployment.id)
-                hops.append(Fallback(deployment=deployment.id, kind="cooling", reason=f"cooling down {left:.0f}s more"))
+        for deployment, skipped in self.plan(routing.chain(request.alias)):
+            if skipped is not None:
+                hops.append(skipped)
                 continue
             try:
                 response = await self.call(litellm, deployment, request, timeout_s)
             except Exception as exc:
-                kind, retry_after = kind_of(exc)
-                reason = redact(storable(str(exc)))[:500]
-                log.info("%s failed for %s (%s): %s", deployment.id, request.alias, kind, reason)
-                if not deployment.local:
-                    self.cooldowns.failed(
-                        deployment.id, kind, routing.cooldown, retry_after_s=retry_after, reason=reason[:120]
-                    )
-                hops.append(Fallback(deployment=deployment.id, kind=kind, reason=reason))
+                hops.append(self.failed(routing, deployment, request, exc))
                 continue
             if not deployment.local:
                 self.cooldowns.succeeded(deployment.id)
             return response.model_copy(update={"fallbacks": hops, "latency_ms": (time.perf_counter() - started) * 1000})
+        raise self.none_answered(request, hops)
+
+    def stream(self, request: ChatRequest, *, timeout_s: float) -> AsyncIterator[str | ChatResponse]:
+        """``StreamingChatModel``: the alias's chain walked for a free-text answer, chunk by chunk
+        (a deployment failing before its first chunk is skipped; after it, ``StreamInterrupted``)."""
+        return stream_chain(self, request, timeout_s=timeout_s, idle_s=self._stream_idle_s)
+
+    def plan(self, chain: list[Deployment]) -> list[tuple[Deployment, Fallback | None]]:
+        """The chain in order, each deployment with the ``cooling`` hop that skips it (None: call it)."""
+        cooling = [d for d in chain if not d.local and self.cooldowns.left(d.id) > 0]
+        # Every deployment cooling and none in-process: the one recovering first is tried anyway,
+        # rather than failing every call until a cooldown ends.
+        spare = self.cooldowns.soonest([d.id for d in cooling]) if len(cooling) == len(chain) else None
+        planned: list[tuple[Deployment, Fallback | None]] = []
+        for deployment in chain:
+            skip = None
+            if deployment in cooling and deployment.id != spare:
+                left = self.cooldowns.left(deployment.id)
+                skip = Fallback(deployment=deployment.id, kind="cooling", reason=f"cooling down {left:.0f}s more")
+            planned.append((deployment, skip))
+        return planned
+
+    def failed(
+        self, routing: RoutingConfig, deployment: Deployment, request: ChatRequest, exc: BaseException
+    ) -> Fallback:
+        """The hop of a deployment that failed with ``exc``, counted towards its cooldown."""
+        exc = cause(exc)
+        kind, retry_after = kind_of(exc)
+        reason = redact(storable(str(exc)))[:500]
+        log.info("%s failed for %s (%s): %s", deployment.id, request.alias, kind, reason)
+        if not deployment.local:
+            self.cooldowns.failed(deployment.id, kind, routing.cooldown, retry_after_s=retry_after, reason=reason[:120])
+        return Fallback(deployment=deployment.id, kind=kind, reason=reason)
+
+    @staticmethod
+    def none_answered(request: ChatRequest, hops: list[Fallback]) -> RoutingError:
         tried = "; ".join(f"{h.deployment} ({h.kind}: {h.reason[:200]})" for h in hops) or "no deployment"
-        raise RoutingError(
+        return RoutingError(
             f"no deployment of {request.alias} answered: {tried}. Check `factory routing test` and `factory doctor`.",
             fallbacks=hops,
         )
+
+    def deployment_stream(
+        self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float
+    ) -> AsyncIterator[str | ChatResponse]:
+        """One deployment's streamed answer: an in-process model's own stream, else LiteLLM's."""
+        if deployment.model == SCRIPTED:
+            if self._scripted is None:
+                raise RoutingError("the scripted model is not configured in this process")
+            return self._scripted.stream(request, timeout_s=timeout_s)
+        if deployment.model == EMBEDDED:
+            return self._embedded_stream(deployment, request)
+        return litellm_stream(litellm, self, deployment, request, timeout_s)
+
+    async def _embedded_stream(self, deployment: Deployment, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        if self._embedded is None:
+            raise RoutingError("the embedded model is not configured in this process")
+        cap = min(request.max_tokens, deployment.max_tokens or request.max_tokens, self._local_max_tokens)
+        messages = [m.model_dump() for m in request.messages]
+        items = self._embedded.stream(messages, max_tokens=cap, temperature=request.temperature)
+        async with closing(items):  # a reader that leaves frees the model at once, not when collected
+            async for item in items:
+                if isinstance(item, str):
+                    yield item
+                    continue
+                yield ChatResponse(
+                    text=item.text,
+                    alias=request.alias,
+                    model=deployment.model,
+                    tokens_in=item.tokens_in,
+                    tokens_out=item.tokens_out,
+                )
 
     def mode(self, deployment: Deployment) -> str:
         if deployment.structured != "auto":
@@ -249,8 +316,9 @@ class LiteLLMRouter:
             return "json_object"
         return "json_schema" if _supports_schema(deployment.model) else "json_object"
 
-    async def call(self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float) -> ChatResponse:
-        messages = [m.model_dump() for m in request.messages]
+    async def params(self, deployment: Deployment, request: ChatRequest, timeout_s: float) -> dict[str, Any]:
+        """LiteLLM's keyword arguments for one call of ``deployment``: output cap, timeout, no retries,
+        base and key (raises ``NoKey`` when its key reference is not set)."""
         kwargs: dict[str, Any] = {
             "model": deployment.model,
             "max_tokens": min(request.max_tokens, deployment.max_tokens or request.max_tokens),
@@ -274,6 +342,11 @@ class LiteLLMRouter:
             # this LiteLLM would send the provider's key from the environment (OPENAI_API_KEY, ...)
             # to that server, or refuse to call it.
             kwargs["api_key"] = "no-key-configured"
+        return kwargs
+
+    async def call(self, litellm: Any, deployment: Deployment, request: ChatRequest, timeout_s: float) -> ChatResponse:
+        messages = [m.model_dump() for m in request.messages]
+        kwargs = await self.params(deployment, request, timeout_s)
         mode = self.mode(deployment) if request.json_schema is not None else None
         try:
             response = await litellm.acompletion(messages=self._ask(messages, request, mode, kwargs), **kwargs)
@@ -320,15 +393,41 @@ class LiteLLMRouter:
         return messages
 
     @staticmethod
-    def _cost(litellm: Any, deployment: Deployment, response: Any, tokens_in: int, tokens_out: int) -> float:
-        """USD of one call: configured prices first, LiteLLM's price map for known cloud models, 0
-        for local ones and for models nobody priced (never None)."""
+    def _configured_cost(deployment: Deployment, tokens_in: int, tokens_out: int) -> float | None:
+        """USD by the deployment's own prices, 0 for a local model, None when LiteLLM's map must say."""
         if deployment.local:
             return 0.0
         if deployment.price_in_per_m is not None or deployment.price_out_per_m is not None:
             return (
                 tokens_in * (deployment.price_in_per_m or 0.0) + tokens_out * (deployment.price_out_per_m or 0.0)
             ) / 1e6
+        return None
+
+    @classmethod
+    def priced(cls, litellm: Any, deployment: Deployment, tokens_in: int, tokens_out: int) -> float:
+        """USD of a streamed call's tokens, by the same rules as ``_cost`` (never None)."""
+        configured = cls._configured_cost(deployment, tokens_in, tokens_out)
+        if configured is not None:
+            return configured
+        if deployment.model in _UNPRICED:
+            return 0.0
+        try:
+            cost_in, cost_out = litellm.cost_per_token(
+                model=deployment.model, prompt_tokens=tokens_in, completion_tokens=tokens_out
+            )
+        except Exception as exc:  # a model LiteLLM's map lacks: unpriced, shown as 0
+            if "map" in str(exc).lower() and len(_UNPRICED) < _KEPT:
+                _UNPRICED.add(deployment.model)
+            return 0.0
+        return float(cost_in or 0.0) + float(cost_out or 0.0)
+
+    @classmethod
+    def _cost(cls, litellm: Any, deployment: Deployment, response: Any, tokens_in: int, tokens_out: int) -> float:
+        """USD of one call: configured prices first, LiteLLM's price map for known cloud models, 0
+        for local ones and for models nobody priced (never None)."""
+        configured = cls._configured_cost(deployment, tokens_in, tokens_out)
+        if configured is not None:
+            return configured
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
         if cost is None and deployment.model not in _UNPRICED:

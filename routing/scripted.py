@@ -3,7 +3,9 @@
 A script maps team slugs to queued answers; each answer is a JSON object (sent as JSON text) or a
 raw string (sent as is, e.g. to test malformed output). A team with no queued answer gets a valid
 COMPLETE result built from the request's schema, so any pipeline runs end to end (and for any other
-schema, such as memory extraction's, a small valid instance of it).
+schema, such as memory extraction's, a small valid instance of it). Streamed (free text), a team's
+queued answer is sent as it is, else a short deterministic reply; word by word, its latency spread
+over the words.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from routing.base import ChatRequest, ChatResponse
 from routing.embedded import Completion
+from routing.streaming import check_streamable
 
 MODEL_NAME = "scripted/v1"
 
@@ -102,13 +107,48 @@ class ScriptedModel:
     def from_file(cls, path: Path) -> ScriptedModel:
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
-    def answer(self, request: ChatRequest) -> Completion:
-        """The next answer for the request's team, with token counts estimated at 4 characters a token."""
+    def _queued(self, request: ChatRequest) -> str | None:
+        """The team's next queued answer as text, if it has one."""
         queue = self._queues.get(request.team or "")
-        answer = queue.popleft() if queue else scripted_answer(request)
-        text = answer if isinstance(answer, str) else json.dumps(answer)
+        if not queue:
+            return None
+        answer = queue.popleft()
+        return answer if isinstance(answer, str) else json.dumps(answer)
+
+    @staticmethod
+    def _counted(request: ChatRequest, text: str) -> Completion:
+        """``text`` with token counts estimated at 4 characters a token."""
         tokens_in = sum(len(m.content) for m in request.messages) // 4
         return Completion(text=text, tokens_in=tokens_in, tokens_out=len(text) // 4)
+
+    def answer(self, request: ChatRequest) -> Completion:
+        """The next answer for the request's team, with token counts estimated at 4 characters a token."""
+        text = self._queued(request)
+        return self._counted(request, text if text is not None else json.dumps(scripted_answer(request)))
+
+    async def stream(self, request: ChatRequest, *, timeout_s: float) -> AsyncIterator[str | ChatResponse]:
+        """``StreamingChatModel``: the team's queued answer, else a short deterministic reply, word by
+        word (each word after its share of ``latency_s``), then the whole as a ``ChatResponse``."""
+        check_streamable(request)
+        text = self._queued(request)
+        if text is None:
+            digest = hashlib.sha256(request.messages[-1].content.encode()).hexdigest()[:12]
+            text = f"Scripted reply from {request.team or 'the factory'} to {request.purpose} {digest}: understood."
+        words = [w for w in re.split(r"(?<=\s)(?=\S)", text) if w]
+        pause = min(self._latency_s / max(1, len(words)), timeout_s)
+        for word in words:
+            if pause:
+                await asyncio.sleep(pause)
+            yield word
+        done = self._counted(request, text)
+        yield ChatResponse(
+            text=text,
+            alias=request.alias,
+            model=MODEL_NAME,
+            tokens_in=done.tokens_in,
+            tokens_out=done.tokens_out,
+            latency_ms=self._latency_s * 1000,
+        )
 
     async def complete(self, request: ChatRequest, *, timeout_s: float) -> ChatResponse:
         if self._latency_s:

@@ -11,6 +11,12 @@ Behaviour of model calls (``POST /v1/chat/completions``, ``/api/chat``, ``/api/g
 queued one-shot behaviour (:meth:`FakeProvider.push`), else :attr:`FakeProvider.default`. Metadata
 endpoints (``/v1/models``, ``/api/tags``, ``/api/show``, ``/api/version``) always answer; a
 provider that is "down" is one that was stopped (its port then refuses connections).
+
+Streamed calls (``"stream": true``): ``ok`` sends the answer as one content chunk; ``trickle`` sends
+it word by word, ``chunk_s`` apart; ``drop_mid_stream`` sends the first two words, then drops the
+connection; ``stall_mid_stream`` sends them, then goes silent (``hang_s``); ``no_usage`` answers like
+``ok`` but reports no token usage. Unstreamed, ``trickle`` and ``no_usage`` answer like ``ok`` (the
+latter without usage), ``drop_mid_stream`` like ``close`` and ``stall_mid_stream`` like ``hang``.
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ from routing.base import ChatRequest, Message
 from routing.scripted import scripted_answer
 
 Behaviour = Literal[
-    "ok", "rate_limit", "error_500", "hang", "close", "garbage", "reject_json_schema", "echo_key_error", "off_schema"
+    "ok", "rate_limit", "error_500", "hang", "close", "garbage", "reject_json_schema", "echo_key_error", "off_schema",
+    "trickle", "drop_mid_stream", "stall_mid_stream", "no_usage",
 ]  # fmt: skip
+#: Streamed chunks sent before ``drop_mid_stream`` drops the connection or ``stall_mid_stream`` stalls.
+CHUNKS_BEFORE_BREAK = 2
 BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
 OLLAMA_VERSION = "0.12.3"
 _FENCED_JSON = re.compile(r"```json[ \t]*\n(.*?)```", re.DOTALL)
@@ -153,6 +162,7 @@ class FakeProvider:
         latency_s: float = 0.0,
         retry_after_s: int = 1,
         hang_s: float = 600.0,
+        chunk_s: float = 0.05,
         models: Sequence[str] = ("test-model",),
         ollama_models: Sequence[str] = ("qwen2.5:0.5b",),
         start_timeout_s: float = 10.0,
@@ -161,6 +171,7 @@ class FakeProvider:
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
         self.hang_s = hang_s
+        self.chunk_s = chunk_s  # between the chunks of a ``trickle`` stream
         self.models = list(models)
         self.ollama_models = list(ollama_models)
         self._start_timeout_s = start_timeout_s
@@ -310,11 +321,24 @@ class FakeProvider:
             request.transport.close()
         return web.Response(status=204)
 
-    async def _failure(self, request: web.Request, body: dict[str, Any], ollama: bool) -> web.Response | None:
-        """The failing answer this model call gets from its behaviour, or None when it is answered."""
+    async def _behaviour(self, request: web.Request) -> Behaviour | None:
+        """This model call's behaviour, after the fixed latency (None: the server stopped meanwhile)."""
         if self.latency_s and await self._wait(self.latency_s):
+            return None
+        return self._next()
+
+    async def _failure(
+        self, request: web.Request, body: dict[str, Any], ollama: bool, behaviour: Behaviour | None
+    ) -> web.Response | None:
+        """The failing answer this model call gets from its behaviour, or None when it is answered."""
+        if behaviour is None:
             return self._drop(request)
-        behaviour, model = self._next(), body.get("model")
+        model = body.get("model")
+        streamed = bool(body.get("stream")) and not ollama
+        if behaviour == "drop_mid_stream" and not streamed:
+            behaviour = "close"
+        if behaviour == "stall_mid_stream" and not streamed:
+            behaviour = "hang"
         if behaviour == "rate_limit":
             message = f"Rate limit reached for {model}. Please try again in {self.retry_after_s}s."
             return _error(429, message, "requests", ollama=ollama, **{"Retry-After": str(self.retry_after_s)})
@@ -345,7 +369,8 @@ class FakeProvider:
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         body = _object(await self._record(request))
-        failed = await self._failure(request, body, ollama=False)
+        behaviour = await self._behaviour(request)
+        failed = await self._failure(request, body, ollama=False, behaviour=behaviour)
         if failed is not None:
             return failed
         if not body.get("messages"):
@@ -353,32 +378,56 @@ class FakeProvider:
         messages, model = _messages(body), body.get("model")
         text = answer_text(body, messages, ollama=False)
         prompt, completion = _tokens(messages, text)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage: dict[str, int] | None = {
+            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion
+        }  # fmt: skip
+        if behaviour == "no_usage":
+            usage = None
         ident, created = f"chatcmpl-fake{self.count()}", int(time.time())
         if body.get("stream"):
-            return await self._openai_stream(request, body, ident, created, text, usage)
+            return await self._openai_stream(request, body, ident, created, text, usage, behaviour)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
                   "logprobs": None}  # fmt: skip
-        return web.json_response({
+        answer = {
             "id": ident, "object": "chat.completion", "created": created, "model": model, "choices": [choice],
             "usage": usage, "system_fingerprint": None,
-        })  # fmt: skip
+        }  # fmt: skip
+        if usage is None:
+            del answer["usage"]
+        return web.json_response(answer)
 
-    @staticmethod
     async def _openai_stream(
-        request: web.Request, body: dict[str, Any], ident: str, created: int, text: str, usage: dict[str, int]
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        ident: str,
+        created: int,
+        text: str,
+        usage: dict[str, int] | None,
+        behaviour: Behaviour | None = "ok",
     ) -> web.StreamResponse:
-        """The answer as server-sent events: one content chunk, a finish chunk, usage if asked, [DONE]."""
+        """The answer as server-sent events: the content (one chunk, or word by word for ``trickle``
+        and the breaking behaviours), a finish chunk, usage if asked, [DONE]."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.get("model")}
+        words = [text] if behaviour in ("ok", "no_usage") else re.split(r"(?<=\s)(?=\S)", text)
         chunks: list[dict[str, Any]] = [
-            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": words[0]},
+                                  "finish_reason": None}]},
+            *({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words[1:]),
             {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-        ]
-        if (body.get("stream_options") or {}).get("include_usage"):
+        ]  # fmt: skip
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "choices": [], "usage": usage})
-        for chunk in chunks:
+        for sent, chunk in enumerate(chunks):
+            if behaviour in ("drop_mid_stream", "stall_mid_stream") and sent == CHUNKS_BEFORE_BREAK:
+                if behaviour == "stall_mid_stream":
+                    await self._wait(self.hang_s)
+                self._drop(request)
+                return response
+            if behaviour == "trickle" and sent:
+                await self._wait(self.chunk_s)
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -409,7 +458,7 @@ class FakeProvider:
 
     async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
         body = _object(await self._record(request))
-        failed = await self._failure(request, body, ollama=True)
+        failed = await self._failure(request, body, ollama=True, behaviour=await self._behaviour(request))
         if failed is not None:
             return failed
         model = str(body.get("model") or "")
