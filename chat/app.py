@@ -109,11 +109,22 @@ async def profiles(current_user: cl.User | None = None, language: str | None = N
         if current_user is not None and access.role_of(current_user) != "operator"
         else ""
     )
-    extra = viewer + (f"\n\n{notice}" if notice else "")
+    waiting = await runtime.factory.escalations.list_open()
+    needs = (
+        f"\n\n**{len(waiting)} escalation{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} on you**"
+        " — open *Decisions* or type `/attention`."
+        if waiting
+        else ""
+    )
+    extra = needs + viewer + (f"\n\n{notice}" if notice else "")
     attention_starter = cl.Starter(label="What needs my attention?", message="/attention")
     starters = {
-        "Pipeline": [cl.Starter(label="Try the sample requirement", message=SAMPLE), attention_starter],
-        "Decisions": [attention_starter],
+        "Pipeline": [
+            cl.Starter(label="Try the sample requirement", message=SAMPLE),
+            attention_starter,
+            cl.Starter(label="Costs of the last 10 runs", message="/costs 10"),
+        ],
+        "Decisions": [attention_starter, cl.Starter(label="Costs of the last 10 runs", message="/costs 10")],
     }
     return [
         cl.ChatProfile(
@@ -171,6 +182,8 @@ async def send_settings(profile: str) -> None:
         widgets += more
     if profile == "Team chat":
         widgets.append(Select(id="team", label="Team", values=list(ALL_TEAMS), initial_value=ALL_TEAMS[0]))
+    if profile == "Project Q&A":
+        widgets.append(TextInput(id="run", label="Only this run (its id; empty: the whole factory)", initial=""))
     cl.user_session.set("shown", shown)
     if widgets:
         cl.user_session.set("settings", await cl.ChatSettings(widgets).send())
@@ -511,7 +524,10 @@ async def verify(run_id: str) -> None:
 
 
 async def ask_project(question: str) -> None:
-    answer = await runtime.factory.qa.ask(question)
+    run_id = str((cl.user_session.get("settings") or {}).get("run") or "").strip() or None
+    if run_id is not None and await runtime.factory.store.get_run(run_id) is None:
+        raise access.Refused(f"no run {run_id!r}: clear the run in the settings panel ⚙ to ask the whole factory")
+    answer = await runtime.factory.qa.ask(question, run_id=run_id)
     cites = "\n".join(
         f"{c.number}. {render.inert(c.source)} ({render.inert(c.bank)}, {render.inert(c.kind)}"
         f"{', run ' + render.inert(c.run_id) if c.run_id else ''}): {render.inert(c.excerpt, 300)}"

@@ -164,7 +164,48 @@ def test_settings_change_the_next_run_and_never_show_a_key(chat: Chat, page: Any
     page.wait_for_selector("#chat-input", timeout=30_000)
     with psycopg.connect(pg_url) as conn:
         for table in ("threads", "steps", "runs", "audit_entries", "policy_changes", "routing_changes"):
-            (found,) = conn.execute(f"SELECT count(*) FROM {table} WHERE {table}::text LIKE %s", (f"%{KEY}%",)).fetchone()
+            query = f"SELECT count(*) FROM {table} WHERE {table}::text LIKE %s"
+            (found,) = conn.execute(query, (f"%{KEY}%",)).fetchone()
             assert found == 0, f"the key is in {table}"
         (policy,) = conn.execute("SELECT policy FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
     assert policy["confidence_floor"] == 0.95
+
+
+def _profile(page: Any, name: str) -> None:
+    page.click("#chat-profiles")
+    page.get_by_role("option", name=name).click()
+    confirm = page.get_by_role("button", name="Confirm")
+    if confirm.count():
+        confirm.first.click()
+    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)  # the new session started
+
+
+@pytest.mark.script({"latency_s": 2.0})
+def test_team_chat_streams_and_remembers_and_project_qa_cites(chat: Chat, page: Any, pg_url: str) -> None:
+    login(page, chat, "ana")
+    _profile(page, "Team chat")
+    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)
+    page.click("#chat-settings-open-modal")
+    page.locator("#team").click()
+    page.get_by_role("option", name="qa-engineering").click()
+    page.get_by_role("button", name="Confirm").click()
+    send(page, "What do you test first, <b>and why</b>?")
+    page.wait_for_function("() => document.body.innerText.includes('qa-engineering')", timeout=30_000)
+    early = page.evaluate("() => document.body.innerText.length")
+    page.get_by_text("kept in qa-engineering's memory").wait_for(timeout=60_000)
+    late = page.evaluate("() => document.body.innerText.length")
+    assert late > early  # the reply grew in the page while it was written
+    _inert(page)
+    chat.screenshot(page, "01-team-chat")
+    with psycopg.connect(pg_url) as conn:
+        (kept,) = conn.execute(
+            "SELECT count(*) FROM memory_items WHERE bank = 'qa-engineering' AND kind = 'transcript'"
+        ).fetchone()
+    assert kept == 1
+    _profile(page, "Project Q&A")
+    page.get_by_text("Project Q&A.").first.wait_for()  # its welcome screen
+    send(page, "What does qa-engineering test first?")
+    answer = page.get_by_text("Sources", exact=True).or_(page.get_by_text("(no sources found)"))
+    answer.first.wait_for(timeout=60_000)
+    page.get_by_text("What does qa-engineering test first?").first.wait_for()
+    chat.screenshot(page, "02-project-qa")
