@@ -302,13 +302,16 @@ async def chat_resume(thread: Any) -> None:  # a ThreadDict
     await send_settings(profile)
     known = {str(step.get("id")) for step in thread.get("steps") or []}
     start_follower()
-    runs = list(metadata.get("runs") or [])
+    runs = [str(r) for r in metadata.get("runs") or []]
+    cl.user_session.set("runs", runs)  # a run submitted here later is added to them, not in their place
 
     async def redraw() -> None:  # after the resume handler returned (messages sent inside it can vanish)
         await asyncio.sleep(0.3)
         for run_id in runs:
-            with contextlib.suppress(Exception):
-                await watch(str(run_id), known)
+            try:
+                await watch(run_id, known)
+            except Exception:
+                log.exception("reopening run %s in thread %s failed", run_id, thread.get("id"))
 
     asyncio.create_task(redraw())
 

@@ -78,6 +78,19 @@ def data_layer(
         )
     except (ArgumentError, ValueError) as exc:  # e.g. a port that is no number, or several hosts
         raise _unreadable() from exc
+    # Chainlit's engine does not check a pooled connection before use: after a PostgreSQL restart the
+    # first history query of each stale connection failed. The same engine, pinging first.
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+    from sqlalchemy.orm import sessionmaker
+
+    engine = create_async_engine(
+        sqlalchemy_url(database_url),
+        connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+        pool_pre_ping=True,
+    )
+    old, layer.engine = layer.engine, engine
+    layer.async_session = sessionmaker(bind=engine, expire_on_commit=False, class_=AsyncSession)  # type: ignore[call-overload]
+    old.sync_engine.dispose()  # it never connected
     event.listen(layer.engine.sync_engine, "before_cursor_execute", _encode_dicts, retval=True)
     return layer
 

@@ -341,3 +341,18 @@ async def test_deleting_a_thread_takes_its_steps_elements_and_feedbacks(
 
     await rows(pg_url, "DELETE FROM users WHERE id = %s RETURNING id", owner.id)
     assert await rows(pg_url, "SELECT id FROM threads") == [], "a deleted user's threads remain"
+
+
+async def test_history_survives_its_connections_being_ended(pg_url: str, history: SQLAlchemyDataLayer) -> None:
+    """A PostgreSQL restart ends every pooled connection: the next read pings, reconnects, answers."""
+    from chainlit import user
+
+    made = await history.create_user(user.User(identifier="ana", metadata={"role": "operator"}))
+    assert made is not None
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    again = await history.get_user("ana")
+    assert again is not None and again.identifier == "ana"
