@@ -46,19 +46,50 @@ def _ensure_chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **browser_type_launch_args,
-        "executable_path": _ensure_chromium(),
-        "headless": True,
-        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    }
+LAUNCH = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+FAILED = ARTIFACTS.parent / "playwright"
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 1000}}
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium for one test module, ended with it: a sync Playwright left running for the whole
+    session would hold an event loop the later asyncio tests then trip over."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    try:
+        launched = pw.chromium.launch(executable_path=_ensure_chromium(), headless=True, args=LAUNCH)
+        try:
+            yield launched
+        finally:
+            launched.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context and page; every page of a failed test is kept as a screenshot."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        yield context.new_page()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            FAILED.mkdir(parents=True, exist_ok=True)
+            pages = [p for opened in browser.contexts for p in opened.pages]
+            for n, shown in enumerate(pages):
+                shown.screenshot(path=str(FAILED / f"{request.node.name}-{n}.png"), full_page=True)
+    finally:
+        for opened in browser.contexts:
+            opened.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 def free_port() -> int:

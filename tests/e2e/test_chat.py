@@ -86,7 +86,7 @@ def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: 
     page.close()  # mid-run: the run goes on without any page
     with psycopg.connect(pg_url) as conn:
         run_id = conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
-    again = browser.new_page()
+    again = browser.new_page(viewport={"width": 1280, "height": 1000})
     login(again, chat, "ana")
     again.get_by_text(REQ).first.click()  # the thread, in the history sidebar
     again.get_by_text("Run complete.").wait_for(timeout=90_000)
@@ -104,7 +104,7 @@ def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: 
 
 
 def test_a_viewer_watches_but_cannot_decide(chat: Chat, page: Any, browser: Any) -> None:
-    operator = browser.new_page()
+    operator = browser.new_page(viewport={"width": 1280, "height": 1000})
     login(operator, chat, "ana")
     sent: list[str] = []  # what the viewer's page sends: its session id is in there
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
