@@ -73,7 +73,15 @@ def code(text: object, limit: int = 300) -> str:
 
 
 def bullets(items: Iterable[object], limit: int = 300) -> str:
-    return "\n".join(f"- {inert(item, limit)}" for item in items)
+    """A list of the non-blank items (an empty ``- `` line under a label would make it a heading)."""
+    shown = (inert(item, limit) for item in items)
+    return "\n".join(f"- {text}" for text in shown if text.strip())
+
+
+def section(label: str, items: Iterable[object]) -> str:
+    """``label`` in bold over a list of ``items``; nothing when no item has text."""
+    listed = bullets(items)
+    return f"\n**{label}**\n\n{listed}" if listed else ""
 
 
 def duration(stage: StageRecord, now: datetime | None = None) -> float | None:
@@ -117,9 +125,9 @@ def stage_body(stage: StageRecord, now: datetime | None = None) -> str:
         if result.reasoning:
             lines.append(f"\n**Reasoning.** {inert(result.reasoning, 1500)}")
         if result.assumptions_made:
-            lines.append("\n**Assumptions**\n" + bullets(result.assumptions_made[:10]))
+            lines.append(section("Assumptions", result.assumptions_made[:10]))
         if result.blockers:
-            lines.append("\n**Blockers**\n" + bullets(result.blockers[:10]))
+            lines.append(section("Blockers", result.blockers[:10]))
         if result.artifacts:
             names = ", ".join(f"{code(a.name, 200)}" for a in result.artifacts[:20])
             lines.append(f"\n**Artifacts:** {names}")
@@ -216,7 +224,7 @@ def escalation_card(e: Escalation, now: datetime | None = None) -> str:
         lines.append(f"\n**The team's reasoning.** {inert(c['reasoning'], 1500)}")
     for label, key in (("Blockers", "blockers"), ("Assumptions", "assumptions"), ("Route", "hop_chain")):
         if c.get(key):
-            lines.append(f"\n**{label}**\n" + bullets(list(c[key])[:10]))
+            lines.append(section(label, list(c[key])[:10]))
     for name, excerpt in list((c.get("artifacts") or {}).items())[:4]:
         lines.append(f"\n**{inert(name, 200)}** (excerpt)\n{fenced(str(excerpt), limit=1200)}")
     if e.waiting:

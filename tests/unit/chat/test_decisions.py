@@ -107,3 +107,13 @@ def test_a_typed_key_leaves_every_copy_of_the_settings() -> None:
     assert governance_changed({"confidence_floor": "0.6"}, {"confidence_floor": "0.6"}, "") is False
     assert governance_changed({"confidence_floor": "0.7"}, {"confidence_floor": "0.6"}, "") is True
     assert governance_changed({}, {}, "sk-1") is True
+
+
+def test_a_blank_item_never_turns_a_label_into_a_heading() -> None:
+    from markdown_it import MarkdownIt
+
+    from chat.render import section
+
+    html = MarkdownIt("commonmark").render("intro" + section("Assumptions", ["", "  ", "real one"]))
+    assert "<h1" not in html and "<h2" not in html and "<li>real one</li>" in html
+    assert section("Blockers", ["", " "]) == ""

@@ -467,7 +467,7 @@ def test_escalation_card_shows_everything_needed_to_decide(kind: EscalationKind)
         ("Assumptions", ["postgres is fine"]),
         ("Route", ["backend-engineering", "database-engineering"]),
     ):
-        assert f"\n**{label}**\n{bullets(items)}\n" in card
+        assert f"\n**{label}**\n\n{bullets(items)}\n" in card
     assert "<li>no schema [link](javascript:1)</li>" in html.unescape(rendered)
     blocks = code_blocks(card)
     assert [b.content for b in blocks] == [
