@@ -93,14 +93,7 @@ async def litellm_stream(
     tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
     if usage is None:
         tokens_in, tokens_out = counted(litellm, deployment, messages, text)
-    yield ChatResponse(
-        text=text,
-        alias=request.alias,
-        model=deployment.model,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        cost_usd=router.priced(litellm, deployment, tokens_in, tokens_out),
-    )
+    yield _answer(litellm, router, deployment, request, text, tokens_in, tokens_out)
 
 
 def counted(litellm: Any, deployment: Deployment, messages: list[dict[str, str]], text: str) -> tuple[int, int]:
@@ -183,6 +176,26 @@ async def _next(source: AsyncIterator[str | ChatResponse], wait_s: float, chunks
         raise TimeoutError(f"{what} within {wait_s:g}s") from exc
 
 
+def _answer(
+    litellm: Any,
+    router: LiteLLMRouter,
+    deployment: Deployment,
+    request: ChatRequest,
+    text: str,
+    tokens_in: int,
+    tokens_out: int,
+) -> ChatResponse:
+    """What a deployment streamed, priced."""
+    return ChatResponse(
+        text=text,
+        alias=request.alias,
+        model=deployment.model,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost_usd=router.priced(litellm, deployment, tokens_in, tokens_out),
+    )
+
+
 def _interrupted(
     litellm: Any,
     router: LiteLLMRouter,
@@ -195,15 +208,8 @@ def _interrupted(
 ) -> StreamInterrupted:
     """The error of a stream that broke off after its first chunk, carrying what the part cost."""
     tokens_in, tokens_out = counted(litellm, deployment, [m.model_dump() for m in request.messages], text)
-    partial = ChatResponse(
-        text=text,
-        alias=request.alias,
-        model=deployment.model,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        cost_usd=router.priced(litellm, deployment, tokens_in, tokens_out),
-        latency_ms=(time.perf_counter() - started) * 1000,
-        fallbacks=hops,
+    partial = _answer(litellm, router, deployment, request, text, tokens_in, tokens_out).model_copy(
+        update={"latency_ms": (time.perf_counter() - started) * 1000, "fallbacks": hops}
     )
     return StreamInterrupted(
         f"the answer of {request.alias} from {deployment.id} broke off mid-way ({hop.kind}: {hop.reason[:200]})"
