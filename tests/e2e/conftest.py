@@ -7,6 +7,7 @@ runs as root; otherwise the test says which package to install). Screenshots are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -154,13 +155,24 @@ def start_chat(env: dict[str, str], tmp_path: Path, shots: Path) -> Chat:
 
 
 def stop_chat(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
+    """Stop `factory up` and everything of its process group (also a worker it left behind)."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the rest of the group (a worker) ends within its own timeout
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

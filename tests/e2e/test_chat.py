@@ -4,14 +4,16 @@ loses nothing, a viewer cannot decide (not even over the socket), hostile output
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Chat, login, send
+from tests.e2e.conftest import Chat, login, send, start_chat, stop_chat
 from tests.integration.cli import factory, run_json
 
 pytestmark = pytest.mark.integration
@@ -78,6 +80,30 @@ ASK = {
 }
 
 
+@pytest.mark.script({"latency_s": 1.0})
+def test_a_restart_of_the_chat_loses_no_run(chat: Chat, page: Any, browser: Any, pg_url: str, tmp_path: Path) -> None:
+    login(page, chat, "ana")
+    send(page, REQ)
+    page.get_by_text("1. business-analysis").first.wait_for(timeout=60_000)
+    os.kill(chat.proc.pid, signal.SIGKILL)  # the chat process dies mid-run; the run is not in it
+    chat.proc.wait()
+    (tmp_path / "second").mkdir()
+    second = start_chat(chat.env, tmp_path / "second", chat.shots)
+    try:
+        again = browser.new_page(viewport={"width": 1280, "height": 1000})
+        login(again, second, "ana")
+        again.get_by_text(REQ).first.click()
+        again.get_by_text("Run complete.").wait_for(timeout=90_000)
+        chat.screenshot(again, "after-restart")
+    finally:
+        stop_chat(second.proc)
+    assert not second.offsite
+    with psycopg.connect(pg_url) as conn:
+        (status,) = conn.execute("SELECT status FROM runs").fetchone()
+        attempts = [r[0] for r in conn.execute("SELECT attempts FROM stages ORDER BY idx")]
+    assert status == "complete" and attempts == [1] * 5  # one run, nothing executed twice
+
+
 @pytest.mark.script({"latency_s": 1.0, "teams": {"backend-engineering": [ASK]}})
 def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: Any, pg_url: str) -> None:
     login(page, chat, "ana")
@@ -99,7 +125,7 @@ def test_closing_the_page_mid_run_loses_nothing(chat: Chat, page: Any, browser: 
     chat.screenshot(again, "reopened-thread")
     with psycopg.connect(pg_url) as conn:
         status = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
-        attempts = [r[0] for r in conn.execute("SELECT attempts FROM stages WHERE run_id = %s", (run_id,))]
+        attempts = [r[0] for r in conn.execute("SELECT attempts FROM stages WHERE run_id = %s ORDER BY idx", (run_id,))]
     assert status == "complete" and attempts == [1, 1, 2, 1, 1]  # nothing run twice (backend asked once)
 
 
