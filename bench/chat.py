@@ -62,6 +62,7 @@ from typing import Any
 import psycopg
 from redis import Redis
 
+from bench.stats import pct
 from factory import services
 
 FACTORY = str(Path(sys.executable).with_name("factory"))
@@ -130,11 +131,6 @@ class Options:
 
 
 # ------------------------------------------------------------------------------- pure helpers
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(samples_ms: list[float]) -> dict[str, float | None]:

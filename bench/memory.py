@@ -49,6 +49,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 
+from bench.stats import pct
 from factory import services
 from factory.migrations import migrate
 from factory.settings import Settings
@@ -105,11 +106,6 @@ def sentence(rng: random.Random, words: int) -> str:
 def sentences(n: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     return [sentence(rng, rng.randint(10, 40)) for _ in range(n)]
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # --- 1. embeddings -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.stats import pct
 from factory import services
 from factory.settings import Settings
 from factory.wiring import Factory, open_factory, responders_for_run
@@ -97,11 +98,6 @@ class ZeroLatencyEmbedder:
             vector = np.random.default_rng(seed).standard_normal(DIMENSIONS)
             vectors.append((vector / np.linalg.norm(vector)).tolist())
         return vectors
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _figures(per_stage: list[float], embedding: list[float] | None = None) -> dict[str, float]:

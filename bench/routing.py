@@ -47,6 +47,7 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # run as a file: bench/ would shadow the routing package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.stats import pct
 from factory.errors import RoutingError  # noqa: E402
 from routing.base import CHAT_ALIASES, ChatRequest, ChatResponse, Message  # noqa: E402
 from routing.config import Cooldown, Deployment, RoutingConfig  # noqa: E402
@@ -94,11 +95,6 @@ class Options:
             raise SystemExit("--calls, --fallback-calls and --profile-calls take 1..100000, --warmup 0..10000")
         if not (0.1 <= self.outage_s <= 3600 and 1 <= self.interval_ms <= 10_000 and 0.05 <= self.hang_timeout_s <= 60):
             raise SystemExit("--outage-s takes 0.1..3600, --interval-ms 1..10000, --hang-timeout-s 0.05..60")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(samples_ms: list[float]) -> dict[str, float]:
