@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    #: ``json``: one JSON object a line (run, stage and team on every line that has them); ``text``: for a terminal.
+    log_format: Literal["text", "json"] = "text"
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     redis_prefix: str = "factory:"
@@ -101,6 +103,24 @@ class Settings(BaseSettings):
     #: How long a run's driver holds it without renewing (renewed every third of it); a driver
     #: stalled longer loses the run to the next `resume` or worker, and can commit nothing more.
     run_lease_ttl_s: float = Field(default=30.0, ge=1, le=3600)
+
+    #: Runs one `factory worker` drives at once (each claimed from the run queue in PostgreSQL).
+    worker_runs: int = Field(default=4, ge=1, le=64)
+    #: Where `factory worker` serves Prometheus `/metrics` (0: not served); the chat app serves it at `/metrics`.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # Tracing (Langfuse over OpenTelemetry): off unless both keys are set; nothing is sent otherwise
+    langfuse_public_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_LANGFUSE_PUBLIC_KEY", "LANGFUSE_PUBLIC_KEY")
+    )
+    langfuse_secret_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_LANGFUSE_SECRET_KEY", "LANGFUSE_SECRET_KEY")
+    )
+    langfuse_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FACTORY_LANGFUSE_BASE_URL", "LANGFUSE_BASE_URL", "LANGFUSE_HOST"),
+    )
 
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)
