@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import select
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,15 +39,15 @@ from memory.chain import canonical
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
-from observability.base import Event, EventSink
+from observability.base import Event, EventSink, Instrument, ModelCall
 from observability.events import FanOut, LocalEventBus
 from observability.redis_stream import RedisEventStream
-from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel
+from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel, UsageRecord
 from routing.budget import BudgetedModel, BudgetLimits
 from routing.config import RoutingConfig
 from routing.cooldowns import Cooldowns
 from routing.embedded import EmbeddedModel
-from routing.ledger import OnFallback, RecordingModel
+from routing.ledger import ObservedLedger, OnFallback, RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
 from routing.secrets import SecretBox, SecretStore
@@ -156,6 +156,25 @@ def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor
     return ModelExtractor(model, timeout_s=settings.model_timeout_s)
 
 
+def instruments(settings: Settings) -> list[Instrument]:
+    """What watches this process for operators (metrics, traces), from the settings; each sees every
+    live event and every model call."""
+    return []
+
+
+def _observer(instruments: Sequence[Instrument]) -> Callable[[UsageRecord], None]:
+    def observe(usage: UsageRecord) -> None:
+        call = ModelCall(
+            **usage.model_dump(exclude={"created_at", "fallbacks"}),
+            fallbacks=[f.deployment for f in usage.fallbacks],
+            ended_at=usage.created_at,
+        )
+        for instrument in instruments:
+            instrument.model_call(call)
+
+    return observe
+
+
 @dataclass(frozen=True)
 class Factory:
     """Every service of one process, built once."""
@@ -182,6 +201,8 @@ class Factory:
     policy: PolicyService
     #: The model chain every team call goes through (budgets, usage ledger, routing): ``complete`` and ``stream``.
     model: RoutedChatModel
+    #: What watches this process (``instruments(settings)``): metrics, traces.
+    instruments: tuple[Instrument, ...] = ()
 
 
 async def _still_open(conn: AsyncConnection[Any]) -> None:
@@ -340,9 +361,11 @@ async def _wired(
             bus = LocalEventBus()
             stream = RedisEventStream(redis, prefix=settings.redis_prefix)
             escalations = PostgresEscalationQueue(pool, canonical=canonical)  # decisions audited atomically
-            events = FanOut([bus, stream])
+            watching = instruments(settings)
+            events = FanOut([bus, stream, *watching])
+            ledger = ObservedLedger(store, _observer(watching)) if watching else store
             recorded = _budgeted(
-                RecordingModel(model, store, on_fallback=_fallback_events(events)), store, escalations, settings
+                RecordingModel(model, ledger, on_fallback=_fallback_events(events)), store, escalations, settings
             )
             runner = TeamRunner(
                 recorded,
@@ -415,6 +438,7 @@ async def _wired(
                     router=model if isinstance(model, LiteLLMRouter) else None,
                     policy=policy,
                     model=recorded,
+                    instruments=tuple(watching),
                 )
         finally:
             await redis.aclose()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from observability.redact import redact
 from observability.text import storable
-from routing.base import ChatModel, ChatRequest, ChatResponse, Fallback, UsageLedger, UsageRecord
+from routing.base import ChatModel, ChatRequest, ChatResponse, Fallback, Spend, UsageLedger, UsageRecord
 from routing.streaming import check_streamable, closing, streaming
 
 log = logging.getLogger(__name__)
@@ -109,3 +109,22 @@ class RecordingModel:
                 error = f"the caller stopped the stream after {shown} characters"
                 await self._ledger.record(_row(request, None, (time.perf_counter() - started) * 1000, error))
             raise
+
+
+class ObservedLedger:
+    """A ``UsageLedger`` that also hands every recorded call to ``observe`` (metrics, traces) once it
+    is stored. An observer that fails is logged; the call and its row stand."""
+
+    def __init__(self, inner: UsageLedger, observe: Callable[[UsageRecord], None]) -> None:
+        self._inner = inner
+        self._observe = observe
+
+    async def record(self, usage: UsageRecord) -> None:
+        await self._inner.record(usage)
+        try:
+            self._observe(usage)
+        except Exception as exc:
+            log.warning("model call of %s not observed: %s", usage.alias, exc)
+
+    async def spent(self, run_id: str, team: str | None = None) -> Spend:
+        return await self._inner.spent(run_id, team)

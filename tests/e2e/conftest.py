@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,28 +22,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.chromium import ensure_chromium
 from tests.conftest import REPO
 from tests.integration.cli import FACTORY, factory
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("FACTORY_TEST_ARTIFACTS", REPO / ".test-artifacts")) / "e2e"
 PASSWORDS = {"ana": "ana-secret-pw", "val": "val-secret-pw"}
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 os.environ.setdefault("PLAYWRIGHT_BROWSERS_PATH", "/nonexistent")  # never a downloaded browser
-
-
-def _ensure_chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True,
-                       timeout=1200)  # fmt: skip
-    if not Path(CHROMIUM).exists():
-        pytest.fail("the browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium")
-    return CHROMIUM
 
 
 LAUNCH = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -59,7 +45,7 @@ def browser() -> Iterator[Any]:
 
     pw = sync_playwright().start()
     try:
-        launched = pw.chromium.launch(executable_path=_ensure_chromium(), headless=True, args=LAUNCH)
+        launched = pw.chromium.launch(executable_path=ensure_chromium(), headless=True, args=LAUNCH)
         try:
             yield launched
         finally:

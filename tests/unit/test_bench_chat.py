@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from bench.chat import (
     update_rate,
 )
 from observability.base import Event
+from tests.chromium import ensure_chromium
 
 T0 = datetime(2026, 12, 4, 22, 0, 0, tzinfo=UTC)
 T0_MS = T0.timestamp() * 1000
@@ -169,8 +169,7 @@ def test_the_recorder_in_chromium_keeps_each_titles_first_dom_time_however_react
     element, a title whose text node is edited in place, a title re-rendered as a new node."""
     from playwright.sync_api import sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail("the chat bench needs Debian's chromium at /usr/bin/chromium: apt-get install chromium")
+    ensure_chromium()
     os.environ.setdefault("PLAYWRIGHT_BROWSERS_PATH", "/nonexistent")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
