@@ -70,10 +70,12 @@ def data_layer(
     from sqlalchemy import event
     from sqlalchemy.exc import ArgumentError
 
+    # libpq takes whole seconds; no server-side prepared statements (PgBouncer in transaction mode).
+    connect_args = {"connect_timeout": max(1, round(connect_timeout_s)), "prepare_threshold": None}
     try:
         layer = SQLAlchemyDataLayer(
             conninfo=sqlalchemy_url(database_url),
-            connect_args={"connect_timeout": max(1, round(connect_timeout_s))},  # libpq: whole seconds
+            connect_args=connect_args,
             storage_provider=storage,
         )
     except (ArgumentError, ValueError) as exc:  # e.g. a port that is no number, or several hosts
@@ -85,7 +87,7 @@ def data_layer(
 
     engine = create_async_engine(
         sqlalchemy_url(database_url),
-        connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+        connect_args=connect_args,
         pool_pre_ping=True,
     )
     old, layer.engine = layer.engine, engine

@@ -89,8 +89,11 @@ def run(
     non_interactive: Annotated[
         bool, typer.Option("--non-interactive", help="Never prompt; exit 3 when a human is needed.")
     ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Queue the run for the workers and return at once with its id.")
+    ] = False,
 ) -> None:
-    """Run a requirement through a pipeline of teams."""
+    """Run a requirement through a pipeline of teams (here, or with --detach on any `factory worker`)."""
     from teams.pipeline import validate_requirement
     from teams.roster import resolve_pipeline
 
@@ -104,6 +107,10 @@ def run(
         err(str(exc), EXIT_INPUT)
     bundle_root(settings, out)
 
+    if detach:
+        run_async(_submit(settings, requirement, pipeline, out, as_json))
+        return
+
     async def go() -> RunOutcome:
         from factory.wiring import open_factory, responders_for_run
 
@@ -113,6 +120,26 @@ def run(
 
     outcome: RunOutcome = run_async(go())
     report(outcome, as_json)
+
+
+async def _submit(settings: Any, requirement: str, pipeline: str, out: Path | None, as_json: bool) -> None:
+    """``run --detach``: the run goes to the run queue (PostgreSQL) and the workers are woken."""
+    from factory.wiring import open_factory
+    from factory.worker import wake_workers, workers_alive
+
+    async with open_factory(settings) as factory:
+        run = await factory.engine.submit(requirement, pipeline, out)
+        await wake_workers(factory.redis, settings.redis_prefix, run.id)
+        alive = await workers_alive(factory.redis, settings.redis_prefix)
+    if as_json:
+        echo(json.dumps({"run_id": run.id, "status": run.status.value, "workers_alive": len(alive)}))
+        return
+    echo(f"queued run {run.id} ({len(run.pipeline)} stages)")
+    if alive:
+        echo(f"{len(alive)} worker(s) alive will drive it; follow it with `factory audit show {run.id}`"
+             " or `factory hitl list` when it needs you")  # fmt: skip
+    else:
+        echo("no worker is running: start one with `factory worker` (or `factory up`); the run waits for it", err=True)
 
 
 @app.command()

@@ -114,9 +114,11 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         err(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INPUT)
-    configure_logging(settings.log_level)
-    for handler in logging.getLogger().handlers:  # log lines quote model output and errors, too
-        handler.setFormatter(_SafeFormatter(handler.formatter or logging.Formatter()))
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "text":  # JSON lines escape control characters themselves
+        for handler in logging.getLogger().handlers:  # log lines quote model output and errors, too
+            if not isinstance(handler.formatter, _SafeFormatter):
+                handler.setFormatter(_SafeFormatter(handler.formatter or logging.Formatter()))
     return settings
 
 

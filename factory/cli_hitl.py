@@ -301,7 +301,7 @@ def worker(
         from factory.worker import Worker
 
         async with open_factory(settings, serve=responders_for_run(settings)) as factory:
-            work = Worker(factory, poll_s=settings.worker_poll_s)
+            work = Worker(factory, poll_s=settings.worker_poll_s, concurrency=settings.worker_runs)
             if once:
                 await factory.desk.tick()
                 step = await work.resume_pass()
@@ -314,7 +314,8 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            echo(f"worker: SLA ladder and resumes every {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)
+            echo(f"worker: drives up to {settings.worker_runs} runs at once from the run queue; SLA ladder every"
+                 f" {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)  # fmt: skip
             await work.serve(stop)
         echo("worker stopped", err=True)
 

@@ -205,6 +205,12 @@ class Factory:
     instruments: tuple[Instrument, ...] = ()
 
 
+#: Autocommit: each store call is one round trip; multi-statement work opens a transaction. No
+#: server-side prepared statements: through PgBouncer in transaction mode (compose.yaml) consecutive
+#: statements may reach different server connections, where a statement prepared on one is unknown.
+CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+
+
 async def _still_open(conn: AsyncConnection[Any]) -> None:
     """The pool's check of a connection it hands out. An idle connection has nothing to read unless
     its server ended it (a restart, ``pg_terminate_backend``): only then is it probed with a round
@@ -229,9 +235,8 @@ async def _open_pool(url: str, timeout_s: float) -> AsyncConnectionPool:
             f"PostgreSQL at {safe_url(url)} is unreachable ({str(exc).strip().splitlines()[0]});"
             " start it, fix FACTORY_DATABASE_URL, or unset it to use the embedded database"
         ) from exc
-    # Autocommit: each store call is one round trip; multi-statement work opens a transaction.
     pool = AsyncConnectionPool(
-        url, min_size=1, max_size=8, open=False, timeout=timeout_s, kwargs={"autocommit": True}, check=_still_open
+        url, min_size=1, max_size=8, open=False, timeout=timeout_s, kwargs=CONNECTION_KWARGS, check=_still_open
     )
     await pool.open(wait=True, timeout=timeout_s)
     return pool

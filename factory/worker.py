@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from factory.errors import FactoryError, RunBusy
 from factory.wiring import Factory
 from teams.base import RunStatus
+from teams.lease import Lease
 from teams.pipeline import RunOutcome
 
 log = logging.getLogger(__name__)
@@ -63,46 +64,131 @@ class WorkerStep:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-class Worker:
-    """Resumes runs and keeps the SLA ladder moving; see the module docstring."""
+#: The statuses of runs a worker can move: submitted or orphaned (running), or decided (waiting).
+MOVABLE = (RunStatus.RUNNING, RunStatus.WAITING_HUMAN)
 
-    def __init__(self, factory: Factory, *, poll_s: float, max_runs_per_pass: int = 20) -> None:
+
+class Worker:
+    """Drives runs from the run queue and keeps the SLA ladder moving; see the module docstring."""
+
+    def __init__(
+        self,
+        factory: Factory,
+        *,
+        poll_s: float,
+        max_runs_per_pass: int = 20,
+        concurrency: int = 1,
+        stop_grace_s: float = 5.0,
+        on_active: Callable[[int], None] | None = None,
+    ) -> None:
         self._f = factory
         self._poll_s = poll_s
         self._max_runs = max_runs_per_pass
+        self._concurrency = concurrency
+        self._stop_grace_s = stop_grace_s
+        self._on_active = on_active or (lambda _n: None)
+
+    async def _waiting(self) -> list[str]:
+        """Runs still waiting on an open escalation: never claimed (nothing to do until it is decided)."""
+        return sorted({e.run_id for e in await self._f.escalations.list_open()})
+
+    async def claim(self, exclude: Sequence[str] = ()) -> Lease | None:
+        """The next run nobody drives, claimed for this worker (its lease), or None."""
+        return await self._f.store.claim(MOVABLE, exclude=[*await self._waiting(), *exclude])
+
+    async def _drive(self, lease: Lease, step: WorkerStep) -> None:
+        async with self._f.store.holding(lease):
+            try:
+                outcome = await self._f.engine.drive(lease.run_id, lease=lease)
+            except Exception as exc:  # one bad run never stops the others (the run keeps its state)
+                log.warning("worker could not drive %s: %s", lease.run_id, exc,
+                            exc_info=not isinstance(exc, FactoryError))  # fmt: skip
+                step.failed.append((lease.run_id, str(exc)))
+                return
+        if outcome.timings or outcome.run.status is not RunStatus.WAITING_HUMAN:  # it moved
+            log.info("worker drove %s: %s", lease.run_id, outcome.run.status.value)
+            step.resumed.append(outcome)
+
+    async def _take_from_the_dead(self, step: WorkerStep, exclude: set[str]) -> list[str]:
+        """Runs held by a dead process of this host: taken over at once rather than at expiry."""
+        taken = []
+        for run_id in await self._f.store.held_by_the_dead(MOVABLE, limit=self._max_runs):
+            if run_id in exclude:
+                continue
+            try:
+                outcome = await self._f.engine.drive(run_id)
+            except RunBusy:
+                step.busy.append(run_id)
+                continue
+            except Exception as exc:
+                log.warning("worker could not resume %s: %s", run_id, exc, exc_info=not isinstance(exc, FactoryError))
+                step.failed.append((run_id, str(exc)))
+                continue
+            step.resumed.append(outcome)
+            taken.append(run_id)
+        return taken
 
     async def resume_pass(self) -> WorkerStep:
-        """Drive every run that can move: decided escalations, or a driver that is gone."""
+        """Drive, one after the other, every run that can move (at most ``max_runs_per_pass``):
+        submitted, decided, or left by a driver that is gone."""
         step = WorkerStep()
-        # Runs still waiting on an open escalation are left out before the limit, so a decided run
-        # is never starved by a long queue of undecided ones.
-        waiting = sorted({e.run_id for e in await self._f.escalations.list_open()})
-        movable = await self._f.store.runs_with_status(
-            [RunStatus.RUNNING, RunStatus.WAITING_HUMAN], limit=self._max_runs, exclude=waiting
-        )
-        for run in movable:
-            try:
-                outcome = await self._f.engine.drive(run.id)
-            except RunBusy:
-                step.busy.append(run.id)
-                continue
-            except Exception as exc:  # one bad run never stops the others (the run keeps its state)
-                log.warning("worker could not resume %s: %s", run.id, exc, exc_info=not isinstance(exc, FactoryError))
-                step.failed.append((run.id, str(exc)))
-                continue
-            if outcome.timings or outcome.run.status is not run.status:
-                log.info("worker resumed %s: %s", run.id, outcome.run.status.value)
-                step.resumed.append(outcome)
+        done: set[str] = set()
+        while len(done) < self._max_runs:
+            lease = await self.claim(sorted(done))
+            if lease is None:
+                break
+            done.add(lease.run_id)
+            await self._drive(lease, step)
+        done.update(await self._take_from_the_dead(step, done))
         return step
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run both loops and the heartbeat until ``stop`` is set."""
+        """Drive runs (``concurrency`` at once), the SLA ladder and the heartbeat until ``stop`` is set."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(stop, self._ladder_step, "sla ladder"))
-            group.create_task(self._every(stop, self.resume_pass, "resume", wait=self._woken))
+            group.create_task(self._drive_runs(stop))
             group.create_task(self._every(stop, self._heartbeat, "heartbeat"))
         with contextlib.suppress(RedisError, OSError):
             await self._f.redis.delete(worker_key(self._f.settings.redis_prefix))
+
+    async def _drive_runs(self, stop: asyncio.Event) -> None:
+        """The queue loop: claim while a slot is free; wait for a slot, a wake-up or the poll; on
+        stop, give the runs in hand ``stop_grace_s`` to finish, then stop them (each loses at most its
+        stage in flight, which the next worker runs again)."""
+        active: dict[str, asyncio.Task[None]] = {}
+        done: set[str] = set()  # driven since the last poll: not claimed again before it
+        step = WorkerStep()
+        while not stop.is_set():
+            try:
+                while len(active) < self._concurrency and not stop.is_set():
+                    lease = await self.claim(sorted({*active, *done}))
+                    if lease is None:
+                        break
+                    active[lease.run_id] = asyncio.create_task(self._drive(lease, step), name=f"drive {lease.run_id}")
+                if len(active) < self._concurrency:
+                    done.update(await self._take_from_the_dead(step, {*active, *done}))
+            except Exception as exc:  # a service that comes back is used again on the next pass
+                known = isinstance(exc, FactoryError | RedisError | OSError)
+                log.warning("worker claim failed: %s", exc, exc_info=not known)
+            self._on_active(len(active))
+            waker = asyncio.create_task(self._woken(stop))
+            finished, _ = await asyncio.wait([waker, *active.values()], return_when=asyncio.FIRST_COMPLETED)
+            if waker in finished:
+                done.clear()  # a new poll: every run may be looked at again
+            else:
+                waker.cancel()
+                await asyncio.gather(waker, return_exceptions=True)
+            for run_id, task in list(active.items()):
+                if task.done():
+                    del active[run_id]
+                    done.add(run_id)
+            step = WorkerStep()
+        if active:
+            _, pending = await asyncio.wait(active.values(), timeout=self._stop_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*active.values(), return_exceptions=True)
+        self._on_active(0)
 
     async def _ladder_step(self) -> None:
         for escalation in await self._f.desk.tick():
@@ -129,21 +215,12 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), left)
                 return
 
-    async def _every(
-        self,
-        stop: asyncio.Event,
-        step: Callable[[], Awaitable[object]],
-        name: str,
-        wait: Callable[[asyncio.Event], Awaitable[None]] | None = None,
-    ) -> None:
+    async def _every(self, stop: asyncio.Event, step: Callable[[], Awaitable[object]], name: str) -> None:
         while not stop.is_set():
             try:
                 await step()
             except Exception as exc:  # a service that comes back is used again on the next pass
                 known = isinstance(exc, FactoryError | RedisError | OSError)
                 log.warning("worker %s step failed: %s", name, exc, exc_info=not known)
-            if wait is not None:
-                await wait(stop)
-                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._poll_s)

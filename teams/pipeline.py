@@ -20,6 +20,7 @@ from hitl.desk import decision_audit, opened_audit
 from memory.base import AuditEntry
 from memory.packing import PackedContext
 from observability.base import Event
+from observability.logs import bind_log_context, log_context
 from teams.asking import ask_team, broker_limits_of, unanswered
 from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus, StoredArtifact
 from teams.bundle import sha256_text, write_artifacts
@@ -158,10 +159,11 @@ class PipelineEngine:
         ``teams.decisions``). One process drives a run at a time: the run's lease is taken here
         (``RunBusy`` if another process holds it) unless the caller holds it (``lease``). Every
         commit checks the lease: a driver that lost the run stops with ``LeaseLost``, writing nothing."""
-        if lease is not None:
-            return await self._drive_anchored(run_id, lease)
-        async with self._d.store.lease(run_id) as held:
-            return await self._drive_anchored(run_id, held)
+        with log_context(run_id=run_id):
+            if lease is not None:
+                return await self._drive_anchored(run_id, lease)
+            async with self._d.store.lease(run_id) as held:
+                return await self._drive_anchored(run_id, held)
 
     async def _drive_anchored(self, run_id: str, lease: Lease) -> RunOutcome:
         """``_drive``, its manifest anchor settled while the lease still holds the run (the next
@@ -188,6 +190,7 @@ class PipelineEngine:
             if stage.status is StageStatus.COMPLETE and stage.result is not None:
                 prior.extend(PriorArtifact(stage.team, a) for a in stage.result.artifacts)
                 continue
+            bind_log_context(stage=stage.index, team=stage.team)
             decision = await self._decision(run, stage, lease)
             if decision.action is Resumption.WAIT:
                 await self._d.store.set_run_status(run_id, RunStatus.WAITING_HUMAN, lease=lease)

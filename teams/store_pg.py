@@ -155,6 +155,17 @@ _TAKE = (
     " ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at"
     " WHERE l.expires_at <= now() OR l.owner = %(dead)s RETURNING token"
 )
+_CLAIM = (
+    "WITH next AS ("
+    " SELECT r.id FROM runs r LEFT JOIN run_leases l ON l.run_id = r.id"
+    " WHERE r.status = ANY(%(statuses)s) AND NOT r.id = ANY(%(exclude)s)"
+    " AND (l.run_id IS NULL OR l.expires_at <= now())"
+    " ORDER BY r.updated_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED)"
+    " INSERT INTO run_leases AS l (run_id, owner, token, expires_at)"
+    " SELECT id, %(owner)s, 1, now() + make_interval(secs => %(ttl)s) FROM next"
+    " ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at"
+    " WHERE l.expires_at <= now() RETURNING run_id, token"
+)
 _RENEW = (
     "UPDATE run_leases SET expires_at = now() + make_interval(secs => %s)"
     " WHERE run_id = %s AND owner = %s AND token = %s RETURNING 1"
@@ -311,8 +322,41 @@ class PostgresRunStore:
 
     @asynccontextmanager
     async def lease(self, run_id: str) -> AsyncIterator[Lease]:
-        lease = await self._take(run_id)
-        heartbeat = asyncio.create_task(self._heartbeat(lease), name=f"lease {run_id}")
+        async with self.holding(await self._take(run_id)) as lease:
+            yield lease
+
+    async def claim(self, statuses: Sequence[RunStatus], *, exclude: Sequence[str] = ()) -> Lease | None:
+        """The run queue (DESIGN §13): take the lease of the oldest run in ``statuses`` that nobody holds
+        (None: there is none), in one statement. ``FOR UPDATE SKIP LOCKED`` lets any number of workers
+        claim at once without waiting on each other or taking the same run; the lease row is the claim,
+        so it works through a transaction-mode pooler. Hold the lease with ``holding``."""
+        started = time.monotonic()
+        owner = new_owner()
+        params = {
+            "statuses": [s.value for s in statuses], "exclude": list(exclude), "owner": owner,
+            "ttl": self._lease_ttl_s,
+        }  # fmt: skip
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_CLAIM, params)).fetchone()
+        if row is None:
+            return None
+        return Lease(run_id=row[0], owner=owner, token=int(row[1]), held_until=started + self._lease_ttl_s)
+
+    async def held_by_the_dead(self, statuses: Sequence[RunStatus], *, limit: int = 20) -> list[str]:
+        """Runs in ``statuses`` whose unexpired lease belongs to a process of this host that is gone
+        (``lease`` takes them over at once, not after the lease's lifetime)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT r.id, l.owner FROM runs r JOIN run_leases l ON l.run_id = r.id"
+                " WHERE r.status = ANY(%s) AND l.expires_at > now() ORDER BY r.updated_at LIMIT %s",
+                ([s.value for s in statuses], limit),
+            )
+            return [run_id for run_id, owner in await cur.fetchall() if owner_is_dead(owner)]
+
+    @asynccontextmanager
+    async def holding(self, lease: Lease) -> AsyncIterator[Lease]:
+        """Keep ``lease`` renewed while the block runs; let it go at the end."""
+        heartbeat = asyncio.create_task(self._heartbeat(lease), name=f"lease {lease.run_id}")
         try:
             yield lease
         finally:
