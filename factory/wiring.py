@@ -41,6 +41,7 @@ from memory.qa import ProjectQA
 from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.base import Event, EventSink, Instrument, ModelCall
 from observability.events import FanOut, LocalEventBus
+from observability.metrics import Metrics
 from observability.redis_stream import RedisEventStream
 from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel, UsageRecord
 from routing.budget import BudgetedModel, BudgetLimits
@@ -159,7 +160,8 @@ def _extractor(settings: Settings, model: ChatModel, compact: bool) -> Extractor
 def instruments(settings: Settings) -> list[Instrument]:
     """What watches this process for operators (metrics, traces), from the settings; each sees every
     live event and every model call."""
-    return []
+    watching: list[Instrument] = [Metrics(teams=ALL_TEAMS)]  # always: metrics cost nothing on the network
+    return watching
 
 
 def _observer(instruments: Sequence[Instrument]) -> Callable[[UsageRecord], None]:

@@ -55,6 +55,13 @@ RUN_ENDINGS = {
     "run.cancelled": "cancelled",
     "run.waiting_human": "waiting_human",
 }
+#: The values of the contracts (DESIGN §4): always their own label, however many others came first.
+KNOWN = {
+    "status": ("running", "waiting_human", "complete", "failed", "cancelled"),
+    "priority": ("critical", "high", "medium", "low"),
+    "kind": ("clarification", "approval", "blocked", "budget"),
+    "decision": ("answered", "approved", "rejected", "deferred", "expired"),
+}
 #: Stages started and not ended yet that are remembered for their duration (the oldest are forgotten).
 MAX_PENDING_STAGES = 4096
 STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -64,17 +71,19 @@ _WELL_FORMED = re.compile(r"^[a-z0-9][a-z0-9_./:-]{0,79}$")
 
 
 class _Bounded:
-    """One label's values: well-formed ones as they come, up to ``limit`` distinct, then ``other``."""
+    """One label's values: ``known`` ones always; other well-formed ones as they come, up to ``limit``
+    distinct, unless ``closed``; anything else is ``other``."""
 
-    def __init__(self, limit: int, known: Collection[str] = ()) -> None:
+    def __init__(self, limit: int, known: Collection[str] = (), *, closed: bool = False) -> None:
+        self._known = frozenset(known)
         self._limit = limit
-        self._closed = bool(known)  # a known set admits nothing else
-        self._seen: set[str] = set(known)
+        self._closed = closed
+        self._seen: set[str] = set()
 
     def __call__(self, value: object) -> str:
         if not isinstance(value, str) or not _WELL_FORMED.match(value):
             return OTHER
-        if value in self._seen:
+        if value in self._known or value in self._seen:
             return value
         if self._closed or len(self._seen) >= self._limit:
             return OTHER
@@ -100,11 +109,11 @@ class Metrics:
 
     def __init__(self, *, teams: Collection[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._team = _Bounded(64, teams)
+        self._team = _Bounded(64, teams, closed=bool(teams))
         self._alias = _Bounded(32)
-        self._small = {name: _Bounded(16) for name in ("status", "priority", "kind", "decision", "reason")}
+        self._small = {name: _Bounded(16, KNOWN.get(name, ())) for name in (*KNOWN, "reason")}
         self._started: OrderedDict[tuple[str, int], datetime] = OrderedDict()
-        self._shown: dict[str, set[str]] = {}  # the labels each snapshot gauge shows now
+        self._shown: dict[Gauge, set[str]] = {}  # the labels each snapshot gauge shows now
         self._define()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -117,70 +126,38 @@ class Metrics:
 
     def _define(self) -> None:
         r = self.registry
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
+
         self.info = Info("factory", "This process: the factory's version.", registry=r)
-        self.runs_finished = Counter(
-            "factory_runs_finished", "Drives of a run that ended, by the status they left it in.", ["status"], registry=r
-        )
-        self.runs = Gauge("factory_runs", "Runs stored, by status (snapshot).", ["status"], registry=r)
+        self.runs_finished = counter("factory_runs_finished", "Drives of a run that ended, by status.", "status")
+        self.runs = gauge("factory_runs", "Runs stored, by status (snapshot).", "status")
         self.stage_duration = Histogram(
-            "factory_stage_duration_seconds", "From a stage's start to its completion, by team.", ["team"],
-            buckets=STAGE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.stages_ended = Counter(
-            "factory_stages_ended", "Stages that ended: complete, escalated or failed.", ["team", "outcome"], registry=r
+            "factory_stage_duration_seconds", "Stage start to completion.", ["team"], buckets=STAGE_BUCKETS, registry=r
         )
-        self.model_calls = Counter(
-            "factory_model_calls", "Model calls, by team, alias and outcome (ok, error).", ["team", "alias", "outcome"],
-            registry=r,
-        )  # fmt: skip
-        self.model_tokens = Counter(
-            "factory_model_tokens", "Tokens of model calls, by team, alias and direction (in, out).",
-            ["team", "alias", "direction"], registry=r,
-        )  # fmt: skip
-        self.model_cost = Counter("factory_model_cost_usd", "Cost of model calls in USD.", ["team", "alias"], registry=r)
+        self.stages_ended = counter("factory_stages_ended", "Stages complete, escalated, failed.", "team", "outcome")
+        self.model_calls = counter("factory_model_calls", "Model calls (ok, error).", "team", "alias", "outcome")
+        self.model_tokens = counter("factory_model_tokens", "Model tokens (in, out).", "team", "alias", "direction")
+        self.model_cost = counter("factory_model_cost_usd", "Cost of model calls in USD.", "team", "alias")
         self.model_latency = Histogram(
-            "factory_model_latency_seconds", "Latency of model calls, by alias.", ["alias"], buckets=LATENCY_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.fallbacks = Counter(
-            "factory_model_fallbacks", "Deployments that failed before another answered (or none did).", ["alias"],
-            registry=r,
-        )  # fmt: skip
-        self.clarifications_requested = Counter(
-            "factory_clarifications_requested", "Clarification requests sent through the broker.", registry=r
+            "factory_model_latency_seconds", "Model call latency.", ["alias"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.clarifications_answered = Counter(
-            "factory_clarifications_answered", "Clarification requests another team answered.", registry=r
-        )
-        self.clarifications_refused = Counter(
-            "factory_clarifications_refused", "Clarification requests refused or timed out, by reason.", ["reason"],
-            registry=r,
-        )  # fmt: skip
-        self.broker_backlog = Gauge(
-            "factory_broker_backlog", "Clarification requests not answered yet, by team (snapshot).", ["team"],
-            registry=r,
-        )  # fmt: skip
-        self.escalations_opened = Counter(
-            "factory_escalations_opened", "Escalations opened, by kind and priority.", ["kind", "priority"], registry=r
-        )
-        self.escalation_decisions = Counter(
-            "factory_escalation_decisions", "Decisions on escalations, by decision.", ["decision"], registry=r
-        )
-        self.sla_breaches = Counter(
-            "factory_sla_breaches", "Escalations that passed their SLA deadline undecided.", ["priority"], registry=r
-        )
-        self.escalations_open = Gauge(
-            "factory_escalations_open", "Escalations waiting on a human, by priority (snapshot).", ["priority"],
-            registry=r,
-        )  # fmt: skip
-        self.escalations_past_sla = Gauge(
-            "factory_escalations_past_sla", "Waiting escalations past their SLA deadline, by priority (snapshot).",
-            ["priority"], registry=r,
-        )  # fmt: skip
-        self.workers_alive = Gauge("factory_workers_alive", "Workers with a live heartbeat (snapshot).", registry=r)
-        self.worker_active_runs = Gauge(
-            "factory_worker_active_runs", "Runs this worker process drives now.", registry=r
-        )
+        self.fallbacks = counter("factory_model_fallbacks", "Deployments that failed in a model call.", "alias")
+        self.clarifications_requested = counter("factory_clarifications_requested", "Clarifications requested.")
+        self.clarifications_answered = counter("factory_clarifications_answered", "Clarifications answered.")
+        self.clarifications_refused = counter("factory_clarifications_refused", "Clarifications refused.", "reason")
+        self.broker_backlog = gauge("factory_broker_backlog", "Clarifications unanswered (snapshot).", "team")
+        self.escalations_opened = counter("factory_escalations_opened", "Escalations opened.", "kind", "priority")
+        self.escalation_decisions = counter("factory_escalation_decisions", "Escalation decisions.", "decision")
+        self.sla_breaches = counter("factory_sla_breaches", "Escalations that breached their SLA.", "priority")
+        self.escalations_open = gauge("factory_escalations_open", "Escalations waiting (snapshot).", "priority")
+        self.escalations_past_sla = gauge("factory_escalations_past_sla", "Waiting past SLA (snapshot).", "priority")
+        self.workers_alive = gauge("factory_workers_alive", "Workers with a live heartbeat (snapshot).")
+        self.worker_active_runs = gauge("factory_worker_active_runs", "Runs this worker process drives now.")
 
     # -- the Instrument ------------------------------------------------------------------------
 
@@ -271,12 +248,11 @@ class Metrics:
         for key, value in (values or {}).items():
             name = label(key)
             summed[name] = summed.get(name, 0) + float(value)  # two keys bounded to ``other`` add up
-        for name, value in summed.items():
-            gauge.labels(name).set(value)
-        shown = self._shown.setdefault(gauge._name, set())
-        for gone in shown - summed.keys():
+        for name, total in summed.items():
+            gauge.labels(name).set(total)
+        for gone in self._shown.get(gauge, set()) - summed.keys():
             gauge.remove(gone)
-        self._shown[gauge._name] = set(summed)
+        self._shown[gauge] = set(summed)
 
     def set_worker_active_runs(self, count: int) -> None:
         """What the worker drives now (``factory worker`` sets it as runs start and end)."""
