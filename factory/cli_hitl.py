@@ -6,6 +6,7 @@ A decision is recorded at once; the run it unblocks continues in a ``factory wor
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -314,9 +315,15 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            echo(f"worker: drives up to {settings.worker_runs} runs at once from the run queue; SLA ladder every"
-                 f" {settings.worker_poll_s:g}s; stop with Ctrl-C", err=True)  # fmt: skip
+            say(f"worker: drives up to {settings.worker_runs} runs at once from the run queue; SLA ladder every"
+                f" {settings.worker_poll_s:g}s; stop with Ctrl-C")  # fmt: skip
             await work.serve(stop)
-        echo("worker stopped", err=True)
+        say("worker stopped")
+
+    def say(text: str) -> None:  # with JSON logs, stderr carries nothing but JSON lines
+        if settings.log_format == "json":
+            logging.getLogger("factory.worker").info(text)
+        else:
+            echo(text, err=True)
 
     run_async(go())

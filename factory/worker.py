@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from factory.errors import FactoryError, RunBusy
 from factory.wiring import Factory
+from observability.logs import log_context
 from teams.base import RunStatus
 from teams.lease import Lease
 from teams.pipeline import RunOutcome
@@ -97,6 +98,10 @@ class Worker:
         return await self._f.store.claim(MOVABLE, exclude=[*await self._waiting(), *exclude])
 
     async def _drive(self, lease: Lease, step: WorkerStep) -> None:
+        with log_context(run_id=lease.run_id):
+            await self._drive_held(lease, step)
+
+    async def _drive_held(self, lease: Lease, step: WorkerStep) -> None:
         async with self._f.store.holding(lease):
             try:
                 outcome = await self._f.engine.drive(lease.run_id, lease=lease)
@@ -116,7 +121,9 @@ class Worker:
             if run_id in exclude:
                 continue
             try:
-                outcome = await self._f.engine.drive(run_id)
+                with log_context(run_id=run_id):
+                    outcome = await self._f.engine.drive(run_id)
+                    log.info("worker drove %s (its driver had died): %s", run_id, outcome.run.status.value)
             except RunBusy:
                 step.busy.append(run_id)
                 continue

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from factory.errors import RoutingError, ServiceUnavailable
 from routing.grammar_safety import JSON_OBJECT_GBNF, safe_grammar
+from routing.llama_logs import route_llama_logs
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,7 @@ class EmbeddedModel:
             if self._vocab is None:
                 from llama_cpp import Llama
 
+                route_llama_logs()
                 path = self._path or default_model_path()
                 self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
             return len(self._vocab.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
@@ -344,6 +346,7 @@ def smoke() -> None:
     """
     from llama_cpp import Llama
 
+    route_llama_logs()
     llama = Llama(model_path=str(default_model_path()), n_ctx=256, n_threads=1, verbose=False)
     try:
         llama.create_completion("The factory turns a requirement into", max_tokens=2)

@@ -22,6 +22,10 @@ import numpy as np
 from llama_cpp import Llama, _internals
 from llama_cpp import llama_cpp as _c_api
 
+from routing.llama_logs import route_llama_logs
+
+route_llama_logs()
+
 # llama-cpp-python's types are partial: its C API and sampler wrappers are used untyped here.
 C: Any = _c_api
 internals: Any = _internals
