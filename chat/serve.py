@@ -189,6 +189,8 @@ def _load() -> Any:
     from chainlit.config import config, load_module
     from chainlit.markdown import init_markdown
 
+    from chat import metrics
+
     if not getattr(server.get_html_template, "_offsite_free", False):
         page = _offsite_free(server.get_html_template)
         page._offsite_free = True  # type: ignore[attr-defined]
@@ -197,6 +199,7 @@ def _load() -> Any:
     load_module(str(APP))
     ensure_jwt_secret()
     init_markdown(config.root)
+    metrics.mount(server.app)  # GET /metrics, outside the login
     return server.app
 
 

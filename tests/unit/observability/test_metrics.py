@@ -132,7 +132,7 @@ def test_model_calls_count_tokens_cost_outcome_latency_and_fallbacks_by_team_and
 
 async def test_broker_escalation_decision_and_sla_breach_events_are_counted() -> None:
     m = Metrics(teams=TEAMS)
-    where = {"stage": 1, "team": "qa-engineering", "request_id": "run-1:1:1:q1"}
+    where: dict[str, Any] = {"stage": 1, "team": "qa-engineering", "request_id": "run-1:1:1:q1"}
     await m.emit(ev("clarification.requested", **where, target="business-analysis", question="which?"))
     await m.emit(ev("clarification.requested", **where, target="business-analysis", question="which?"))
     await m.emit(ev("clarification.answered", **where, target="business-analysis"))
