@@ -43,6 +43,7 @@ from observability.base import Event, EventSink, Instrument, ModelCall
 from observability.events import FanOut, LocalEventBus
 from observability.metrics import Metrics
 from observability.redis_stream import RedisEventStream
+from observability.tracing import RunTracer, langfuse_tracer
 from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel, UsageRecord
 from routing.budget import BudgetedModel, BudgetLimits
 from routing.config import RoutingConfig
@@ -161,6 +162,10 @@ def instruments(settings: Settings) -> list[Instrument]:
     """What watches this process for operators (metrics, traces), from the settings; each sees every
     live event and every model call."""
     watching: list[Instrument] = [Metrics(teams=ALL_TEAMS)]  # always: metrics cost nothing on the network
+    keys = (settings.langfuse_public_key, settings.langfuse_secret_key)
+    public, secret = (k.get_secret_value().strip() if k else "" for k in keys)
+    if public and secret:  # both keys, else no tracer and nothing is ever sent
+        watching.append(langfuse_tracer(public_key=public, secret_key=secret, base_url=settings.langfuse_base_url))
     return watching
 
 
@@ -296,12 +301,15 @@ async def build_model(
 
 
 @asynccontextmanager
-async def _closing(stream: RedisEventStream) -> AsyncIterator[None]:
-    """Publishes the live events still queued when the block ends."""
+async def _closing(stream: RedisEventStream, watching: Sequence[Instrument] = ()) -> AsyncIterator[None]:
+    """Publishes the live events still queued when the block ends, then the traces (bounded waits)."""
     try:
         yield
     finally:
         await stream.aclose()
+        for instrument in watching:
+            if isinstance(instrument, RunTracer):
+                await instrument.aclose()
 
 
 @asynccontextmanager
@@ -422,7 +430,7 @@ async def _wired(
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)
-            async with responding(broker, answerer, serve), _closing(stream):
+            async with responding(broker, answerer, serve), _closing(stream, watching):
                 yield Factory(
                     settings=settings,
                     endpoints=endpoints,
