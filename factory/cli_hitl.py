@@ -299,7 +299,7 @@ def worker(
 
     async def go() -> None:
         from factory.wiring import open_factory, responders_for_run
-        from factory.worker import Worker
+        from factory.worker import Worker, serve_worker
 
         async with open_factory(settings, serve=responders_for_run(settings)) as factory:
             work = Worker(factory, poll_s=settings.worker_poll_s, concurrency=settings.worker_runs)
@@ -315,9 +315,10 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            metrics = f" metrics on :{settings.metrics_port}/metrics;" if settings.metrics_port else ""
             say(f"worker: drives up to {settings.worker_runs} runs at once from the run queue; SLA ladder every"
-                f" {settings.worker_poll_s:g}s; stop with Ctrl-C")  # fmt: skip
-            await work.serve(stop)
+                f" {settings.worker_poll_s:g}s;{metrics} stop with Ctrl-C")  # fmt: skip
+            await serve_worker(factory, stop)
         say("worker stopped")
 
     def say(text: str) -> None:  # with JSON logs, stderr carries nothing but JSON lines

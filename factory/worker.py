@@ -231,3 +231,35 @@ class Worker:
                 log.warning("worker %s step failed: %s", name, exc, exc_info=not known)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._poll_s)
+
+
+async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
+    """``factory worker``: the run queue, the SLA ladder and the heartbeat, and Prometheus ``/metrics``
+    on ``metrics_port`` (when set), its shared gauges refreshed from PostgreSQL and Redis in the
+    background (the scrape is answered from a thread, which cannot read them)."""
+    from factory.metrics_snapshot import keep_fresh, metrics_of
+    from observability.metrics import serve_metrics
+
+    settings = factory.settings
+    metrics = metrics_of(factory)
+    work = Worker(
+        factory,
+        poll_s=settings.worker_poll_s,
+        concurrency=settings.worker_runs,
+        on_active=metrics.set_worker_active_runs if metrics is not None else None,
+    )
+    server = (
+        serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+        if metrics and settings.metrics_port
+        else None
+    )
+    if server is not None:
+        log.info("worker metrics at http://%s:%d/metrics", settings.metrics_host, server.port)
+    try:
+        async with asyncio.TaskGroup() as group:
+            if metrics is not None:
+                group.create_task(keep_fresh(factory, metrics, stop, every_s=max(5.0, settings.worker_poll_s)))
+            group.create_task(work.serve(stop))
+    finally:
+        if server is not None:
+            server.close()

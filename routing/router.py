@@ -144,6 +144,12 @@ class LiteLLMRouter:
             temperature=float(params.get("temperature") or 0.2),
         )
 
+    def _embed_local(self, texts: list[str]) -> list[list[float]]:
+        """``local/embed``: all-MiniLM-L6-v2, or hashed vectors when a benchmark's script asks for them."""
+        if self._scripted is not None and self._scripted.hashed_embeddings:
+            return self._scripted.embed(texts)
+        return self._embedder.embed(texts)
+
     def _backend_scripted(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         if self._scripted is None:
             raise RoutingError("the scripted model is not configured in this process")
@@ -188,7 +194,7 @@ class LiteLLMRouter:
         from routing.providers import InProcessProvider
 
         provider = InProcessProvider(
-            {"smollm2": self._backend_embedded, "scripted": self._backend_scripted}, {"minilm": self._embedder.embed}
+            {"smollm2": self._backend_embedded, "scripted": self._backend_scripted}, {"minilm": self._embed_local}
         )
         litellm.custom_provider_map = [{"provider": LOCAL_PROVIDER, "custom_handler": provider}]
         litellm.suppress_debug_info = True

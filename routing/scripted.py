@@ -5,7 +5,8 @@ raw string (sent as is, e.g. to test malformed output). A team with no queued an
 COMPLETE result built from the request's schema, so any pipeline runs end to end (and for any other
 schema, such as memory extraction's, a small valid instance of it). Streamed (free text), a team's
 queued answer is sent as it is, else a short deterministic reply; word by word, its latency spread
-over the words.
+over the words. ``"embeddings": "hashed"`` makes ``local/embed`` answer from the script too (vectors
+hashed from the text's words, no inference): for benchmarks of the factory's own work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 from collections import deque
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from typing import Any
 
 from routing.base import ChatRequest, ChatResponse
 from routing.embedded import Completion
+from routing.embeddings import DIMENSIONS
 from routing.streaming import check_streamable
 
 MODEL_NAME = "scripted/v1"
@@ -98,6 +101,21 @@ class ScriptedModel:
             team: deque(answers) for team, answers in (script.get("teams") or {}).items()
         }
         self._latency_s = float(script.get("latency_s", latency_s))
+        self.hashed_embeddings = script.get("embeddings") == "hashed"
+
+    @staticmethod
+    def embed(texts: list[str]) -> list[list[float]]:
+        """Unit-length vectors of ``DIMENSIONS`` hashed from each text's words: the same text gives the
+        same vector, and texts sharing words lie closer (a cheap stand-in for real embeddings)."""
+        vectors = []
+        for text in texts:
+            vector = [0.0] * DIMENSIONS
+            for word in re.findall(r"\w+", text.lower()) or [""]:
+                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+                vector[int.from_bytes(digest[:2], "big") % DIMENSIONS] += 1.0 if digest[2] & 1 else -1.0
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vectors.append([v / norm for v in vector] if any(vector) else [1.0] + [0.0] * (DIMENSIONS - 1))
+        return vectors
 
     @property
     def latency_s(self) -> float:

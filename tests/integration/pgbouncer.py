@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -37,7 +38,12 @@ def _find() -> str | None:
     return shutil.which("pgbouncer") or (sbin if os.access(sbin, os.X_OK) else None)
 
 
-def _binary() -> str:
+class NoPgBouncer(RuntimeError):
+    pass
+
+
+def pgbouncer_binary() -> str:
+    """Debian's pgbouncer, installed with apt-get when missing (as root); else ``NoPgBouncer``."""
     found = _find()
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -45,7 +51,7 @@ def _binary() -> str:
             subprocess.run(step, env=env, check=False, capture_output=True, timeout=600)
         found = _find()
     if found is None:
-        pytest.fail("PgBouncer is not installed and could not be: install the Debian package `pgbouncer`")
+        raise NoPgBouncer("PgBouncer is not installed and could not be: install the Debian package `pgbouncer`")
     return found
 
 
@@ -55,11 +61,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def pgbouncer(pg_admin_url: str) -> Iterator[PgBouncer]:
-    """PgBouncer (pool_mode = transaction) for the session's embedded PostgreSQL."""
-    binary = _binary()
-    socket_dir = parse_qs(urlsplit(pg_admin_url).query)["host"][0]
+@contextmanager
+def running_pgbouncer(database_url: str, *, pool_size: int = 4) -> Iterator[PgBouncer]:
+    """PgBouncer (pool_mode = transaction) on a free loopback port, sending every database name to
+    the server whose Unix socket directory ``database_url`` names (``?host=/dir``)."""
+    binary = pgbouncer_binary()
+    socket_dir = parse_qs(urlsplit(database_url).query)["host"][0]
     work = Path(tempfile.mkdtemp(prefix="factory-pgbouncer-"))
     port = _free_port()
     ini = work / "pgbouncer.ini"
@@ -68,7 +75,7 @@ def pgbouncer(pg_admin_url: str) -> Iterator[PgBouncer]:
         f"* = host={socket_dir} user=postgres\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        "auth_type = any\npool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 100\n"
+        f"auth_type = any\npool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         f"logfile = {work}/pgbouncer.log\n"
     )
@@ -88,10 +95,20 @@ def pgbouncer(pg_admin_url: str) -> Iterator[PgBouncer]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     logs = [(work / f).read_text() for f in ("stderr", "pgbouncer.log") if (work / f).exists()]
-                    pytest.fail(f"PgBouncer did not start: {' '.join(logs)[-2000:]}")
+                    raise NoPgBouncer(f"PgBouncer did not start: {' '.join(logs)[-2000:]}") from None
                 time.sleep(0.1)
         yield PgBouncer("127.0.0.1", port)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_admin_url: str) -> Iterator[PgBouncer]:
+    """PgBouncer (pool_mode = transaction) for the session's embedded PostgreSQL."""
+    try:
+        with running_pgbouncer(pg_admin_url) as bouncer:
+            yield bouncer
+    except NoPgBouncer as exc:
+        pytest.fail(str(exc))

@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from tests.integration.cli import FACTORY, factory
@@ -47,6 +50,27 @@ def _wait(what: str, check: Any, timeout_s: float, procs: list[subprocess.Popen[
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([FACTORY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                             start_new_session=True)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _complete_in_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    """The samples of the worker's /metrics once its snapshot counts all the runs complete, else None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return samples if samples.get(("factory_runs", (("status", "complete"),))) == RUNS + 1 else None
 
 
 def _stage_completions(env: dict[str, str], redis_base_url: str) -> Counter[tuple[str, int]]:
@@ -89,7 +113,8 @@ def test_two_workers_through_pgbouncer_one_killed_mid_run(
     queued.append(human.stdout.split()[2])
 
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
-    first, second = _worker(env, logs[0]), _worker(env, logs[1])
+    port = _free_port()
+    first, second = _worker(env, logs[0]), _worker({**env, "FACTORY_METRICS_PORT": str(port)}, logs[1])
     procs = [first, second]
     try:
         # Wait until the first worker is mid-stage on a run, then kill it without warning.
@@ -111,6 +136,12 @@ def test_two_workers_through_pgbouncer_one_killed_mid_run(
             return len(rows) == len(queued) and all(status == "complete" for (status,) in rows)
 
         _wait("every queued run to complete", all_finished, 180, procs)
+        # The survivor's /metrics: the shared gauges (refreshed in the background) and its own counters.
+        scraped = _wait("the worker's /metrics to show every run complete", lambda: _complete_in_metrics(port),
+                        30, procs)  # fmt: skip
+        assert scraped[("factory_workers_alive", ())] == 1.0  # the killed worker's heartbeat is gone by now
+        assert scraped[("factory_worker_active_runs", ())] == 0.0
+        assert scraped[("factory_runs_finished_total", (("status", "complete"),))] >= 1
     finally:
         for proc in procs:
             if proc.poll() is None:
