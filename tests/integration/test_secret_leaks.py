@@ -205,7 +205,9 @@ def _leaks(needles: dict[str, str], sources: list[tuple[str, str]]) -> list[str]
 # ---------------------------------------------------------------------------------------- the test
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_key_reaches_any_output_log_row_or_event(
+    log_format: str,
     env: dict[str, str],
     pg_url: str,
     redis_base_url: str,
@@ -222,6 +224,7 @@ def test_no_key_reaches_any_output_log_row_or_event(
     run = Transcript(keep=tmp_path / "transcript", env={
         **env,  # FACTORY_SCRIPTED_MODEL stays: the scripted model is the last resort of two chains
         "FACTORY_LOG_LEVEL": "DEBUG",
+        "FACTORY_LOG_FORMAT": log_format,  # JSON lines (issue 16) are scanned as well as text ones
         "FACTORY_MEMORY_EXTRACTION": "model",  # memory extraction calls factory/cheap too
         "FACTORY_ROUTING": json.dumps(_routing(a, b)),
         KEY_ENV: key_a.value,
@@ -241,6 +244,12 @@ def test_no_key_reaches_any_output_log_row_or_event(
     assert out["status"] == "complete" and [s["team"] for s in out["stages"]] == [
         "business-analysis", "product-management"
     ]  # fmt: skip
+
+    if log_format == "json":  # one JSON object a line, the run's lines tagged with it
+        lines = [json.loads(line) for line in main.stderr.splitlines() if line.strip()]
+        assert lines and all(isinstance(line, dict) and {"level", "message"} <= line.keys() for line in lines)
+        assert any(line.get("run_id") == out["run_id"] and "team" in line for line in lines), lines[-5:]
+        assert any(ECHOED in line["message"] for line in lines), "the hostile echo was not logged: nothing scanned"
 
     with Redis.from_url(redis_base_url) as client:
         cooling = client.keys(f"{redis_prefix}routing:cooldown:*")
@@ -328,7 +337,8 @@ def test_no_key_reaches_any_output_log_row_or_event(
         f"Redis stream {redis_prefix}events",
     ):
         assert any(w.startswith(surface) and ECHOED in t for w, t in sources), f"no masked echo in {surface}"
-    assert any(" DEBUG " in t for w, t in sources if w.startswith("stderr of `factory run")), "no DEBUG log"
+    debug = ' "level": "DEBUG"' if log_format == "json" else " DEBUG "
+    assert any(debug in t for w, t in sources if w.startswith("stderr of `factory run")), "no DEBUG log"
     assert _leaks(needles, [("a planted piece", f"x{key_b.random[-10:]}y")]), "the scan finds nothing"
 
     leaks = _leaks(needles, sources)
