@@ -41,8 +41,8 @@ from redis import Redis
 
 from factory import services
 from factory.settings import Settings
-from factory.wiring import open_factory
-from factory.worker import workers_alive
+from factory.wiring import Factory, open_factory
+from factory.worker import wake_workers, workers_alive
 from routing.scripted import ScriptedModel
 
 REQ = "Build a URL shortener service with an HTTP API: create short links, redirect, and count clicks."
@@ -100,6 +100,24 @@ def _check(database_url: str, run_ids: list[str]) -> dict[str, int]:
     }
 
 
+async def _queue_and_wait(factory: Factory, prefix: str, runs: int, tag: str) -> tuple[list[str], float]:
+    """Queue ``runs`` Phase-1 runs at once, wake the workers, wait until none is running: (ids, submit time)."""
+    started = time.perf_counter()
+    ids = [(await factory.engine.submit(REQ, "phase1")).id for _ in range(runs)]
+    await wake_workers(factory.redis, prefix, ids[-1])
+    submitted = time.perf_counter() - started
+    deadline = time.monotonic() + 600
+    while True:
+        async with factory.pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM runs WHERE id = ANY(%s) AND status <> 'running'", (ids,))
+            row = await cur.fetchone()
+        if row is not None and row[0] == len(ids):
+            return ids, submitted
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{tag}: runs did not finish in 600 s")
+        await asyncio.sleep(0.05)
+
+
 async def _scale(
     settings: Settings,
     database_url: str,
@@ -132,25 +150,10 @@ async def _scale(
             }  # fmt: skip
         )
         async with open_factory(local) as factory:
+            # Warm-up: a run for every slot of every worker (first calls load what they load), untimed.
+            await _queue_and_wait(factory, prefix, workers * worker_runs, tag)
             started = time.perf_counter()
-            ids = [(await factory.engine.submit(REQ, "phase1")).id for _ in range(runs)]
-            from factory.worker import wake_workers
-
-            await wake_workers(factory.redis, prefix, ids[-1])
-            submitted = time.perf_counter() - started
-            deadline = time.monotonic() + 600
-            while True:
-                async with factory.pool.connection() as conn:
-                    row = await (
-                        await conn.execute(
-                            "SELECT count(*) FROM runs WHERE id = ANY(%s) AND status <> 'running'", (ids,)
-                        )
-                    ).fetchone()
-                if row is not None and row[0] == len(ids):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{tag}: runs did not finish in 600 s")
-                await asyncio.sleep(0.05)
+            ids, submitted = await _queue_and_wait(factory, prefix, runs, tag)
             elapsed = time.perf_counter() - started
     finally:
         for proc in procs:

@@ -248,6 +248,8 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
         concurrency=settings.worker_runs,
         on_active=metrics.set_worker_active_runs if metrics is not None else None,
     )
+    if factory.router is not None:  # LiteLLM's import takes seconds: at start, not in the first run's stage
+        await factory.router.ready()
     server = (
         serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
         if metrics and settings.metrics_port
