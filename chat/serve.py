@@ -153,8 +153,10 @@ async def serve(
             _before_shutdown(app, on_stop)
         import uvicorn
 
+        # log_config=None: uvicorn's lines go through the factory's handlers (its format, JSON or
+        # text, and its redaction) instead of uvicorn's own text handlers.
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="auto", lifespan="on",
-                                timeout_graceful_shutdown=5)  # fmt: skip
+                                timeout_graceful_shutdown=5, log_config=None)  # fmt: skip
         server = uvicorn.Server(config)
         login = "login required (factory users)" if accounts else f"no login: you are {local_user()} (loopback only)"
         watcher = asyncio.create_task(_announce(server, host, port, login, on_ready))

@@ -223,3 +223,19 @@ def test_stopping_factory_up_stops_its_worker(start: Start, env: dict[str, str])
         time.sleep(0.1)
     assert _state(worker) in ("Z", "X"), f"the worker (pid {worker}) outlived factory up by 20 s"
     assert "Traceback" not in up.output, up.output
+
+
+def test_with_json_logs_every_log_line_of_the_chat_and_its_worker_is_json(start: Start, env: dict[str, str]) -> None:
+    env.update({"FACTORY_LOG_FORMAT": "json", "FACTORY_LOG_LEVEL": "INFO"})
+    port = free_port()
+    up = start("--port", str(port))
+    assert up.watch(until="chat: http://"), f"factory up did not serve:\n{up.output}"
+    assert up.watch(until="worker: drives up to"), f"the worker did not log its start:\n{up.output}"
+    assert get(f"http://127.0.0.1:{port}/auth/config")[0] == 200
+    up.stop()
+    said = [line for line in up.output.splitlines() if line.strip()]
+    human = [line for line in said if line.startswith(("postgres: ", "chat: http://", "stop with Ctrl-C"))]  # stdout
+    logged = [json.loads(line) for line in said if line not in human]  # anything else not JSON fails here
+    assert len(human) == 3 and logged, said
+    assert all({"ts", "level", "logger", "message"} <= line.keys() for line in logged)
+    assert any(line["logger"] == "factory.worker" for line in logged), logged
