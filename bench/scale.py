@@ -1,14 +1,15 @@
 """Scaling out: 50 concurrent Phase-1 runs on 1 and on 2 `factory worker` processes, directly and
 through PgBouncer in transaction mode; and what tracing costs a stage. Prints JSON.
 
-    python -m bench.scale [--runs 50] [--worker-runs 4] [--trace-runs 12] [--minilm] [--no-pgbouncer]
+    python -m bench.scale [--runs 50] [--worker-runs 4] [--repeat 3] [--trace-runs 12] [--minilm] [--no-pgbouncer]
 
 Each configuration starts its workers (real processes, the scripted model with zero think time and,
 for memory, hashed embeddings instead of MiniLM inference; ``--minilm`` adds the same with the real
 embedding model; embedded PostgreSQL with pgvector and embedded Redis), waits until they announce themselves, then
 queues the runs at once (``engine.submit``, as `factory run --detach` does) and times until the last
-one completes. Throughput is runs per second from the first submit to the last completion; the
-ratio compares 2 workers with 1, measured in the same bench run. Every run is then checked: each
+one completes (after an untimed warm-up run per worker slot). Throughput is runs per second from the
+first submit to the last completion; 1 worker and 2 alternate ``--repeat`` times, and the ratio is
+of their medians, measured in the same bench run. Every run is then checked: each
 stage complete, and the gate advanced exactly one execution per stage (none ran twice to completion).
 
 Tracing: the same Phase-1 run, driven in this process, alternately with Langfuse tracing on
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -180,6 +182,45 @@ async def _scale(
     }
 
 
+async def _pair(
+    settings: Settings,
+    database_url: str,
+    tag: str,
+    embeddings: str = "hashed",
+    *,
+    redis_url: str,
+    runs: int,
+    worker_runs: int,
+    repeat: int,
+) -> dict[str, Any]:
+    """1 worker, then 2, ``repeat`` times over (alternating, so drift hits both alike): the median
+    throughput of each, their ratio, and every attempt's checks (failed or doubled stages summed)."""
+    attempts: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for i in range(repeat):
+        for workers in (1, 2):
+            attempts[workers].append(
+                await _scale(
+                    settings, database_url, redis_url, workers, runs, worker_runs, f"{tag}{workers}-{i}", embeddings
+                )
+            )
+    summary: dict[str, Any] = {}
+    for workers, name in ((1, "one_worker"), (2, "two_workers")):
+        done = attempts[workers]
+        summary[name] = {
+            "runs_per_s_median": round(statistics.median(a["runs_per_s"] for a in done), 3),
+            "runs_per_s_each": [a["runs_per_s"] for a in done],
+            "stages_per_s_median": round(statistics.median(a["stages_per_s"] for a in done), 2),
+            **{k: sum(a[k] for a in done) for k in CHECKS},
+        }
+    summary["throughput_ratio"] = round(
+        summary["two_workers"]["runs_per_s_median"] / summary["one_worker"]["runs_per_s_median"], 3
+    )
+    return {"runs": runs, "worker_runs": worker_runs, "repeats": repeat, **summary}
+
+
+CHECKS = ("runs_complete", "runs_not_complete", "stages_failed_or_unfinished", "stages_completed_twice")
+
+
 class _HashedEmbedder:
     """Zero think time for embeddings too: the scripted model's hashed vectors."""
 
@@ -220,25 +261,30 @@ def _otlp_sink() -> Iterator[str]:
         server.server_close()
 
 
-async def _per_stage_ms(settings: Settings) -> float:
-    async with open_factory(settings, model=ScriptedModel({}), embedder=_HASHED) as factory:
-        outcome = await factory.engine.start(REQ, "phase1")
-        return float(statistics.median(t.wall_s * 1000 for t in outcome.timings))
+async def _stage_ms(factory: Factory) -> list[float]:
+    outcome = await factory.engine.start(REQ, "phase1")
+    return [t.wall_s * 1000 for t in outcome.timings]
 
 
 async def _tracing(settings: Settings, runs: int) -> dict[str, Any]:
     with _otlp_sink() as url:
         keys = {"langfuse_public_key": SecretStr("pk-lf-bench"), "langfuse_secret_key": SecretStr("sk-lf-bench")}
         traced = settings.model_copy(update={**keys, "langfuse_base_url": url})
-        await _per_stage_ms(settings)  # warm-up: imports, pool, first migrations
-        await _per_stage_ms(traced)
-        on, off = [], []
-        for _ in range(runs):  # alternating, so drift hits both alike
-            off.append(await _per_stage_ms(settings))
-            on.append(await _per_stage_ms(traced))
+        async with (
+            open_factory(settings, model=ScriptedModel({}), embedder=_HASHED) as plain,
+            open_factory(traced, model=ScriptedModel({}), embedder=_HASHED) as tracing,
+        ):
+            await _stage_ms(plain)  # warm-up: first calls, pools
+            await _stage_ms(tracing)
+            on: list[float] = []
+            off: list[float] = []
+            for _ in range(runs):  # alternating, so drift hits both alike
+                off += await _stage_ms(plain)
+                on += await _stage_ms(tracing)
         exported = _Sink.received
     return {
         "runs_each": runs,
+        "stages_each": len(off),
         "per_stage_ms_off": round(statistics.median(off), 3),
         "per_stage_ms_on": round(statistics.median(on), 3),
         "on_over_off": round(statistics.median(on) / statistics.median(off), 3),
@@ -250,7 +296,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--worker-runs", type=int, default=4, help="runs one worker drives at once")
-    parser.add_argument("--trace-runs", type=int, default=12)
+    parser.add_argument("--trace-runs", type=int, default=40)
+    parser.add_argument("--tracing-only", action="store_true", help="only the tracing on/off figure")
+    parser.add_argument("--repeat", type=int, default=3, help="1-then-2-worker measurements per configuration")
     parser.add_argument("--no-pgbouncer", action="store_true")
     parser.add_argument("--minilm", action="store_true", help="also with real embeddings (CPU inference per stage)")
     args = parser.parse_args()
@@ -260,36 +308,17 @@ async def main() -> None:
         endpoints = services.ensure(data, None, None, timeout_s=120)
         settings = Settings(data_dir=data, database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0)
         try:
-            direct = {}
-            for workers in (1, 2):
-                direct[workers] = await _scale(settings, endpoints.database_url, endpoints.redis_url, workers,
-                                               args.runs, args.worker_runs, f"direct{workers}")  # fmt: skip
-            report["direct"] = {
-                "one_worker": direct[1], "two_workers": direct[2],
-                "throughput_ratio": round(direct[2]["runs_per_s"] / direct[1]["runs_per_s"], 3),
-            }  # fmt: skip
-            if args.minilm:  # the same with real embeddings (all-MiniLM-L6-v2 on the CPU) in every stage
-                real = {}
-                for workers in (1, 2):
-                    real[workers] = await _scale(settings, endpoints.database_url, endpoints.redis_url, workers,
-                                                 args.runs, args.worker_runs, f"minilm{workers}", "minilm")  # fmt: skip
-                report["direct_with_minilm_embeddings"] = {
-                    "one_worker": real[1], "two_workers": real[2],
-                    "throughput_ratio": round(real[2]["runs_per_s"] / real[1]["runs_per_s"], 3),
-                }  # fmt: skip
-            if not args.no_pgbouncer:
-                from tests.integration.pgbouncer import running_pgbouncer
+            if not args.tracing_only:
+                pair = functools.partial(_pair, settings, redis_url=endpoints.redis_url, runs=args.runs,
+                                         worker_runs=args.worker_runs, repeat=args.repeat)  # fmt: skip
+                report["direct"] = await pair(endpoints.database_url, "direct")
+                if args.minilm:  # the same with real embeddings (all-MiniLM-L6-v2 on the CPU) in every stage
+                    report["direct_with_minilm_embeddings"] = await pair(endpoints.database_url, "minilm", "minilm")
+                if not args.no_pgbouncer:
+                    from tests.integration.pgbouncer import running_pgbouncer
 
-                with running_pgbouncer(endpoints.database_url, pool_size=10) as bouncer:
-                    url = bouncer.url(endpoints.database_url)
-                    bounced = {}
-                    for workers in (1, 2):
-                        bounced[workers] = await _scale(settings, url, endpoints.redis_url, workers, args.runs,
-                                                        args.worker_runs, f"bounced{workers}")  # fmt: skip
-                report["through_pgbouncer"] = {
-                    "one_worker": bounced[1], "two_workers": bounced[2],
-                    "throughput_ratio": round(bounced[2]["runs_per_s"] / bounced[1]["runs_per_s"], 3),
-                }  # fmt: skip
+                    with running_pgbouncer(endpoints.database_url, pool_size=10) as bouncer:
+                        report["through_pgbouncer"] = await pair(bouncer.url(endpoints.database_url), "bounced")
             report["tracing"] = await _tracing(settings, args.trace_runs)
         finally:
             services.stop(data)
