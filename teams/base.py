@@ -5,10 +5,12 @@ Callers see Protocols; the Postgres store and the in-memory twin implement them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,6 +93,15 @@ class Run(BaseModel):
     policy: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def new(cls, requirement: str, pipeline: list[TeamSlug], name: str, bundles: Path, **fields: Any) -> Run:
+        """A new run record (not yet stored), its bundle a folder named after it under ``bundles``."""
+        created = datetime.now(UTC)
+        run_id = f"run-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+        artifacts_dir = str((bundles / run_id).resolve())
+        return cls(id=run_id, requirement=requirement, pipeline=pipeline, pipeline_name=name,
+                   artifacts_dir=artifacts_dir, created_at=created, updated_at=created, **fields)  # fmt: skip
 
 
 class StoredArtifact(BaseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +21,10 @@ from memory.packing import PackedContext
 from observability.base import Event
 from observability.logs import bind_log_context, log_context
 from teams.asking import ask_team, broker_limits_of, unanswered
-from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus, StoredArtifact
-from teams.bundle import sha256_text, write_artifacts
+from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
+from teams.bundle import write_artifacts
 from teams.decisions import Resumption, StageDecision, stage_decision
+from teams.earlier_files import refuse_clashing_files, replaced_by
 from teams.escalation import escalation_for
 from teams.gate import GateDecision, Verdict, decide, limits_of
 from teams.lease import Lease
@@ -35,12 +35,11 @@ from teams.records import (
     StageTiming,
     completion_entry,
     execution_entry,
-    replaced_artifacts,
     result_completion_entry,
     stored_artifact,
     validate_requirement,
 )
-from teams.results import TaskResult, TaskStatus, blocked, name_clash
+from teams.results import TaskResult, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
 from teams.slugs import TeamSlug
@@ -97,29 +96,10 @@ class PipelineEngine:
         return run
 
     def new_run(
-        self,
-        requirement: str,
-        pipeline: list[TeamSlug],
-        name: str,
-        out_dir: Path | None,
-        *,
-        parent_run_id: str | None = None,
-        feedback: str | None = None,
+        self, requirement: str, pipeline: list[TeamSlug], name: str, out_dir: Path | None, **fields: Any
     ) -> Run:
-        """A new run record (not yet stored)."""
-        run_id = f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-        created = now()
-        return Run(
-            id=run_id,
-            requirement=requirement,
-            pipeline=pipeline,
-            pipeline_name=name,
-            artifacts_dir=str(((out_dir or self._d.runs_dir) / run_id).resolve()),
-            parent_run_id=parent_run_id,
-            feedback=feedback,
-            created_at=created,
-            updated_at=created,
-        )
+        """A new run record (not yet stored); ``fields``: ``parent_run_id`` and ``feedback`` of a revision."""
+        return Run.new(requirement, pipeline, name, out_dir or self._d.runs_dir, **fields)
 
     async def create(
         self, run: Run, lease: Lease, reused: Sequence[StageRecord] = (), link: dict[str, Any] | None = None
@@ -413,7 +393,7 @@ class PipelineEngine:
             )
             model_s += execution.model_s
             self._account(stage, execution)
-            _refuse_clashing_files(execution, taken)
+            refuse_clashing_files(execution, taken)
             failures += execution.system_blocked
             decision = decide(
                 execution.result,
@@ -496,7 +476,7 @@ class PipelineEngine:
         try:
             # Held for sure first (its heartbeat renews it; else a round trip): no commit fences files.
             await self._d.store.hold(lease, for_s=FILES_HELD_S)
-            replaced = _replaced(run, stage, prior, result)
+            replaced = replaced_by(run, stage, prior, result)
             await asyncio.to_thread(write_artifacts, Path(run.artifacts_dir), result.artifacts)  # off the loop
             stored = [stored_artifact(run, stage, artifact) for artifact in result.artifacts]
             stage.status, stage.finished_at = StageStatus.COMPLETE, now()
@@ -605,41 +585,6 @@ class PipelineEngine:
 
     async def _emit(self, event_type: str, run_id: str, /, **data: Any) -> None:
         await self._d.events.emit(Event(type=event_type, run_id=run_id, data=data, at=now()))
-
-
-def _replaced(run: Run, stage: StageRecord, prior: Sequence[PriorArtifact], result: TaskResult) -> dict[str, Any]:
-    """The earlier stages' files this stage's result replaces (``replaced_artifacts``), found among
-    the earlier results the drive holds (every earlier stage's files: no query)."""
-    names = {a.name.casefold() for a in result.artifacts}
-    earlier = [
-        StoredArtifact(
-            run_id=run.id,
-            stage_index=run.pipeline.index(p.team),
-            team=p.team,
-            name=p.artifact.name,
-            kind=p.artifact.kind,
-            sha256=sha256_text(p.artifact.content),
-            bytes=len(p.artifact.content.encode("utf-8")),
-        )
-        for p in prior
-        if p.artifact.name.casefold() in names
-    ]
-    return replaced_artifacts(earlier, stage.index, [a.name for a in result.artifacts])
-
-
-def _refuse_clashing_files(execution: Execution, taken: Sequence[str]) -> None:
-    """Turn a COMPLETE result whose files cannot sit beside the earlier stages' (``docs`` as a file
-    where an earlier stage wrote ``docs/a.md``, or the reverse) into unusable output. Writing a file
-    an earlier stage wrote is allowed: it is audited as a replacement."""
-    result = execution.result
-    if result.status is not TaskStatus.COMPLETE or not taken or not result.artifacts:
-        return
-    names = {n.casefold(): n for n in [*taken, *(a.name for a in result.artifacts)]}
-    why = name_clash(list(names.values()))
-    if why is not None:
-        execution.problem = f"{why} (a file or folder an earlier stage wrote)"
-        execution.system_blocked = True
-        execution.result = blocked(f"model output unusable: {execution.problem}")
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:
