@@ -248,8 +248,6 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
         concurrency=settings.worker_runs,
         on_active=metrics.set_worker_active_runs if metrics is not None else None,
     )
-    if factory.router is not None:  # LiteLLM's import takes seconds: at start, not in the first run's stage
-        await factory.router.ready()
     server = (
         serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
         if metrics and settings.metrics_port
@@ -261,7 +259,18 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
             if metrics is not None:
                 group.create_task(keep_fresh(factory, metrics, stop, every_s=max(5.0, settings.worker_poll_s)))
-            group.create_task(work.serve(stop))
+            group.create_task(work.serve(stop))  # announced at once: front doors leave runs to it
+            if factory.router is not None:  # LiteLLM's import takes seconds: now, not in the first run's stage
+                group.create_task(_warm(factory))
     finally:
         if server is not None:
             server.close()
+
+
+async def _warm(factory: Factory) -> None:
+    """Import LiteLLM ahead of the first run; a failure here is the first run's to report."""
+    assert factory.router is not None
+    try:
+        await factory.router.ready()
+    except Exception as exc:
+        log.warning("worker could not load LiteLLM ahead of its first run: %s", exc)
