@@ -197,6 +197,16 @@ def test_settings_change_the_next_run_and_never_show_a_key(chat: Chat, page: Any
     assert policy["confidence_floor"] == 0.95
 
 
+def _choose(page: Any, trigger: str, option: str) -> None:
+    """Pick ``option`` of a select by keyboard (type-ahead, then Enter), as a person can. A mouse click
+    on a long list is flaky: passing over its scroll arrow scrolls it under the pointer."""
+    page.locator(trigger).click()
+    page.get_by_role("option", name=option).wait_for()
+    page.keyboard.type(option)
+    page.keyboard.press("Enter")
+    page.locator(trigger).filter(has_text=option).wait_for(timeout=10_000)
+
+
 def _profile(page: Any, name: str) -> None:
     page.click("#chat-profiles")
     page.get_by_role("option", name=name).click()
@@ -212,8 +222,7 @@ def test_team_chat_streams_and_remembers_and_project_qa_cites(chat: Chat, page: 
     _profile(page, "Team chat")
     page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)
     page.click("#chat-settings-open-modal")
-    page.locator("#team").click()
-    page.get_by_role("option", name="qa-engineering").click()
+    _choose(page, "#team", "qa-engineering")
     page.get_by_role("button", name="Confirm").click()
     send(page, "What do you test first, <b>and why</b>?")
     page.wait_for_function("() => document.body.innerText.includes('qa-engineering')", timeout=30_000)
