@@ -97,22 +97,22 @@ class Worker:
         """The next run nobody drives, claimed for this worker (its lease), or None."""
         return await self._f.store.claim(MOVABLE, exclude=[*await self._waiting(), *exclude])
 
-    async def _drive(self, lease: Lease, step: WorkerStep) -> None:
+    async def _drive(self, lease: Lease, step: WorkerStep | None = None) -> None:
+        """Drive a claimed run while holding its lease; what happened goes to ``step`` when given."""
         with log_context(run_id=lease.run_id):
-            await self._drive_held(lease, step)
-
-    async def _drive_held(self, lease: Lease, step: WorkerStep) -> None:
-        async with self._f.store.holding(lease):
-            try:
-                outcome = await self._f.engine.drive(lease.run_id, lease=lease)
-            except Exception as exc:  # one bad run never stops the others (the run keeps its state)
-                log.warning("worker could not drive %s: %s", lease.run_id, exc,
-                            exc_info=not isinstance(exc, FactoryError))  # fmt: skip
-                step.failed.append((lease.run_id, str(exc)))
-                return
-        if outcome.timings or outcome.run.status is not RunStatus.WAITING_HUMAN:  # it moved
-            log.info("worker drove %s: %s", lease.run_id, outcome.run.status.value)
-            step.resumed.append(outcome)
+            async with self._f.store.holding(lease):
+                try:
+                    outcome = await self._f.engine.drive(lease.run_id, lease=lease)
+                except Exception as exc:  # one bad run never stops the others (the run keeps its state)
+                    log.warning("worker could not drive %s: %s", lease.run_id, exc,
+                                exc_info=not isinstance(exc, FactoryError))  # fmt: skip
+                    if step is not None:
+                        step.failed.append((lease.run_id, str(exc)))
+                    return
+            if outcome.timings or outcome.run.status is not RunStatus.WAITING_HUMAN:  # it moved
+                log.info("worker drove %s: %s", lease.run_id, outcome.run.status.value)
+                if step is not None:
+                    step.resumed.append(outcome)
 
     async def _take_from_the_dead(self, step: WorkerStep, exclude: set[str]) -> list[str]:
         """Runs held by a dead process of this host: taken over at once rather than at expiry."""
@@ -164,16 +164,15 @@ class Worker:
         stage in flight, which the next worker runs again)."""
         active: dict[str, asyncio.Task[None]] = {}
         done: set[str] = set()  # driven since the last poll: not claimed again before it
-        step = WorkerStep()
         while not stop.is_set():
             try:
                 while len(active) < self._concurrency and not stop.is_set():
                     lease = await self.claim(sorted({*active, *done}))
                     if lease is None:
                         break
-                    active[lease.run_id] = asyncio.create_task(self._drive(lease, step), name=f"drive {lease.run_id}")
+                    active[lease.run_id] = asyncio.create_task(self._drive(lease), name=f"drive {lease.run_id}")
                 if len(active) < self._concurrency:
-                    done.update(await self._take_from_the_dead(step, {*active, *done}))
+                    done.update(await self._take_from_the_dead(WorkerStep(), {*active, *done}))
             except Exception as exc:  # a service that comes back is used again on the next pass
                 known = isinstance(exc, FactoryError | RedisError | OSError)
                 log.warning("worker claim failed: %s", exc, exc_info=not known)
@@ -189,7 +188,6 @@ class Worker:
                 if task.done():
                     del active[run_id]
                     done.add(run_id)
-            step = WorkerStep()
         if active:
             _, pending = await asyncio.wait(active.values(), timeout=self._stop_grace_s)
             for task in pending:

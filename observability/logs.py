@@ -38,10 +38,6 @@ def bind_log_context(**fields: Any) -> None:
     _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
 
 
-def current_log_context() -> dict[str, Any]:
-    return dict(_CONTEXT.get() or {})
-
-
 class ContextFilter(logging.Filter):
     """Copies the current ``log_context`` onto each record (``record.run_id`` and so on)."""
 
