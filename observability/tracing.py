@@ -173,6 +173,7 @@ class RunTracer:
             return
         attributes = {
             otlp.TRACE_NAME: RUN_TRACE,
+            otlp.APP_ROOT: True,
             **otlp.metadata(otlp.TRACE_METADATA, {"run_id": event.run_id, "pipeline": event.data.get("pipeline")}),
             **observation("span", {"run_id": event.run_id, "pipeline": event.data.get("pipeline")}),
         }
@@ -343,6 +344,7 @@ class RunTracer:
             attributes[otlp.MODEL] = call.model
         if call.run_id is None:  # outside any run: a trace of its own
             attributes[otlp.TRACE_NAME] = call.purpose
+            attributes[otlp.APP_ROOT] = True
             parent = Context()
         else:
             parent = self._answering(call.run_id, call.team) or self._parent(call.run_id, call.team)

@@ -184,6 +184,8 @@ async def test_a_run_is_one_trace_of_stages_generations_and_a_clarification(
     assert (root["name"], root["span_id"]) == ("run", f"{root_span_id_of(out.run.id):016x}")
     assert root["attributes"]["langfuse.trace.name"] == "factory run" and meta(root, "outcome") == "completed"
     assert meta(root, "pipeline") == PHASE1
+    # The application's root is the run's, marked by the factory (not by the SDK's span-start hook).
+    assert [s["name"] for s in spans if s["attributes"].get("langfuse.internal.is_app_root")] == ["run"]
     stages = sorted((s for s in spans if s["name"] in PHASE1), key=lambda s: s["start"])
     assert [s["name"] for s in stages] == PHASE1 and [meta(s, "team") for s in stages] == PHASE1
     assert {s["parent"] for s in stages} == {root["span_id"]}
@@ -243,6 +245,7 @@ async def test_a_resumed_run_joins_the_same_trace_under_the_same_root(
     later = [s for s in collector.spans if s not in before]
     assert later and {s["trace_id"] for s in later} == {trace_id}
     assert not [s for s in later if s["parent"] is None]  # the root is the first process's
+    assert not [s for s in later if s["attributes"].get("langfuse.internal.is_app_root")]
     rest = ["backend-engineering", "qa-engineering", "documentation"]
     stages = sorted((s for s in later if s["name"] in rest and kind(s) == "span"), key=lambda s: s["start"])
     assert [s["name"] for s in stages] == rest and {s["parent"] for s in stages} == {root["span_id"]}

@@ -76,8 +76,9 @@ def test_ids_are_langfuse_s_and_attribute_names_its_own() -> None:
         a.OBSERVATION_TYPE, a.OBSERVATION_LEVEL, a.OBSERVATION_STATUS_MESSAGE, a.OBSERVATION_INPUT,
         a.OBSERVATION_OUTPUT, a.OBSERVATION_METADATA,
     )  # fmt: skip
-    assert (otlp.MODEL, otlp.USAGE, otlp.COST, otlp.TRACE_NAME, otlp.TRACE_METADATA) == (
+    assert (otlp.MODEL, otlp.USAGE, otlp.COST, otlp.TRACE_NAME, otlp.TRACE_METADATA, otlp.APP_ROOT) == (
         a.OBSERVATION_MODEL, a.OBSERVATION_USAGE_DETAILS, a.OBSERVATION_COST_DETAILS, a.TRACE_NAME, a.TRACE_METADATA,
+        a.IS_APP_ROOT,
     )  # fmt: skip
 
 
