@@ -195,7 +195,7 @@ def _processor(sdk: type[Any]) -> type[Any]:
     run's path the hook was half of what a span cost (about 60 µs a stage, ``bench.scale``)."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    class Processor(sdk):  # type: ignore[misc,valid-type]
+    class Processor(sdk):  # type: ignore[misc]
         def on_start(self, span: Any, parent_context: Context | None = None) -> None:
             BatchSpanProcessor.on_start(self, span, parent_context)
 
