@@ -136,8 +136,12 @@ class Selector:
         self.last: Selection | None = None  # the latest choice, for the transcript line it leads to
 
     def history(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> list[tuple[str, str]]:
-        """(source, text) of each chat message, a team by its slug."""
-        return [(self._by_agent.get(m.source, m.source), m.to_text()) for m in thread if isinstance(m, BaseChatMessage)]
+        """(source, text) of each chat message: a team by its slug, anyone else as an operator."""
+        return [
+            (self._by_agent.get(m.source) or f"operator {m.source}", m.to_text())
+            for m in thread
+            if isinstance(m, BaseChatMessage)
+        ]
 
     async def select(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
         """The next speaker's agent name (AutoGen's ``selector_func``: a coroutine function)."""

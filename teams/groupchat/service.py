@@ -162,7 +162,8 @@ class GroupChats:
         queued = await self._d.store.interject(session_id, by, text)
         if queued is None:
             session = await self.get(session_id)
-            raise InputError(f"group chat {session_id} is {session.status.value}; nobody would hear the message")
+            why = f"has ended its discussion ({session.stop_reason})" if session.stop_reason else "is not running"
+            raise InputError(f"group chat {session_id} {why}; nobody would hear the message")
         await emit(self._d, session_id, "interjection", id=queued.id, by=by, text=text)
         return queued
 

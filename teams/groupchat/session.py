@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import ChatAgent, Team
 from autogen_agentchat.teams import SelectorGroupChat
+from autogen_core.model_context import BufferedChatCompletionContext
 
 from memory.gateway import MemoryGateway
 from routing.base import Alias, RoutedChatModel
@@ -25,6 +26,10 @@ from teams.groupchat.selection import Selector, agent_name
 from teams.roster import team
 
 log = logging.getLogger(__name__)
+
+#: The latest messages a speaker's prompt holds (the topic is in its system message): the prompt
+#: stays bounded however long the discussion runs.
+CONTEXT_MESSAGES = 24
 
 
 def group_setting(session: GroupChatSession, slug: str) -> str:
@@ -97,6 +102,7 @@ def build_team(
                 description=f"{member.name}: {member.goal[:200]}",
                 system_message=prompts[slug],
                 model_client_stream=True,
+                model_context=BufferedChatCompletionContext(buffer_size=CONTEXT_MESSAGES),
             )
         )
     # AutoGen needs a client for its own selection; ``selector`` always answers, so it is never asked.

@@ -201,11 +201,12 @@ class GroupChatStore:
     # -- the operator, from any process --------------------------------------------------------------
 
     async def interject(self, session_id: str, by: str, text: str) -> Interjection | None:
-        """Queue an operator's message for the next speaker; None if the session is not running."""
+        """Queue an operator's message for the next speaker; None if the discussion is not going on."""
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "INSERT INTO groupchat_interjections (session_id, by, text, created_at)"
-                " SELECT id, %s, %s, %s FROM groupchat_sessions WHERE id = %s AND status = 'running'"
+                " SELECT id, %s, %s, %s FROM groupchat_sessions"
+                " WHERE id = %s AND status = 'running' AND stop_reason IS NULL"
                 " RETURNING id, session_id, by, text, created_at, consumed_seq",
                 (by, text, datetime.now(UTC), session_id),
             )
