@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check 'uv==0.13.9'
 	$(UV) pip install -q --python $(PY) -r requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set (this machine's kind sets it),
+	@# every `factory` process would otherwise compile LiteLLM and the rest from source (~10 s each).
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
 	@# a llama.cpp build cached from another CPU can crash on this one: check it decodes, else rebuild
 	$(PY) -m routing.embedded || $(UV) pip install -q --python $(PY) -r requirements.lock \
 	  --refresh-package llama-cpp-python --reinstall-package llama-cpp-python
