@@ -44,6 +44,17 @@ from teams.lease import Lease
 log = logging.getLogger(__name__)
 
 
+class _CancelledOnPurpose(logging.Filter):
+    """AutoGen's runtime logs a handler that was cancelled as an error with its traceback; a turn
+    cancelled by the operator's stop or the timeout is no error, and no operator should read one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+logging.getLogger("autogen_core").addFilter(_CancelledOnPurpose())
+
+
 class TurnFailed(PipelineError):
     """A team's turn failed (its model call, or AutoGen itself); the session can be resumed."""
 
@@ -57,14 +68,41 @@ def entry_event(entry: ChatEntry) -> dict[str, Any]:
     return entry.model_dump(mode="json", exclude={"session_id", "created_at"})
 
 
+#: A message's chunks are sent as live events at most this often (a model streams tokens far faster
+#: than anyone reads them; each event is two stream entries in Redis).
+CHUNK_LINGER_S = 0.05
+
+
 @dataclass
 class _Turn:
     """What one turn produced."""
 
     message: TextMessage | None = None
     stopped: StopReason | None = None  # the turn was cancelled: by the operator, or the timeout
-    chunks: int = 0
-    cancelled_by: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Written:
+    """The message being written, sent as ``groupchat.chunk`` events (gathered for ``CHUNK_LINGER_S``)."""
+
+    deps: GroupChatDeps
+    session_id: str
+    seq: int
+    team: str = ""
+    parts: list[str] = field(default_factory=list)
+    sent: float = 0.0
+
+    async def add(self, team: str, text: str) -> None:
+        self.team = team
+        self.parts.append(text)
+        if time.monotonic() - self.sent >= CHUNK_LINGER_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.parts:
+            text, self.parts = "".join(self.parts), []
+            await emit(self.deps, self.session_id, "chunk", team=self.team, seq=self.seq, text=text)
+        self.sent = time.monotonic()
 
 
 class Discussion:
@@ -181,15 +219,15 @@ class Discussion:
         timer = asyncio.get_running_loop().call_later(max(0.0, left), token.cancel)
         task = [TextMessage(content=e.text, source=e.source) for e in heard] or None
         turn = _Turn()
+        written = _Written(self._d, self._s.id, seq)
         for client in clients.values():
             client.failure = None
         try:
             async for item in chat.run_stream(task=task, cancellation_token=token, output_task_messages=False):
                 if isinstance(item, ModelClientStreamingChunkEvent):
-                    turn.chunks += 1
-                    await emit(self._d, self._s.id, "chunk", team=self._agents.get(item.source, item.source),
-                               seq=seq, text=item.content)  # fmt: skip
+                    await written.add(self._agents.get(item.source, item.source), item.content)
                 elif isinstance(item, TextMessage) and item.source in self._agents:
+                    await written.flush()
                     turn.message = item
                 elif isinstance(item, TaskResult):
                     break
@@ -207,6 +245,7 @@ class Discussion:
         finally:
             timer.cancel()
             self._token = None
+            await written.flush()  # what a stopped message showed
         if turn.message is None:
             if token.is_cancelled():
                 turn.stopped = "stopped" if self._stop_by is not None else "timeout"
