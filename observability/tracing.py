@@ -15,8 +15,10 @@ under the same root, without asking anyone where it was::
     │       └── escalation.decided       event, from whichever process decided it
     └── solution-architecture ...        a later stage, maybe from another process
 
-A call outside any run (team chat, Q&A) is a trace of its own: one generation. Prompts and answers
-are not sent (the artifacts and the audit hold what teams wrote); a generation says what a call cost.
+The run id is the trace's metadata and its root span's, not repeated on every span under it (each
+attribute is work on the run's path and in the export). A call outside any run (team chat, Q&A) is
+a trace of its own: one generation. Prompts and answers are not sent (the artifacts and the audit
+hold what teams wrote); a generation says what a call cost.
 
 Spans are cheap on the run's path: each is built in memory and handed to the exporter's queue, which
 a background thread sends in batches (``observability.otlp``). What is kept per run is bounded;
@@ -187,7 +189,7 @@ class RunTracer:
         at = ns(event.at)
         if stale is not None:
             _end(stale, at, "WARNING", "the stage started again before it was recorded as ended")
-        attributes = observation("span", {"run_id": event.run_id, "stage": event.data.get("stage"), "team": team})
+        attributes = observation("span", {"stage": event.data.get("stage"), "team": team})
         span = self._start(team or "stage", self._root(event.run_id), at, attributes)
         _bounded_put(held.stages, team, span, self._max_spans, lambda s: _end(s, at, "WARNING", "too many stages"))
         _bounded_put(held.latest, team, span.get_span_context(), self._max_spans, lambda _: None)
@@ -198,9 +200,7 @@ class RunTracer:
         done = {k: v for k in ("tokens_in", "tokens_out", "confidence", "replaced") if (v := event.data.get(k)) != {}}
         span = held.stages.pop(team, None)
         if span is None:  # accepted by a decision in this process, without running again
-            attrs = observation(
-                "span", {"run_id": event.run_id, "stage": event.data.get("stage"), "team": team, **done}
-            )
+            attrs = observation("span", {"stage": event.data.get("stage"), "team": team, **done})
             self._event(team or "stage", self._root(event.run_id), ns(event.at), attrs)
             return
         span.set_attributes(otlp.metadata(otlp.METADATA, done))
@@ -218,7 +218,7 @@ class RunTracer:
         at = ns(event.at)
         if held is None or held.root is None:  # the run started elsewhere: its outcome still shows
             parent = self._root(event.run_id)
-            attributes = observation("event", {"run_id": event.run_id}, level=level, status=status)
+            attributes = observation("event", {}, level=level, status=status)
             self._event(event.type, parent, at, attributes)
         if held is not None:
             if held.root is not None:
