@@ -5,8 +5,10 @@ raw string (sent as is, e.g. to test malformed output). A team with no queued an
 COMPLETE result built from the request's schema, so any pipeline runs end to end (and for any other
 schema, such as memory extraction's, a small valid instance of it). Streamed (free text), a team's
 queued answer is sent as it is, else a short deterministic reply; word by word, its latency spread
-over the words. ``"embeddings": "hashed"`` makes ``local/embed`` answer from the script too (vectors
-hashed from the text's words, no inference): for benchmarks of the factory's own work.
+over the words. ``"purposes"`` maps a request's purpose to queued answers, taken before the team's
+(for calls made for no team: a group chat's speaker selection ``groupchat_select``, its summary
+``groupchat_summary``). ``"embeddings": "hashed"`` makes ``local/embed`` answer from the script too
+(vectors hashed from the text's words, no inference): for benchmarks of the factory's own work.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ class ScriptedModel:
         self._queues: dict[str, deque[Any]] = {
             team: deque(answers) for team, answers in (script.get("teams") or {}).items()
         }
+        self._purposes: dict[str, deque[Any]] = {
+            purpose: deque(answers) for purpose, answers in (script.get("purposes") or {}).items()
+        }
         self._latency_s = float(script.get("latency_s", latency_s))
         self.hashed_embeddings = script.get("embeddings") == "hashed"
 
@@ -126,8 +131,8 @@ class ScriptedModel:
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
     def _queued(self, request: ChatRequest) -> str | None:
-        """The team's next queued answer as text, if it has one."""
-        queue = self._queues.get(request.team or "")
+        """The purpose's next queued answer, else the team's, as text, if there is one."""
+        queue = self._purposes.get(request.purpose) or self._queues.get(request.team or "")
         if not queue:
             return None
         answer = queue.popleft()
