@@ -21,10 +21,15 @@ MAX_TEXT = 8000  # characters of one operator message
 RECALL_TOKENS = 600
 
 
-def system_prompt(slug: str, remembered: Sequence[str], mental_model: str | None) -> str:
+DIRECT = "talking directly with the operator"
+
+
+def system_prompt(slug: str, remembered: Sequence[str], mental_model: str | None, *, setting: str = DIRECT) -> str:
+    """The team as itself: identity docs, goal, mental model and what it recalls; ``setting`` says
+    where it speaks (group chat: in a discussion with other teams)."""
     member = team(slug)
     parts = [
-        f"You are the {member.name} team of an AI software factory, talking directly with the operator."
+        f"You are the {member.name} team of an AI software factory, {setting}."
         " Answer as this team: from its responsibilities and what it remembers; say so when you do not know.",
         member.soul.strip(),
         member.agents.strip(),
@@ -35,6 +40,19 @@ def system_prompt(slug: str, remembered: Sequence[str], mental_model: str | None
     if remembered:
         parts.append("What you remember that may be relevant:\n" + "\n".join(f"- {r}" for r in remembered))
     return "\n\n".join(p for p in parts if p)
+
+
+async def recollect(gateway: MemoryGateway | None, slug: str, query: str) -> tuple[list[str], str | None]:
+    """What a team recalls for ``query`` from its bank (and the shared world), and its mental model;
+    nothing when memory fails (the team answers without its memory rather than not at all)."""
+    if gateway is None:
+        return [], None
+    try:
+        found = await gateway.recall(slug, query, budget_tokens=RECALL_TOKENS, limit=6)
+        return [r.item.text[:600] for r in found], await gateway.mental_model(slug)
+    except Exception as exc:
+        log.warning("recall for %s failed: %s", slug, exc)
+        return [], None
 
 
 class TeamConversation:
@@ -53,15 +71,7 @@ class TeamConversation:
         transcript, never the answer)."""
         member = team(slug)
         text = text.strip()[:MAX_TEXT]
-        remembered: list[str] = []
-        mental: str | None = None
-        if self._gateway is not None:
-            try:
-                found = await self._gateway.recall(slug, text, budget_tokens=RECALL_TOKENS, limit=6)
-                remembered = [r.item.text[:600] for r in found]
-                mental = await self._gateway.mental_model(slug)
-            except Exception as exc:  # the team answers without its memory rather than not at all
-                log.warning("team chat: recall for %s failed: %s", slug, exc)
+        remembered, mental = await recollect(self._gateway, slug, text)
         messages = [
             Message(role="system", content=system_prompt(slug, remembered, mental)),
             *list(history)[-2 * MAX_TURNS :],

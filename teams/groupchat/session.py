@@ -9,7 +9,6 @@ its state, looks for the operator, and runs it again (AutoGen teams continue fro
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from autogen_agentchat.agents import AssistantAgent
@@ -19,13 +18,11 @@ from autogen_core.model_context import BufferedChatCompletionContext
 
 from memory.gateway import MemoryGateway
 from routing.base import Alias, RoutedChatModel
-from teams.conversation import RECALL_TOKENS, system_prompt
+from teams.conversation import recollect, system_prompt
 from teams.groupchat.base import GroupChatSession
 from teams.groupchat.client import RoutedChatCompletionClient
 from teams.groupchat.selection import Selector, agent_name
 from teams.roster import team
-
-log = logging.getLogger(__name__)
 
 #: The latest messages a speaker's prompt holds (the topic is in its system message): the prompt
 #: stays bounded however long the discussion runs.
@@ -46,25 +43,13 @@ def group_setting(session: GroupChatSession, slug: str) -> str:
     )
 
 
-async def recollect(gateway: MemoryGateway | None, slug: str, query: str) -> tuple[list[str], str | None]:
-    """What a team recalls for ``query`` and its mental model; nothing when memory fails (the team
-    speaks without it rather than not at all)."""
-    if gateway is None:
-        return [], None
-    try:
-        found = await gateway.recall(slug, query, budget_tokens=RECALL_TOKENS, limit=6)
-        return [r.item.text[:600] for r in found], await gateway.mental_model(slug)
-    except Exception as exc:
-        log.warning("group chat: recall for %s failed: %s", slug, exc)
-        return [], None
-
-
 async def identities(session: GroupChatSession, gateway: MemoryGateway | None) -> dict[str, str]:
     """Each team's system message: identity docs, recall on the topic, and its part in the discussion."""
     prompts = {}
     for slug in session.teams:
         remembered, mental = await recollect(gateway, slug, session.topic)
-        prompts[slug] = f"{system_prompt(slug, remembered, mental)}\n\n{group_setting(session, slug)}"
+        opening = system_prompt(slug, remembered, mental, setting="in a group discussion with other teams")
+        prompts[slug] = f"{opening}\n\n{group_setting(session, slug)}"
     return prompts
 
 
