@@ -12,9 +12,11 @@ from factory.users_pg import MIGRATIONS as USERS
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
 from memory.bank_pg import MIGRATIONS as MEMORY
+from teams.groupchat.store_pg import MIGRATIONS as GROUPCHAT
 from teams.store_pg import MIGRATIONS as RUNS
 
 MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS, *CHAT, *POLICY]
+MIGRATIONS += GROUPCHAT  # teams/groupchat's sessions, transcripts and interjections
 _LOCK = 0x_FAC_7021
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import FeatureNotSupported
@@ -61,6 +61,9 @@ from teams.schema import SchemaBounds
 from teams.slugs import ALL_TEAMS, TeamSlug
 from teams.stage_memory import StageMemory
 from teams.store_pg import PostgresRunStore
+
+if TYPE_CHECKING:
+    from teams.groupchat import GroupChats
 
 log = logging.getLogger(__name__)
 
@@ -461,3 +464,24 @@ async def _wired(
         await pool.close()
         if embedded is not None:
             embedded.close()
+
+
+def group_chats(factory: Factory, *, model: RoutedChatModel | None = None, poll_s: float = 0.5) -> GroupChats:
+    """The group-chat service (teams/groupchat) on this factory's services: its model chain (``model``:
+    one wrapping it, as a test's spy), PostgreSQL, memory, audit, live events and pipeline engine.
+    Cheap to build: front doors call it when they need it. AutoGen is imported on the first call."""
+    from teams.groupchat import GroupChatDeps, GroupChats, GroupChatStore
+
+    deps = GroupChatDeps(
+        model=model or factory.model,
+        store=GroupChatStore(factory.pool),
+        leases=factory.store,
+        gateway=factory.memory.gateway,
+        audit=factory.audit,
+        events=FanOut([factory.bus, factory.stream]),
+        engine=factory.engine,
+        timeout_s=factory.settings.model_timeout_s,
+        poll_s=poll_s,
+        window_tokens=factory.settings.context_window_tokens,
+    )
+    return GroupChats(deps)
