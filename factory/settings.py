@@ -106,6 +106,8 @@ class Settings(BaseSettings):
 
     #: Runs one `factory worker` drives at once (each claimed from the run queue in PostgreSQL).
     worker_runs: int = Field(default=4, ge=1, le=64)
+    #: Group-chat sessions one `factory worker` drives at once (handed over by the chat, or orphaned).
+    worker_groupchats: int = Field(default=2, ge=1, le=64)
     #: Where `factory worker` serves Prometheus `/metrics` (0: not served); the chat app serves it at `/metrics`.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -1,10 +1,13 @@
-"""The background worker (``factory worker``): the SLA ladder, and runs that can move again.
+"""The background worker (``factory worker``): the SLA ladder, runs that can move again, and
+group-chat sessions nobody drives.
 
-Two loops, each step bounded: every ``poll_s`` the ladder ticks over the waiting escalations;
-and runs are resumed when the operator decided what they waited on, or when the process that
-drove them died (a ``running`` run nobody holds). A run is driven by one process at a time (its
-lease); a worker skips runs another process holds. The worker announces itself in Redis so the
-CLI can tell the operator whether a decision will be picked up on its own.
+Three loops, each step bounded: every ``poll_s`` the ladder ticks over the waiting escalations;
+runs are resumed when the operator decided what they waited on, or when the process that drove
+them died (a ``running`` run nobody holds); and group-chat sessions (ids ``gc-…``) are driven when a
+front door hands one over (``wake_workers`` with its id) or when one is left running with nobody
+driving it (its driver died). A run or a session is driven by one process at a time (its lease); a
+worker skips what another process holds. The worker announces itself in Redis so front doors can
+tell whether a run, a decision or a session will be picked up on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from redis.exceptions import RedisError
 
 from factory.errors import FactoryError, RunBusy
 from factory.wiring import Factory
+from factory.worker_groupchats import GROUPCHAT_ID_PREFIX, GroupChatDrives
 from observability.logs import log_context
 from teams.base import RunStatus
 from teams.lease import Lease
@@ -39,7 +43,8 @@ def wake_key(prefix: str) -> str:
 
 
 async def wake_workers(redis: Redis, prefix: str, run_id: str) -> None:
-    """Tell a waiting worker a run was submitted (best effort: without it, the next poll finds it)."""
+    """Tell a waiting worker a run was submitted, or hand it a group-chat session to drive (its
+    ``gc-…`` id); best effort: without it, the next poll finds either."""
     with contextlib.suppress(RedisError, OSError):
         async with redis.pipeline(transaction=False) as pipe:
             pipe.lpush(wake_key(prefix), run_id)
@@ -79,6 +84,7 @@ class Worker:
         poll_s: float,
         max_runs_per_pass: int = 20,
         concurrency: int = 1,
+        groupchats: int = 2,
         stop_grace_s: float = 5.0,
         on_active: Callable[[int], None] | None = None,
     ) -> None:
@@ -88,6 +94,7 @@ class Worker:
         self._concurrency = concurrency
         self._stop_grace_s = stop_grace_s
         self._on_active = on_active or (lambda _n: None)
+        self.groupchats = GroupChatDrives(factory, poll_s=poll_s, concurrency=groupchats)
 
     async def _waiting(self) -> list[str]:
         """Runs still waiting on an open escalation: never claimed (nothing to do until it is decided)."""
@@ -150,10 +157,12 @@ class Worker:
         return step
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Drive runs (``concurrency`` at once), the SLA ladder and the heartbeat until ``stop`` is set."""
+        """Drive runs (``concurrency`` at once), group chats, the SLA ladder and the heartbeat until
+        ``stop`` is set."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(stop, self._ladder_step, "sla ladder"))
             group.create_task(self._drive_runs(stop))
+            group.create_task(self.groupchats.serve(stop))
             group.create_task(self._every(stop, self._heartbeat, "heartbeat"))
         with contextlib.suppress(RedisError, OSError):
             await self._f.redis.delete(worker_key(self._f.settings.redis_prefix))
@@ -205,7 +214,8 @@ class Worker:
         await self._f.redis.set(worker_key(self._f.settings.redis_prefix), "1", ex=ttl)
 
     async def _woken(self, stop: asyncio.Event) -> None:
-        """Wait ``poll_s``, or less when a run is submitted (``wake_workers``) or the worker stops."""
+        """Wait ``poll_s``, or less when a run is submitted (``wake_workers``) or the worker stops. A
+        wake-up naming a group-chat session goes to the group-chat loop (this one waits on)."""
         deadline = asyncio.get_running_loop().time() + self._poll_s
         key = wake_key(self._f.settings.redis_prefix)
         while not stop.is_set():
@@ -213,8 +223,12 @@ class Worker:
             if left <= 0:
                 return
             try:  # in slices shorter than the client's socket timeout, so a stop is seen within one
-                if await self._f.redis.blpop([key], timeout=max(0.1, min(left, 1.0))):  # type: ignore[misc]
-                    return
+                popped = await self._f.redis.blpop([key], timeout=max(0.1, min(left, 1.0)))  # type: ignore[misc]
+                if popped:
+                    named = popped[1].decode(errors="replace")
+                    if not named.startswith(GROUPCHAT_ID_PREFIX):
+                        return
+                    self.groupchats.wake(named)
             except (RedisError, OSError):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), left)
@@ -244,6 +258,7 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
         factory,
         poll_s=settings.worker_poll_s,
         concurrency=settings.worker_runs,
+        groupchats=settings.worker_groupchats,
         on_active=metrics.set_worker_active_runs if metrics is not None else None,
     )
     server = (
