@@ -28,6 +28,7 @@ from factory.cli_common import (
     run_async,
     show_progress,
 )
+from factory.cli_groupchat import groupchat_app
 from factory.cli_hitl import hitl_app, worker
 from factory.cli_routing import routing_app
 from factory.cli_secrets import secrets_app
@@ -50,6 +51,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(routing_app, name="routing", help="Which models serve each alias: show, change, test.")
 app.add_typer(secrets_app, name="secrets", help="Encrypted secrets (API keys) that routing names by reference.")
 app.add_typer(users_app, name="users", help="Operator accounts for the chat's login.")
+app.add_typer(groupchat_app, name="groupchat")
 app.command("usage")(usage)
 
 
@@ -125,12 +127,18 @@ def run(
 async def _submit(settings: Any, requirement: str, pipeline: str, out: Path | None, as_json: bool) -> None:
     """``run --detach``: the run goes to the run queue (PostgreSQL) and the workers are woken."""
     from factory.wiring import open_factory
-    from factory.worker import wake_workers, workers_alive
 
     async with open_factory(settings) as factory:
-        run = await factory.engine.submit(requirement, pipeline, out)
-        await wake_workers(factory.redis, settings.redis_prefix, run.id)
-        alive = await workers_alive(factory.redis, settings.redis_prefix)
+        await announce_queued(factory, settings, await factory.engine.submit(requirement, pipeline, out), as_json)
+
+
+async def announce_queued(factory: Any, settings: Any, run: Any, as_json: bool) -> None:
+    """A run just submitted to the run queue: wake the workers, and tell the operator who will drive it
+    (``run --detach``, ``groupchat run --detach``)."""
+    from factory.worker import wake_workers, workers_alive
+
+    await wake_workers(factory.redis, settings.redis_prefix, run.id)
+    alive = await workers_alive(factory.redis, settings.redis_prefix)
     if as_json:
         echo(json.dumps({"run_id": run.id, "status": run.status.value, "workers_alive": len(alive)}))
         return
