@@ -4,31 +4,41 @@ drivers of runs no worker picked up. No Chainlit here: the app module and tests 
 Runs never live in a websocket handler. A submitted run is stored and handed to the workers
 (``wake_workers``); when no worker is alive the process drives it itself in a background task
 that belongs to the process, not to any session, so a closed tab or a dropped socket changes
-nothing. Sessions only subscribe to the hub, which follows the factory-wide event stream in Redis
-(one reader per process) and fans each event out to every subscribed session's bounded queue.
+nothing. Group chat sessions go the same way (``nudge_session``). Sessions only subscribe to the
+hub, which follows the factory-wide event stream in Redis (one reader per process) and fans each
+event out to every subscribed session's bounded queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import RunBusy
 from factory.settings import Settings
-from factory.wiring import Factory, open_factory, responders_for_run
+from factory.wiring import Factory, group_chats, open_factory, responders_for_run
 from factory.worker import wake_workers, workers_alive
 from observability.base import Event
 from observability.redis_stream import tail_events
 from teams.base import Run
+from teams.groupchat.base import SessionStatus
+
+if TYPE_CHECKING:
+    from teams.groupchat import GroupChats
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 10_000  # events per session before the oldest are dropped (the view then rereads the store)
 DRIVE_WAIT_S = 10.0  # how long a background driver waits for a process that holds a run only for a moment
+#: A group chat handed to the workers that none of them took up within this long is driven here
+#: (a worker that is busy, dying, or too old to drive sessions must not leave it unheard).
+TAKEOVER_S = 8.0
 
 
 @dataclass(eq=False)
@@ -105,6 +115,8 @@ class Runtime:
         self.hub: Hub | None = None
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._database_url: str | None = None
+        self._chats: GroupChats | None = None
+        self._warm: asyncio.Task[object] | None = None
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -114,6 +126,13 @@ class Runtime:
         if self._factory is None:
             raise RuntimeError("the chat runtime is not open yet")
         return self._factory
+
+    @property
+    def chats(self) -> GroupChats:
+        """The group-chat service on this process's factory (built on first use: it loads AutoGen)."""
+        if self._chats is None:
+            self._chats = group_chats(self.factory)
+        return self._chats
 
     @property
     def database_url(self) -> str:
@@ -140,17 +159,21 @@ class Runtime:
             self._database_url = factory.endpoints.database_url
             self.hub = Hub(factory)
             self.hub.start()
+            # Group chat's engine (AutoGen) loads off the event loop, before an operator opens a session.
+            self._warm = asyncio.create_task(asyncio.to_thread(importlib.import_module, "teams.groupchat.service"))
             return factory
 
     async def close(self) -> None:
         for task in self._drivers.values():
             task.cancel()
         await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        if self._warm is not None:
+            await asyncio.gather(self._warm, return_exceptions=True)
         if self.hub is not None:
             await self.hub.stop()
         if self._stack is not None:
             await self._stack.aclose()
-        self._factory = self._stack = self.hub = None
+        self._factory = self._stack = self.hub = self._chats = None
 
     async def submit(self, requirement: str, pipeline: str) -> Run:
         """Store a new run and see that something drives it (a worker, else this process)."""
@@ -170,6 +193,54 @@ class Runtime:
         if running is None or running.done():
             self._drivers[run_id] = asyncio.create_task(self._drive(run_id), name=f"chat-drive {run_id}")
         return "chat"
+
+    async def nudge_session(self, session_id: str) -> str:
+        """After a group chat was opened (or found unattended): wake a worker, else drive it here, in a
+        task of this process (never of a socket). A session no worker took up within ``TAKEOVER_S`` is
+        driven here too. Returns who continues it ("worker" or "chat")."""
+        f = self.factory
+        if await workers_alive(f.redis, f.settings.redis_prefix):
+            await wake_workers(f.redis, f.settings.redis_prefix, session_id)
+            self._spawn(session_id, self._take_over(session_id))
+            return "worker"
+        self._spawn(session_id, self._drive_session(session_id))
+        return "chat"
+
+    def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        running = self._drivers.get(key)
+        if running is not None and not running.done():
+            work.close()
+            return
+        self._drivers[key] = asyncio.create_task(self._owned(key, work), name=f"chat-drive {key}")
+
+    async def _owned(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the session keeps its state; a worker or `factory groupchat resume` continues it
+            log.exception("the chat's driver of %s stopped", key)
+        finally:
+            self._drivers.pop(key, None)
+
+    async def _take_over(self, session_id: str) -> None:
+        await asyncio.sleep(TAKEOVER_S)
+        if (await self.chats.get(session_id)).status is not SessionStatus.RUNNING:
+            return
+        with contextlib.suppress(RunBusy):  # a worker drives it: nothing to do here
+            await self.chats.drive(session_id)
+            log.info("no worker took up group chat %s within %.0f s; the chat drove it", session_id, TAKEOVER_S)
+
+    async def _drive_session(self, session_id: str) -> None:
+        deadline = asyncio.get_running_loop().time() + DRIVE_WAIT_S
+        while True:
+            try:
+                await self.chats.drive(session_id)
+                return
+            except RunBusy:  # a worker (or the CLI) drives it
+                if asyncio.get_running_loop().time() >= deadline:
+                    return
+                await asyncio.sleep(0.25)
 
     async def _drive(self, run_id: str) -> None:
         deadline = asyncio.get_running_loop().time() + DRIVE_WAIT_S
