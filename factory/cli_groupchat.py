@@ -5,8 +5,9 @@ transcript as it happens (on a terminal each team's message streams in as it is 
 each message is printed whole once stored), then the summary and the session id. Every other
 subcommand works from any process, through PostgreSQL: ``list``, ``show``, ``say`` (interject),
 ``stop``, ``resume`` (drive a session whose process died) and ``run`` (seed a pipeline run from the
-summary). Ctrl-C asks the discussion to stop (the summary is still written); a second Ctrl-C leaves
-it running, for ``resume`` or a ``factory worker``.
+summary). Ctrl-C asks the discussion to stop (the summary is still written); a second Ctrl-C, or
+SIGTERM, leaves at once: the session is left as saved after its last message, for ``resume`` or a
+``factory worker`` to finish (exit 130).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class Watcher:
         self._stream = stream
         self._open: int | None = None  # the seq of the message being streamed
         self._last = after_seq  # the last seq printed
+        self._notes: list[str] = []  # printed once the message being streamed is done
 
     def _write(self, text: str, *, nl: bool = True) -> None:
         typer.echo(safe(text, lines=True), err=self._err, nl=nl)
@@ -143,6 +145,14 @@ class Watcher:
         if self._open is not None:
             self._write(note)
             self._open = None
+        for line in self._notes:
+            self._write(line)
+        self._notes.clear()
+
+    def _note(self, line: str) -> None:
+        self._notes.append(line)
+        if self._open is None:
+            self._close()
 
     def __call__(self, event: Event) -> None:
         if event.run_id != self._id:
@@ -162,8 +172,7 @@ class Watcher:
                 self._close(" …")
                 self._write(entry_line(d))
         elif kind == "stop_requested":
-            self._close(" …")
-            self._write(f"(stop asked by {d['by']}: the discussion ends, then the summary is written)")
+            self._note(f"(stop asked by {d['by']}: the discussion ends, then the summary is written)")
         elif kind == "ended":
             self._close(" … (cut off)")
 
@@ -268,7 +277,8 @@ def _drive_here(settings: Settings, opening: Any, as_json: bool, *, who: str, re
                     driving.cancel()  # a second Ctrl-C: leave it running, for resume
                     return
                 asking.add(session.id)
-                echo("(Ctrl-C: asking the discussion to stop; Ctrl-C again leaves it running)", err=True)
+                echo("(Ctrl-C: the discussion stops, then its summary is written; Ctrl-C again leaves at once)",
+                     err=True)  # fmt: skip
                 stopping.append(asyncio.create_task(chats.stop(session.id, by=who)))
 
             asking: set[str] = set()
@@ -289,8 +299,8 @@ def _drive_here(settings: Settings, opening: Any, as_json: bool, *, who: str, re
 
     result = run_async(go())
     if not isinstance(result, tuple):  # interrupted twice: the session goes on without this process
-        echo(f"left group chat {result.id} running: `factory groupchat resume {result.id}` continues it"
-             " (a running `factory worker` takes it on its own)", err=True)  # fmt: skip
+        echo(f"left group chat {result.id} before its end: `factory groupchat resume {result.id}` finishes it"
+             " (a running `factory worker` does on its own)", err=True)  # fmt: skip
         raise typer.Exit(EXIT_INTERRUPTED)
     ended, transcript = result
     if as_json:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -144,6 +147,10 @@ def test_a_session_prints_each_message_labelled_then_the_summary_and_show_list_r
     assert session_id in factory("groupchat", "list", env=cli).stdout
     assert json.loads(factory("groupchat", "list", "--status", "running", "--json", env=cli).stdout) == []
 
+    audited = factory("audit", "search", "Monday", "--json", env=cli)
+    assert audited.returncode == 0, audited.stderr
+    assert {(h["run_id"], h["kind"]) for h in json.loads(audited.stdout)} >= {(session_id, "groupchat.ended")}
+
     queued = factory("groupchat", "run", session_id, "--detach", "--json", env=cli)
     assert queued.returncode == 0, queued.stderr
     run = json.loads(queued.stdout)
@@ -153,6 +160,10 @@ def test_a_session_prints_each_message_labelled_then_the_summary_and_show_list_r
     assert row is not None and "Ship on Friday?" in row[0] and "- Ship on Monday, not Friday" in row[0]
     assert json.loads(factory("groupchat", "show", session_id, "--json", env=cli).stdout)["run_ids"] == [run["run_id"]]
     assert f"runs seeded: {run['run_id']}" in factory("groupchat", "show", session_id, env=cli).stdout
+
+    driven = factory("groupchat", "run", session_id, "--pipeline", A, "--json", env=cli)  # here, like `factory run`
+    assert driven.returncode == 0, driven.stderr
+    assert json.loads(driven.stdout)["status"] == "complete"
 
     again = factory("groupchat", "--teams", f"{A},{B}", "--max-messages", "2", "--json", "Ship", "now?", env=cli)
     assert again.returncode == 0, again.stderr
@@ -241,3 +252,100 @@ async def test_resume_after_the_driving_process_was_killed_repeats_no_message(cl
     texts = [e.text for e in lines if e.kind == "team"]
     assert len(set(texts)) == len(texts) == 6
     assert team_lines(resumed.stdout) == [f"[{e.source}] {e.text}" for e in lines if e.kind == "team"]  # each once
+
+
+class Terminal:
+    """`factory groupchat …` with its stdout on a pseudo-terminal (so it streams), read as it comes."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        master, replica = pty.openpty()
+        self.proc = subprocess.Popen([FACTORY, "groupchat", *args], env=env, stdout=replica, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+        os.close(replica)
+        self._fd = master
+        self.out = ""
+        self.partial = False  # a team's message was seen written in part (its label, no line end yet)
+
+    def read(self, timeout_s: float) -> bool:
+        """Read what came within ``timeout_s``; False at the end of the output."""
+        ready, _, _ = select.select([self._fd], [], [], timeout_s)
+        if not ready:
+            return True
+        try:
+            data = os.read(self._fd, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            return False
+        if not data:
+            return False
+        self.out += data.decode(errors="replace").replace("\r\n", "\n")
+        last = self.out.rsplit("\n", 1)[-1]
+        self.partial = self.partial or bool(re.match(rf"^\[({A}|{B})\] \S", last))
+        return True
+
+    def read_until(self, check: Any, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check() and time.monotonic() < deadline:
+            if not self.read(0.05):
+                break
+        assert check(), self.out
+
+    def finish(self, timeout_s: float = 90) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout_s
+        while self.read(0.1) and time.monotonic() < deadline:  # to the end of its output
+            pass
+        assert self.proc.stderr is not None
+        stderr = self.proc.stderr.read()
+        os.close(self._fd)
+        return self.proc.wait(timeout=30), stderr
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+async def test_on_a_terminal_messages_stream_in_and_ctrl_c_stops_with_a_summary(cli: dict[str, str]) -> None:
+    write_script(cli, {"embeddings": "hashed", "latency_s": 1.0})
+    term = Terminal(cli, "--teams", f"{A},{B}", "--max-messages", "50", "Ship on Friday?")
+    try:
+        term.read_until(lambda: term.out.count("understood.\n") >= 2)
+        term.proc.send_signal(signal.SIGINT)
+        code, stderr = term.finish()
+    finally:
+        term.kill()
+    assert term.partial  # a message was on screen before it was whole
+    assert re.search(r"\n\[[a-z-]+\] Scripted [^\n\[]* … \(cut off\)\n", term.out)  # the cut one, labelled once
+    assert "(stop asked by ana: the discussion ends, then the summary is written)" in term.out
+    assert code == 0, stderr
+    assert "Ctrl-C: the discussion stops, then its summary is written" in stderr
+    session_id = SESSION_ID.search(term.out).group()  # type: ignore[union-attr]
+    async with chats_of(cli) as chats:
+        ended = await chats.get(session_id)
+        lines = await chats.transcript(session_id)
+    assert ended.stop_reason == "stopped" and ended.stop_requested_by == "ana" and ended.summary is not None
+    shown = [line for line in team_lines(term.out) if line.endswith("understood.")]
+    assert shown == [f"[{e.source}] {e.text}" for e in lines if e.kind == "team"]  # each whole, once
+    assert f"group chat {session_id}: ended (stopped)" in term.out and "Summary" in term.out
+
+
+async def test_a_second_ctrl_c_leaves_at_once_and_resume_finishes_it(cli: dict[str, str]) -> None:
+    write_script(cli, {"embeddings": "hashed", "latency_s": 1.0})
+    term = Terminal(cli, "--teams", f"{A},{B}", "--max-messages", "50", "Ship on Friday?")
+    try:
+        term.read_until(lambda: term.out.count("understood.\n") >= 1)
+        term.proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.1)
+        term.proc.send_signal(signal.SIGINT)
+        code, stderr = term.finish()
+    finally:
+        term.kill()
+    session_id = SESSION_ID.search(term.out).group()  # type: ignore[union-attr]
+    assert code == 130 and f"`factory groupchat resume {session_id}` finishes it" in stderr
+    async with chats_of(cli) as chats:
+        left = await chats.get(session_id)
+        assert left.status is SessionStatus.RUNNING and session_id in await chats.orphaned()
+    write_script(cli, {"embeddings": "hashed"})
+    resumed = factory("groupchat", "resume", session_id, "--json", env=cli)
+    assert resumed.returncode == 0, resumed.stderr
+    data = json.loads(resumed.stdout)
+    assert (data["status"], data["stop_reason"]) == ("ended", "stopped")  # the stop asked first is kept
