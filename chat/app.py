@@ -18,7 +18,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import Select, TextInput
 
-from chat import access, decisions, governance, render
+from chat import access, decisions, governance, groupchat, render
 from chat.data_layer import data_layer as make_data_layer
 from chat.live import TERMINAL, RunView, element_id
 from chat.runtime import runtime
@@ -38,7 +38,7 @@ SAMPLE = os.environ.get(
 )
 FRAME_S = 0.1  # at most ten redraws a second per run
 ATTENTION = re.compile(r"^\s*(/attention|what needs my attention\??|what needs me\??)\s*$", re.IGNORECASE)
-PROFILES = ("Pipeline", "Team chat", "Project Q&A", "Decisions")
+PROFILES = ("Pipeline", "Team chat", "Group chat", "Project Q&A", "Decisions")
 
 
 # --- who is this ------------------------------------------------------------------------------
@@ -93,10 +93,12 @@ INTRO = {
     " waits on you.",
     "Team chat": "**Team chat.** Pick a team in the settings panel ⚙, then talk to it: it answers as itself,"
     " from its memory, on its model alias.",
+    "Group chat": groupchat.INTRO,
     "Project Q&A": "**Project Q&A.** Ask what the factory knows about past runs; answers cite their sources.",
     "Decisions": "**Decisions.** Everything waiting on a human, most urgent first.",
 }
-ICONS = {"Pipeline": "pipeline", "Team chat": "team", "Project Q&A": "qa", "Decisions": "decisions"}
+ICONS = {"Pipeline": "pipeline", "Team chat": "team", "Group chat": "team", "Project Q&A": "qa",
+         "Decisions": "decisions"}  # fmt: skip
 
 
 @cl.set_chat_profiles
@@ -125,6 +127,7 @@ async def profiles(current_user: cl.User | None = None, language: str | None = N
             cl.Starter(label="Costs of the last 10 runs", message="/costs 10"),
         ],
         "Decisions": [attention_starter, cl.Starter(label="Costs of the last 10 runs", message="/costs 10")],
+        "Group chat": groupchat.STARTERS,
     }
     return [
         cl.ChatProfile(
@@ -182,6 +185,8 @@ async def send_settings(profile: str) -> None:
         widgets += more
     if profile == "Team chat":
         widgets.append(Select(id="team", label="Team", values=list(ALL_TEAMS), initial_value=ALL_TEAMS[0]))
+    if profile == "Group chat":
+        widgets += groupchat.widgets()
     if profile == "Project Q&A":
         widgets.append(TextInput(id="run", label="Only this run (its id; empty: the whole factory)", initial=""))
     cl.user_session.set("shown", shown)
@@ -251,8 +256,10 @@ async def follow(session_id: str) -> None:
             started = loop.time()
             views: dict[str, RunView] = cl.user_session.get("views") or {}
             touched = {e.run_id for e in events} & set(views)
-            if sub.overflowed:  # events were dropped: redraw everything from the store
-                sub.overflowed, touched = False, set(views)
+            lost, sub.overflowed = sub.overflowed, False
+            if lost:  # events were dropped: redraw everything from the store
+                touched = set(views)
+            await groupchat.on_events(events, lost=lost)
             for run_id in touched:
                 try:
                     await views[run_id].draw()
@@ -290,6 +297,9 @@ async def watch(run_id: str, known: set[str] | None = None) -> RunView:
     return view
 
 
+groupchat.watch_run = watch  # a run started from a group chat's summary is shown in its thread
+
+
 @cl.on_chat_resume
 async def chat_resume(thread: Any) -> None:  # a ThreadDict
     """Reopening a thread: its runs are redrawn from the store, then follow live."""
@@ -314,6 +324,7 @@ async def chat_resume(thread: Any) -> None:  # a ThreadDict
                 log.exception("reopening run %s in thread %s failed", run_id, thread.get("id"))
 
     asyncio.create_task(redraw())
+    groupchat.reopen(thread, known)  # its group chats, likewise
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -343,6 +354,8 @@ async def on_message(message: cl.Message) -> None:
             await ask_project(text)
         elif profile == "Team chat":
             await team_chat(text)
+        elif profile == "Group chat":
+            await groupchat.on_message(text)
         elif profile == "Decisions":
             await cl.Message(content="In Decisions, use the buttons, or `/attention` to list again.").send()
         else:
@@ -381,6 +394,8 @@ async def command(text: str) -> None:
     name, arg = parts[0].lower(), (parts[1].strip() if len(parts) > 1 else "")
     if name == "/verify" and arg:
         await verify(arg)
+    elif await groupchat.command(name, arg):
+        pass
     elif name == "/watch" and arg:
         await watch(arg)
     elif name == "/costs":
@@ -388,7 +403,7 @@ async def command(text: str) -> None:
     else:
         await cl.Message(
             content="Commands: `/attention` · `/answer ID TEXT` · `/approve ID [NOTES]` · `/reject ID REASON` ·"
-            " `/defer ID` · `/verify RUN` · `/watch RUN` · `/costs [N]` · `/cancel`"
+            " `/defer ID` · `/verify RUN` · `/watch RUN|GROUPCHAT` · `/groupchats` · `/costs [N]` · `/cancel`"
         ).send()
 
 

@@ -1,0 +1,505 @@
+"""The *Group chat* profile (DESIGN §2 E): the operator picks teams and a topic, watches each team's
+message stream in under its name, interjects, stops, and turns the outcome into a pipeline run.
+
+A session lives in ``teams.groupchat`` (PostgreSQL) and is driven by a worker or by a task of the chat
+process (``runtime.nudge_session``), never in a socket handler: a closed tab ends nothing. A thread
+only remembers which sessions it shows (its metadata ``groupchats``); the view is drawn from the
+store, and live events (``groupchat.*``, keyed by the session id) say what changed and carry the
+words being written. Message ids derive from the thread, the session and the transcript line, so a
+reopened thread or a redraw updates messages instead of adding copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import chainlit as cl
+from chainlit.input_widget import InputWidget, MultiSelect, NumberInput
+from chainlit.utils import utc_now
+from pydantic import ValidationError
+
+from chat import access, render
+from chat import groupchat_render as show
+from chat.live import element_id
+from chat.runtime import runtime
+from factory.errors import FactoryError, InputError
+from observability.base import Event
+from teams.groupchat.base import MAX_TEAMS, MIN_TEAMS, ChatEntry, GroupChatOptions, GroupChatSession, SessionStatus
+from teams.slugs import ALL_TEAMS
+
+log = logging.getLogger(__name__)
+
+PROFILE = "Group chat"
+DEFAULT_TEAMS = ["solution-architecture", "backend-engineering", "security-engineering"]
+INTRO = (
+    "**Group chat.** Teams discuss a topic with you in the room. Choose 2 to 8 teams in the settings panel ⚙"
+    f" (now: {', '.join(DEFAULT_TEAMS)}), then type the topic or pick a starter. Each team's message"
+    " streams in under its name; **type at any time to interject** (the next team to speak hears you);"
+    " **Stop** ends it. At the end: a summary (decisions, open questions, who argued what) and **Run this"
+    " as a requirement**. `/groupchats` lists sessions; `/watch gc-…` follows one here."
+)
+STARTERS = [
+    cl.Starter(
+        label="Monolith or services?",
+        message="Should the URL shortener be one service or several? Weigh delivery speed, operability and"
+        " security, and say CONSENSUS when you agree.",
+    ),
+    cl.Starter(
+        label="Release go/no-go",
+        message="Is the URL shortener ready to release this week? Decide go or no-go and name the risks.",
+    ),
+    cl.Starter(label="Recent group chats", message="/groupchats"),
+]
+
+#: Set by the app: shows a pipeline run in this thread and follows it (``app.watch``).
+watch_run: Callable[[str], Awaitable[Any]] | None = None
+
+
+def widgets() -> list[InputWidget]:
+    """The profile's settings panel: the teams and how long they may talk."""
+    return [
+        MultiSelect(id="gc_teams", label=f"Teams ({MIN_TEAMS} to {MAX_TEAMS})", values=list(ALL_TEAMS),
+                    initial=list(DEFAULT_TEAMS),
+                    description="Who discusses the next topic you type (a running discussion keeps its teams)"),
+        NumberInput(id="gc_max_messages", label="Team messages at most", initial=12,
+                    description="The discussion ends after this many team messages (1 to 200)"),
+    ]  # fmt: skip
+
+
+# --- who may do what ------------------------------------------------------------------------------
+
+
+def operator(what: str) -> str:
+    """The operator's name, or ``Refused`` for a viewer (checked here, on the server, for every act)."""
+    user = cl.user_session.get("user")
+    if access.role_of(user) != "operator":
+        name = getattr(user, "identifier", "this account")
+        raise access.Refused(
+            f"{name} is a viewer and cannot {what}; an operator account can (`factory users add NAME --role operator`)"
+        )
+    return str(user.identifier)
+
+
+def viewer() -> bool:
+    return access.role_of(cl.user_session.get("user")) != "operator"
+
+
+# --- one session in one thread ----------------------------------------------------------------------
+
+
+@dataclass
+class Writing:
+    """A team message being written: what arrived of it so far, and its message in the page."""
+
+    team: str
+    text: str = ""
+    message: cl.Message | None = None
+
+
+@dataclass
+class SessionView:
+    """One session as one thread shows it: a headline (state, Stop), one message per team turn (streamed
+    as it is written, then final), interjections from elsewhere, and the end (summary, Run)."""
+
+    session_id: str
+    thread_id: str
+    viewer: bool = False
+    typed: set[str] = field(default_factory=set)  # what the operator typed here (their own messages)
+    known: set[str] = field(default_factory=set)  # message ids the thread already holds (reopened)
+    drawn: dict[str, tuple[str, cl.Message]] = field(default_factory=dict)
+    writing: dict[int, Writing] = field(default_factory=dict)  # by transcript line (seq)
+    seen: int = -1  # the last transcript line drawn
+    team_lines: int = 0
+    ended: bool = False  # the end is shown: a typed message opens a new discussion
+    actions: dict[str, list[cl.Action]] = field(default_factory=dict)  # per message key
+
+    def ident(self, key: str) -> str:
+        return element_id(self.thread_id, self.session_id, *key.split(":"))
+
+    async def catch_up(self) -> GroupChatSession:
+        """Bring every message of the session up to date with the store."""
+        chats = runtime.chats
+        session = await chats.get(self.session_id)
+        if not self.drawn:
+            await self._head(session)
+            if session.topic.strip() not in self.typed:  # opened elsewhere: show what it is about
+                await self._message("topic", show.other_line(_topic(session)))
+        for entry in await chats.transcript(self.session_id, after_seq=self.seen):
+            await self._line(entry)
+        session = await chats.get(self.session_id)
+        if session.stop_reason is not None or session.status is not SessionStatus.RUNNING:
+            await self._cut(session)
+        await self._head(session)
+        if session.status is SessionStatus.ENDED and not self.ended:
+            await self._end(session)
+        return session
+
+    async def apply(self, events: Sequence[Event]) -> None:
+        """Live events of this session: words being written are streamed; anything else is read back
+        from the store (so a missed event costs nothing but a read)."""
+        refresh, dirty = False, set()
+        for event in events:
+            kind, data = event.type.removeprefix("groupchat."), event.data
+            if kind == "chunk":
+                seq = int(data.get("seq", -1))
+                if seq > self.seen:
+                    writing = self.writing.setdefault(seq, Writing(str(data.get("team", ""))))
+                    writing.text += str(data.get("text", ""))
+                    dirty.add(seq)
+            elif kind == "interjection":
+                await self._interjection(data)
+            elif kind == "requirement":
+                await self.seeded(str(data.get("run_id", "")), str(data.get("by", "")))
+            else:  # opened, message, stop_requested, ended, failed
+                refresh = True
+        if refresh:
+            await self.catch_up()
+        for seq in sorted(s for s in dirty if s > self.seen and s in self.writing):
+            await self._stream(seq)
+
+    async def _stream(self, seq: int) -> None:
+        writing = self.writing[seq]
+        if writing.message is None:
+            writing.message = cl.Message(content="", id=self.ident(f"line:{seq}"), author=writing.team)
+            writing.message.created_at = utc_now()  # its place is where it began, not where it ended
+        text = show.team_line(writing.team, writing.text, number=self.team_lines + 1)
+        await writing.message.stream_token(text, is_sequence=True)
+
+    async def _line(self, entry: ChatEntry) -> None:
+        if entry.seq <= self.seen:
+            return
+        self.seen = entry.seq
+        if entry.kind == "topic":
+            return  # typed here, or shown when the view began
+        if entry.kind == "operator":
+            key = f"interjection:{entry.meta.get('interjection', entry.seq)}"
+            if key not in self.drawn and entry.text.strip() not in self.typed:
+                await self._message(key, show.other_line(entry))
+            return
+        self.team_lines += 1
+        text = show.team_line(entry.source, entry.text, number=self.team_lines, entry=entry)
+        writing = self.writing.pop(entry.seq, None)
+        if writing is not None and writing.message is not None:
+            writing.message.content = text
+            await writing.message.send()  # ends the stream; the history keeps the whole message
+            self.drawn[f"line:{entry.seq}"] = (text, writing.message)
+        else:
+            await self._message(f"line:{entry.seq}", text)
+
+    async def _cut(self, session: GroupChatSession) -> None:
+        """Messages that were being written when the discussion ended or failed: kept as far as they got."""
+        why = "the turn failed" if session.status is SessionStatus.FAILED else "the discussion ended"
+        for seq in sorted(self.writing):
+            writing = self.writing.pop(seq)
+            if writing.message is not None:
+                number = self.team_lines + 1
+                writing.message.content = show.team_line(writing.team, writing.text, number=number, cut=why)
+                await writing.message.send()
+
+    async def _interjection(self, data: dict[str, Any]) -> None:
+        """An operator's line queued from elsewhere (another operator, the CLI): shown now, where the next
+        speaker will hear it. One typed here is on the page already, as the operator's own message."""
+        key = f"interjection:{data.get('id')}"
+        if key in self.drawn or str(data.get("text", "")).strip() in self.typed:
+            return
+        entry = ChatEntry(session_id=self.session_id, seq=-1, kind="operator", source=str(data.get("by", "")),
+                          text=str(data.get("text", "")), created_at=datetime.now(UTC))  # fmt: skip
+        await self._message(key, show.other_line(entry))
+
+    async def _head(self, session: GroupChatSession) -> None:
+        actions = []
+        if not self.viewer and session.status is SessionStatus.RUNNING and session.stop_reason is None:
+            if session.stop_requested_by is None:
+                actions.append(_action("groupchat_stop", "Stop", "square", id=session.id))
+        if not self.viewer and session.status is SessionStatus.FAILED:
+            actions.append(_action("groupchat_resume", "Resume", "play", id=session.id))
+        await self._message("head", show.headline(session, viewer=self.viewer), actions)
+
+    async def _end(self, session: GroupChatSession) -> None:
+        self.ended = True
+        actions = []
+        if not self.viewer and not session.run_ids and session.summary is not None:
+            actions.append(_action("groupchat_seed", "Run this as a requirement", "rocket", id=session.id))
+        await self._message("end", show.ending(session, viewer=self.viewer), actions)
+        for run_id in session.run_ids:
+            await self.seeded(run_id, "")
+
+    async def seeded(self, run_id: str, by: str) -> None:
+        here = run_id in (cl.user_session.get("runs") or [])
+        if not run_id or f"run:{run_id}" in self.drawn:
+            return
+        await self._message(f"run:{run_id}", show.seeded(run_id, by or "an operator", here=here))
+        await self._buttons("end", [])  # seeded: no second run from the same click
+
+    async def _message(self, key: str, text: str, actions: list[cl.Action] | None = None) -> cl.Message:
+        """Send or update the message ``key``; ``actions`` (when given) replace its buttons."""
+        ident = self.ident(key)
+        drawn = self.drawn.get(key)
+        message = drawn[1] if drawn is not None else cl.Message(content=text, id=ident, author="group chat")
+        if drawn is None or drawn[0] != text:
+            message.content = text
+            self.drawn[key] = (text, message)  # before sending: a concurrent draw of it updates, never adds
+            if drawn is None and ident not in self.known:
+                await message.send()
+            else:
+                await message.update()
+        if actions is not None:
+            await self._buttons(key, actions)
+        return message
+
+    async def _buttons(self, key: str, actions: list[cl.Action]) -> None:
+        """The message's buttons, sent on their own (a reopened thread keeps messages, not buttons)."""
+        old = self.actions.get(key, [])
+        if [(a.name, a.payload) for a in old] == [(a.name, a.payload) for a in actions]:
+            return
+        for action in old:
+            await action.remove()
+        for action in actions:
+            await action.send(for_id=self.ident(key))
+        self.actions[key] = actions
+
+
+def _action(name: str, label: str, icon: str, **payload: str) -> cl.Action:
+    return cl.Action(name=name, payload=payload, label=label, icon=icon)
+
+
+def _topic(session: GroupChatSession) -> ChatEntry:
+    return ChatEntry(session_id=session.id, seq=0, kind="topic", source=session.created_by, text=session.topic,
+                     created_at=session.created_at)  # fmt: skip
+
+
+# --- the session's state in this chat session -------------------------------------------------------
+
+
+def _views() -> dict[str, SessionView]:
+    views: dict[str, SessionView] | None = cl.user_session.get("gc_views")
+    if views is None:
+        views = {}
+        cl.user_session.set("gc_views", views)
+    return views
+
+
+def _typed() -> set[str]:
+    typed: set[str] | None = cl.user_session.get("gc_typed")
+    if typed is None:
+        typed = set()
+        cl.user_session.set("gc_typed", typed)
+    return typed
+
+
+def _current() -> SessionView | None:
+    return _views().get(cl.user_session.get("gc_current") or "")
+
+
+async def _remember(key: str, ident: str) -> None:
+    """Add ``ident`` to the thread's ``key`` list (session and metadata), so reopening it shows it again."""
+    listed = [*(cl.user_session.get(key) or []), ident]
+    cl.user_session.set(key, listed)
+    with contextlib.suppress(Exception):  # history is a convenience: the session exists either way
+        layer = cl.data.get_data_layer()
+        if layer is not None:
+            await layer.update_thread(cl.context.session.thread_id, metadata={key: listed})
+
+
+async def follow(session_id: str, known: set[str] | None = None) -> SessionView:
+    """Show the session in this thread from the store, then follow its events (``on_events``)."""
+    views = _views()
+    view = views.get(session_id)
+    if view is None:
+        view = SessionView(session_id, cl.context.session.thread_id, viewer(), _typed(), known or set())
+        views[session_id] = view
+    cl.user_session.set("gc_current", session_id)
+    await view.catch_up()
+    return view
+
+
+async def on_events(events: Sequence[Event], *, lost: bool = False) -> None:
+    """The follower's batch of live events (``lost``: some were dropped, so every view rereads the store)."""
+    views = _views()
+    touched: dict[str, list[Event]] = {}
+    for event in events:
+        if event.run_id in views and event.type.startswith("groupchat."):
+            touched.setdefault(event.run_id, []).append(event)
+    for session_id in set(views) if lost else set():
+        touched.setdefault(session_id, []).append(Event(type="groupchat.lost", run_id=session_id, at=datetime.now(UTC)))
+    for session_id, batch in touched.items():
+        try:
+            await views[session_id].apply(batch)
+        except Exception:
+            log.exception("showing group chat %s failed", session_id)
+
+
+# --- what the operator does ---------------------------------------------------------------------------
+
+
+async def on_message(text: str) -> None:
+    """A message in the profile: an interjection while the thread's session runs, else a new topic."""
+    current = _current()
+    if current is not None and not current.ended:
+        await interject(current, text)
+    else:
+        await open_discussion(text)
+
+
+async def open_discussion(topic: str) -> None:
+    by = operator("open a group chat")
+    settings = cl.user_session.get("settings") or {}
+    teams = settings.get("gc_teams")
+    teams = list(DEFAULT_TEAMS) if teams is None else [str(t) for t in teams]
+    try:
+        options = GroupChatOptions(max_messages=int(float(settings.get("gc_max_messages") or 12)))
+    except (ValueError, ValidationError):
+        await _retry(
+            topic, "Team messages at most must be a whole number from 1 to 200: fix it in the settings panel ⚙."
+        )
+        return
+    try:
+        session = await runtime.chats.open(topic, teams, by=by, options=options)
+    except InputError as exc:
+        await _retry(topic, f"{exc}. Choose the teams in the settings panel ⚙ (now: {', '.join(teams) or 'none'}).")
+        return
+    _typed().add(session.topic)
+    await _remember("groupchats", session.id)
+    await follow(session.id)
+    await runtime.nudge_session(session.id)
+
+
+async def _retry(topic: str, why: str) -> None:
+    """Bad input: say what and how to fix it; the topic stays one click away."""
+    await _error(f"No discussion started: {render.inert(why)}", topic, "Start it with the teams now chosen")
+
+
+async def _error(text: str, topic: str, label: str) -> None:
+    """An error in the chat, with a button that opens a discussion of ``topic`` (nothing typed is lost)."""
+    said = await cl.ErrorMessage(content=text).send()
+    if topic.strip():
+        await _action("groupchat_open", label, "message-square-plus", topic=topic).send(for_id=said.id)
+
+
+async def interject(view: SessionView, text: str) -> None:
+    by = operator("interject in a group chat")
+    text = text.strip()
+    view.typed.add(text)
+    try:
+        await runtime.chats.interject(view.session_id, text, by=by)
+    except InputError as exc:
+        view.typed.discard(text)
+        await view.catch_up()
+        await _error(f"Not heard: {render.inert(exc)}. Your message is kept above.", text, "Discuss it as a new topic")
+
+
+async def command(name: str, arg: str) -> bool:
+    """``/groupchats`` and ``/watch gc-…`` (True when it was one of them)."""
+    if name == "/groupchats":
+        sessions = await runtime.chats.recent(limit=15)
+        actions = [_action("groupchat_watch", f"Watch {s.id}", "eye", id=s.id) for s in sessions[:5]]
+        await cl.Message(content=show.listing(sessions), actions=actions).send()
+        return True
+    if name == "/watch" and arg.startswith("gc-"):
+        await _watch(arg)
+        return True
+    return False
+
+
+async def _watch(session_id: str) -> None:
+    session = await runtime.chats.get(session_id)  # RunNotFound: said in the chat
+    if session_id not in (cl.user_session.get("groupchats") or []):
+        await _remember("groupchats", session_id)
+    await follow(session_id)
+    if session.status is SessionStatus.RUNNING and session_id in await runtime.chats.orphaned():
+        await runtime.nudge_session(session_id)  # its driver died: a worker, or this process, resumes it
+
+
+def reopen(thread: dict[str, Any], known: set[str]) -> None:
+    """A reopened thread: its sessions are redrawn from the store (after the resume handler returned:
+    messages sent inside it can vanish), then followed; an unattended one is driven again."""
+    ids = [str(i) for i in (thread.get("metadata") or {}).get("groupchats") or []]
+    cl.user_session.set("groupchats", ids)
+    typed = _typed()
+    typed.update(
+        str(s.get("output") or "").strip() for s in thread.get("steps") or [] if s.get("type") == "user_message"
+    )
+    if not ids:
+        return
+
+    async def redraw() -> None:
+        await asyncio.sleep(0.3)
+        for session_id in ids:
+            try:
+                await follow(session_id, known)
+                session = await runtime.chats.get(session_id)
+                if session.status is SessionStatus.RUNNING and session_id in await runtime.chats.orphaned():
+                    await runtime.nudge_session(session_id)
+            except Exception:
+                log.exception("reopening group chat %s in thread %s failed", session_id, thread.get("id"))
+
+    asyncio.create_task(redraw())
+
+
+async def _guarded(work: Awaitable[Any]) -> None:
+    try:
+        await work
+    except access.Refused as exc:
+        await cl.ErrorMessage(content=f"Refused: {exc}").send()
+    except FactoryError as exc:
+        await cl.ErrorMessage(content=render.inert(str(exc))).send()
+
+
+@cl.action_callback("groupchat_stop")
+async def on_stop(action: cl.Action) -> None:
+    async def go() -> None:
+        session_id = str(action.payload.get("id", ""))
+        asked = await runtime.chats.stop(session_id, by=operator("stop a group chat"))
+        if not asked:
+            await cl.Message(
+                content=f"{render.code(session_id)} is not running, or a stop was already asked for."
+            ).send()
+        view = _views().get(session_id)
+        if view is not None:
+            await view.catch_up()
+
+    await _guarded(go())
+
+
+@cl.action_callback("groupchat_seed")
+async def on_seed(action: cl.Action) -> None:
+    async def go() -> None:
+        session_id = str(action.payload.get("id", ""))
+        by = operator("start a pipeline run")
+        run = await runtime.chats.to_requirement(session_id, by=by)
+        await _remember("runs", run.id)  # the thread shows the run (and shows it again when reopened)
+        view = _views().get(session_id)
+        if view is not None:
+            await view.seeded(run.id, by)
+        await runtime.nudge(run.id)
+        if watch_run is not None:
+            await watch_run(run.id)
+
+    await _guarded(go())
+
+
+@cl.action_callback("groupchat_resume")
+async def on_resume(action: cl.Action) -> None:
+    async def go() -> None:
+        session_id = str(action.payload.get("id", ""))
+        operator("resume a group chat")
+        await runtime.nudge_session(session_id)
+        await cl.Message(content=f"Resuming {render.code(session_id)} from its last message.").send()
+
+    await _guarded(go())
+
+
+@cl.action_callback("groupchat_open")
+async def on_open(action: cl.Action) -> None:
+    await _guarded(open_discussion(str(action.payload.get("topic", ""))))
+
+
+@cl.action_callback("groupchat_watch")
+async def on_watch(action: cl.Action) -> None:
+    await _guarded(_watch(str(action.payload.get("id", ""))))

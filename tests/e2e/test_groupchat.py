@@ -1,0 +1,167 @@
+"""The *Group chat* profile in a real browser, on `factory up` (chat and worker) with the scripted model:
+an operator picks teams and a topic, watches each team's message stream in under its name,
+interjects (the next speaker hears it), stops, reads the summary and starts a run from it; a closed
+tab ends nothing; a viewer watches but cannot join in; bad input is said plainly."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Chat, login, send
+
+pytestmark = pytest.mark.integration
+
+ARCH, SEC, QA = "solution-architecture", "security-engineering", "qa-engineering"
+TOPIC = "Should the URL shortener be one service or several? Weigh delivery speed, operability and security."
+INTERJECTION = "Keep abuse in scope: rate-limit link creation per client."
+
+
+def said(team: str, n: int) -> str:
+    return (
+        f"{team} speaking, point {n}: we should keep one deployable service with clear modules, because a"
+        " small team ships it faster and operates it with less effort; split it only when load demands."
+    )
+
+
+SUMMARY = {
+    "overview": "The teams weighed one service against several and agreed to start with one.",
+    "decisions": [
+        "Start with one deployable service with clear module boundaries.",
+        "Rate-limit link creation per client from day one.",
+    ],  # fmt: skip
+    "open_questions": ["At what load do we split the redirect path out?"],
+    "positions": [
+        {"team": ARCH, "argued": "One service first; split on measured load."},
+        {"team": SEC, "argued": "Abuse controls before scale: rate limits and link scanning."},
+        {"team": QA, "argued": "One service keeps the end-to-end tests simple."},
+    ],
+}
+SCRIPT = {
+    "latency_s": 2.5,  # each message streams in over 2.5 s: the discussion is still going when we act
+    "purposes": {"groupchat_select": [SEC, QA, ARCH, SEC, QA, ARCH], "groupchat_summary": [SUMMARY]},
+    "teams": {t: [said(t, n) for n in range(1, 4)] for t in (ARCH, SEC, QA)},
+}
+
+
+def open_profile(page: Any, name: str) -> None:
+    page.click("#chat-profiles")
+    page.get_by_role("option", name=name).click()
+    confirm = page.get_by_role("button", name="Confirm")
+    if confirm.count():
+        confirm.first.click()
+    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)  # the new session started
+
+
+def message(page: Any, n: int) -> Any:
+    """The n-th team message of the discussion (its label), wherever it is."""
+    return page.get_by_text(re.compile(rf"· message {n}\b")).first
+
+
+def whole(page: Any, team: str, n: int) -> Any:
+    """A team's message once all of it is shown."""
+    return page.get_by_text(said(team, n), exact=True).first
+
+
+def before(upper: Any, lower: Any) -> bool:
+    """Whether ``upper`` comes before ``lower`` in the page (document order: what a reader sees first)."""
+    return bool(upper.evaluate("(a, b) => !!(a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING)",
+                               lower.element_handle()))  # fmt: skip
+
+
+def shot(chat: Chat, page: Any, name: str, top: Any) -> None:
+    """A screenshot with ``top`` at the top of the chat's scrolled view (the part a step is about)."""
+    top.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    chat.screenshot(page, name)
+
+
+def session_id(pg_url: str) -> str:
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT id FROM groupchat_sessions ORDER BY created_at DESC LIMIT 1").fetchone()
+    assert row is not None, "no group chat was stored"
+    return str(row[0])
+
+
+def pick_teams(page: Any, drop: int, add: list[str]) -> None:
+    """In the settings panel's team box, by keyboard as a person can: Backspace drops the last ``drop``
+    teams chosen, then each of ``add`` is typed (the list narrows to it) and taken with Enter."""
+    page.click("#chat-settings-open-modal")
+    box = page.locator("[role=dialog] [cmdk-input]").first
+    box.click()
+    for _ in range(drop):
+        page.keyboard.press("Backspace")
+    for team in add:
+        page.keyboard.type(team)
+        page.get_by_role("option", name=team, exact=True).wait_for()
+        page.keyboard.press("Enter")
+        page.locator("[role=dialog]").get_by_text(team, exact=True).wait_for()
+
+
+def interjections(pg_url: str, session: str) -> list[tuple[str, str, int | None]]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT by, text, consumed_seq FROM groupchat_interjections WHERE session_id = %s ORDER BY id", (session,)
+        ).fetchall()
+    return [(str(b), str(t), c) for b, t, c in rows]
+
+
+def transcript(pg_url: str, session: str) -> list[tuple[int, str, str]]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT seq, kind, source FROM groupchat_messages WHERE session_id = %s ORDER BY seq", (session,)
+        ).fetchall()
+    return [(int(q), str(k), str(s)) for q, k, s in rows]
+
+
+@pytest.mark.script(SCRIPT)
+def test_operator_runs_a_group_chat_interjects_stops_and_seeds_a_run(chat: Chat, page: Any, pg_url: str) -> None:
+    login(page, chat, "ana")
+    open_profile(page, "Group chat")
+    page.get_by_text("Monolith or services?").wait_for()  # the profile's starters
+    chat.screenshot(page, "01-welcome")
+    pick_teams(page, drop=2, add=[SEC, QA])  # solution-architecture stays; backend-engineering goes
+    chat.screenshot(page, "02-teams-picked")
+    page.get_by_role("button", name="Confirm").click()
+
+    send(page, TOPIC)
+    page.get_by_text("Running").first.wait_for(timeout=30_000)
+    first = message(page, 1)
+    first.wait_for(timeout=30_000)  # the selector chose security-engineering; its message streams in
+    assert first.inner_text().startswith(SEC)
+    page.get_by_text("writing").first.wait_for()
+    early = page.get_by_text(re.compile(rf"^{SEC} speaking")).first.inner_text()
+    chat.screenshot(page, "03-streaming")
+    send(page, INTERJECTION)  # while security-engineering is still writing
+    whole(page, SEC, 1).wait_for(timeout=30_000)
+    assert len(early) < len(said(SEC, 1))  # the message was shown before it was whole
+    second = message(page, 2)
+    second.wait_for(timeout=30_000)
+    assert second.inner_text().startswith(QA)
+    whole(page, QA, 1).wait_for(timeout=30_000)
+    assert before(page.get_by_text(INTERJECTION).first, second)  # the next speaker came after it
+    session = session_id(pg_url)
+    [(by, text, consumed)] = interjections(pg_url, session)
+    lines = transcript(pg_url, session)
+    assert (by, text) == ("ana", INTERJECTION) and consumed is not None
+    assert (consumed, "operator", "ana") in lines and (consumed + 1, "team", QA) in lines  # heard by the next turn
+    shot(chat, page, "04-interjected", first)
+
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Discussion ended").wait_for(timeout=60_000)
+    page.get_by_text("ana stopped it").first.wait_for()
+    for part in ("Decisions", "Open questions", "Who argued what", SUMMARY["decisions"][1]):
+        page.get_by_text(part).first.wait_for()
+    assert page.get_by_role("button", name="Stop").count() == 0  # nothing left to stop
+    shot(chat, page, "05-summary", page.get_by_text("Discussion ended").first)
+
+    page.get_by_role("button", name="Run this as a requirement").click()
+    page.get_by_text(re.compile(r"Run run-\d{8}-\d{6}-[0-9a-f]{8} started")).wait_for(timeout=30_000)
+    page.get_by_text("1. business-analysis").first.wait_for(timeout=60_000)  # the run, shown in this thread
+    shot(chat, page, "06-run-started", page.get_by_text("Who argued what").first)
+    with psycopg.connect(pg_url) as conn:
+        (requirement,) = conn.execute("SELECT requirement FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+    assert session in requirement and SUMMARY["decisions"][0] in requirement
