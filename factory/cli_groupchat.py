@@ -4,10 +4,11 @@
 transcript as it happens (on a terminal each team's message streams in as it is written; otherwise
 each message is printed whole once stored), then the summary and the session id. Every other
 subcommand works from any process, through PostgreSQL: ``list``, ``show``, ``say`` (interject),
-``stop``, ``resume`` (drive a session whose process died) and ``run`` (seed a pipeline run from the
-summary). Ctrl-C asks the discussion to stop (the summary is still written); a second Ctrl-C, or
-SIGTERM, leaves at once: the session is left as saved after its last message, for ``resume`` or a
-``factory worker`` to finish (exit 130).
+``stop``, ``resume`` (drive a session whose process died; one that another process drives, a worker
+say, is followed instead) and ``run`` (seed a pipeline run from the summary). Ctrl-C asks the
+discussion to stop (the summary is still written); a second Ctrl-C, or SIGTERM, leaves at once: the
+session is left as saved after its last message, for ``resume`` or a ``factory worker`` to finish
+(exit 130).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from factory.cli_common import (
+    EXIT_FAILED,
     EXIT_INPUT,
     echo,
     err,
@@ -26,15 +28,23 @@ from factory.cli_common import (
     print_json,
     report,
     run_async,
-    safe,
     show_progress,
     who_decides,
+)
+from factory.cli_groupchat_render import (
+    Watcher,
+    entry_line,
+    header_lines,
+    hint_lines,
+    session_json,
+    status_line,
+    summary_lines,
 )
 from factory.errors import InputError
 
 if TYPE_CHECKING:
     from factory.settings import Settings
-    from observability.base import Event
+    from factory.wiring import Factory
     from teams.groupchat import ChatEntry, GroupChats, GroupChatSession
 
 EXIT_INTERRUPTED = 130
@@ -59,122 +69,6 @@ groupchat_app = typer.Typer(
 
 By = Annotated[str | None, typer.Option("--by", help="Who you are (default FACTORY_OPERATOR, else your user name).")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-# -- rendering (pure: from the domain models to lines) -------------------------------------------------
-
-
-def entry_line(entry: ChatEntry | dict[str, Any]) -> str:
-    """One transcript line, labelled by who said it."""
-    e = entry if isinstance(entry, dict) else entry.model_dump(mode="json")
-    if e["kind"] == "topic":
-        return f"[topic, from {e['source']}] {e['text']}"
-    if e["kind"] == "operator":
-        return f"[operator {e['source']}] {e['text']}"
-    return f"[{e['source']}] {e['text']}"
-
-
-def summary_lines(session: GroupChatSession) -> list[str]:
-    s = session.summary
-    if s is None:
-        return ["(no summary yet)"]
-    lines = ["Summary" + (" (from the transcript: the summary model failed)" if s.source == "transcript" else "")]
-    if s.overview.strip():
-        lines.append(f"  {s.overview.strip()}")
-    for title, items in (("Decisions", s.decisions), ("Open questions", s.open_questions)):
-        lines.append(f"{title}:" if items else f"{title}: none")
-        lines.extend(f"  - {item}" for item in items)
-    if s.positions:
-        lines.append("Positions:")
-        lines.extend(f"  - {p.team}: {p.argued}" for p in s.positions)
-    return lines
-
-
-def status_line(session: GroupChatSession) -> str:
-    why = f" ({session.stop_reason})" if session.stop_reason else ""
-    return (
-        f"group chat {session.id}: {session.status.value}{why}, {session.team_messages} team messages,"
-        f" {session.elapsed_s:.0f}s"
-    )
-
-
-def header_lines(session: GroupChatSession) -> list[str]:
-    o = session.options
-    return [
-        f"group chat {session.id} between {', '.join(session.teams)}",
-        f"  opened by {session.created_by} at {session.created_at:%Y-%m-%d %H:%M:%S} UTC · at most"
-        f" {o.max_messages} messages, {o.max_consecutive} in a row, {o.timeout_s:g}s,"
-        f" {o.token_budget or 'unlimited'} tokens; a message holding {o.consensus_marker} ends it",
-    ]
-
-
-def hint_lines(session: GroupChatSession) -> list[str]:
-    sid = session.id
-    if session.status.value == "ended":
-        return [f"seed a pipeline run from the summary: factory groupchat run {sid} [--detach]",
-                f"read it again: factory groupchat show {sid}"]  # fmt: skip
-    if session.status.value == "failed":
-        return [f"error: {session.error}", f"continue it: factory groupchat resume {sid}"]
-    return [f"join in: factory groupchat say {sid} TEXT · end it: factory groupchat stop {sid}",
-            f"if its process died: factory groupchat resume {sid} (or a `factory worker` takes it)"]  # fmt: skip
-
-
-def session_json(session: GroupChatSession, transcript: list[ChatEntry] | None = None) -> dict[str, Any]:
-    data = session.model_dump(mode="json")
-    if transcript is not None:
-        data["transcript"] = [e.model_dump(mode="json", exclude={"session_id"}) for e in transcript]
-    return data
-
-
-class Watcher:
-    """Prints a driven session's live events (``groupchat.*`` on the factory's bus) as they come:
-    chunks streamed on a terminal, whole messages otherwise."""
-
-    def __init__(self, session_id: str, *, err: bool, stream: bool, after_seq: int = 0) -> None:
-        self._id = session_id
-        self._err = err
-        self._stream = stream
-        self._open: int | None = None  # the seq of the message being streamed
-        self._last = after_seq  # the last seq printed
-        self._notes: list[str] = []  # printed once the message being streamed is done
-
-    def _write(self, text: str, *, nl: bool = True) -> None:
-        typer.echo(safe(text, lines=True), err=self._err, nl=nl)
-
-    def _close(self, note: str = "") -> None:
-        if self._open is not None:
-            self._write(note)
-            self._open = None
-        for line in self._notes:
-            self._write(line)
-        self._notes.clear()
-
-    def _note(self, line: str) -> None:
-        self._notes.append(line)
-        if self._open is None:
-            self._close()
-
-    def __call__(self, event: Event) -> None:
-        if event.run_id != self._id:
-            return
-        d, kind = event.data, event.type.removeprefix("groupchat.")
-        if kind == "chunk" and self._stream and d["seq"] > self._last:
-            if self._open != d["seq"]:
-                self._close(" …")
-                self._open = d["seq"]
-                self._write(f"[{d['team']}] ", nl=False)
-            self._write(d["text"], nl=False)
-        elif kind == "message" and d["seq"] > self._last:
-            self._last = d["seq"]
-            if self._open == d["seq"]:
-                self._close()
-            else:
-                self._close(" …")
-                self._write(entry_line(d))
-        elif kind == "stop_requested":
-            self._note(f"(stop asked by {d['by']}: the discussion ends, then the summary is written)")
-        elif kind == "ended":
-            self._close(" … (cut off)")
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -268,8 +162,9 @@ def _drive_here(settings: Settings, opening: Any, as_json: bool, *, who: str, re
                          err=to_err, lines=True)  # fmt: skip
                 after = lines[-1].seq if lines else 0
                 stream = (sys.stderr if to_err else sys.stdout).isatty()
-                factory.bus.subscribe(Watcher(session.id, err=to_err, stream=stream, after_seq=after))
-            driving = asyncio.create_task(chats.drive(session.id))
+                watcher = Watcher(session.id, err=to_err, stream=stream, after_seq=after)
+                factory.bus.subscribe(watcher)
+            driving = asyncio.create_task(_drive_or_follow(factory, chats, session, watcher if show else None))
             loop = asyncio.get_running_loop()
 
             def interrupted() -> None:
@@ -307,8 +202,68 @@ def _drive_here(settings: Settings, opening: Any, as_json: bool, *, who: str, re
         print_json(session_json(ended, transcript))
     else:
         echo()
-        for line in [*summary_lines(ended), "", status_line(ended), *hint_lines(ended)]:
+        summary = summary_lines(ended) if ended.status.value == "ended" else []
+        for line in [*summary, "", status_line(ended), *hint_lines(ended)]:
             echo(line, lines=True)
+    if ended.status.value != "ended":  # failed in another process, or still going after following it
+        raise typer.Exit(EXIT_FAILED)
+
+
+#: Times ``_drive_or_follow`` tries to drive a session another process held (each followed to its end,
+#: or until that process left it).
+DRIVE_ATTEMPTS = 3
+
+
+async def _drive_or_follow(
+    factory: Factory, chats: GroupChats, session: GroupChatSession, watcher: Watcher | None
+) -> GroupChatSession:
+    """Drive the session here; while another process drives it (a worker took it over), follow its
+    live events instead, and drive it if that process leaves it unfinished."""
+    from factory.errors import RunBusy
+
+    for attempt in range(DRIVE_ATTEMPTS):
+        try:
+            return await chats.drive(session.id)
+        except RunBusy:
+            if attempt == DRIVE_ATTEMPTS - 1:
+                raise
+        echo(f"(group chat {session.id} is driven by another process: following it)", err=True)
+        followed = await _follow(factory, chats, session, watcher)
+        if followed is not None:
+            return followed
+    raise AssertionError("not reached")
+
+
+async def _follow(
+    factory: Factory, chats: GroupChats, session: GroupChatSession, watcher: Watcher | None
+) -> GroupChatSession | None:
+    """The session's live events from its Redis stream, to ``watcher``, until it is no longer running
+    (then the session), or nobody drives it any more (None); at most its time left, and ten minutes."""
+    import time
+
+    from observability.redis_stream import tail_events
+    from teams.groupchat import SessionStatus
+
+    deadline = time.monotonic() + max(0.0, session.options.timeout_s - session.elapsed_s) + 600
+    key = factory.stream.run_stream(session.id)
+    latest = await factory.redis.xrevrange(key, count=1)
+    start = latest[0][0].decode() if latest else "0-0"
+    if watcher is not None:  # what was said since this process looked, then what is said from now on
+        watcher.whole_messages()
+        for entry in await chats.transcript(session.id, after_seq=watcher.last_seq):
+            watcher.entry(entry)
+    async for _last, events in tail_events(factory.redis, key, start=start):
+        for event in events:
+            if watcher is not None:
+                watcher(event)
+        if events and not any(e.type in ("groupchat.ended", "groupchat.failed") for e in events):
+            continue
+        now = await chats.get(session.id)
+        if now.status is not SessionStatus.RUNNING or time.monotonic() > deadline:
+            return now
+        if session.id in await chats.orphaned():
+            return None
+    return None
 
 
 @groupchat_app.command("list")

@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,8 +28,8 @@ from pydantic import SecretStr
 
 from factory.settings import Settings
 from factory.wiring import group_chats, open_factory
-from teams.groupchat import GroupChats, SessionStatus
-from tests.conftest import write_script
+from teams.groupchat import GroupChatOptions, GroupChats, SessionStatus
+from tests.conftest import REPO, write_script
 from tests.integration.cli import FACTORY, factory
 
 pytestmark = pytest.mark.integration
@@ -349,3 +350,30 @@ async def test_a_second_ctrl_c_leaves_at_once_and_resume_finishes_it(cli: dict[s
     assert resumed.returncode == 0, resumed.stderr
     data = json.loads(resumed.stdout)
     assert (data["status"], data["stop_reason"]) == ("ended", "stopped")  # the stop asked first is kept
+
+
+def drive_elsewhere(env: dict[str, str], session_id: str) -> subprocess.Popen[str]:
+    """The session driven by a process of its own (as a worker would)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.integration.groupchat_driver", session_id], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+async def test_resume_follows_a_session_another_process_drives(cli: dict[str, str]) -> None:
+    write_script(cli, {"embeddings": "hashed", "latency_s": 0.3})
+    async with chats_of(cli) as chats:
+        session = await chats.open("Ship on Friday?", [A, B], by="ana", options=GroupChatOptions(max_messages=6))
+        driver = drive_elsewhere(cli, session.id)
+        try:
+            await until(chats, session.id, lambda lines: any(e.kind == "team" for e in lines))
+            followed = await asyncio.to_thread(factory, "groupchat", "resume", session.id, env=cli, timeout=120)
+            out, err = await asyncio.to_thread(driver.communicate, timeout=60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(timeout=30)
+        assert driver.returncode == 0 and out.strip() == "max_messages", err
+        lines = await chats.transcript(session.id)
+    assert followed.returncode == 0, followed.stderr
+    assert f"group chat {session.id} is driven by another process: following it" in followed.stderr
+    assert team_lines(followed.stdout) == [f"[{e.source}] {e.text}" for e in lines if e.kind == "team"]  # each once
+    assert f"group chat {session.id}: ended (max_messages), 6 team messages" in followed.stdout
