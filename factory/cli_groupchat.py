@@ -101,8 +101,7 @@ def start(
     as_json: Json = False,
     by: By = None,
 ) -> None:
-    """Open a session and drive it here, printing the transcript as it happens, then the summary.
-    Same as `factory groupchat --teams a,b,c TOPIC`."""
+    """Open a session and drive it here, printing it as it happens, then the summary (= `groupchat --teams …`)."""
     from factory.cli_common import read_stdin
     from teams.groupchat.service import parse_teams
 
@@ -126,8 +125,7 @@ def start(
 
 @groupchat_app.command("resume")
 def resume(session_id: str, as_json: Json = False, by: By = None) -> None:
-    """Continue a session whose process died (or that failed) from its last saved message, printing
-    the rest of it as it happens."""
+    """Continue a session whose process died (or that failed) from its last message; follow one driven elsewhere."""
 
     async def go(chats: GroupChats) -> GroupChatSession:
         return await chats.get(session_id)
@@ -326,8 +324,7 @@ def say(session_id: str, text: Annotated[list[str], typer.Argument(help="Your me
 
 @groupchat_app.command("stop")
 def stop(session_id: str, by: By = None) -> None:
-    """End a session: its driver stops the discussion (cutting the message being written), then
-    writes the summary."""
+    """End a session: its driver cuts the message being written, then writes the summary."""
     settings = load_settings()
     who = who_decides(settings, by)
 
@@ -352,8 +349,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     by: By = None,
 ) -> None:
-    """Run this as a requirement: a pipeline run whose requirement is the session's summary, driven
-    here like `factory run`, or queued for the workers with --detach."""
+    """Run this as a requirement: a pipeline run from the summary, driven here like `factory run` (or --detach)."""
     from factory.cli import announce_queued
     from teams.roster import resolve_pipeline
 
