@@ -17,20 +17,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from pydantic import SecretStr
 
-from factory.settings import Settings
-from factory.wiring import group_chats, open_factory
 from teams.groupchat import GroupChatOptions, GroupChats, SessionStatus
 from tests.conftest import REPO, write_script
 from tests.integration.cli import FACTORY, factory
+from tests.integration.groupchat_driver import chats_of
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +42,6 @@ SUMMARY = {
 @pytest.fixture
 def cli(env: dict[str, str]) -> dict[str, str]:
     return {**env, "FACTORY_OPERATOR": "ana"}
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(
-        data_dir=Path(env["FACTORY_DATA_DIR"]), database_url=SecretStr(env["FACTORY_DATABASE_URL"]),
-        redis_url=SecretStr(env["FACTORY_REDIS_URL"]), redis_prefix=env["FACTORY_REDIS_PREFIX"],
-        scripted_model=Path(env["FACTORY_SCRIPTED_MODEL"]),
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def chats_of(env: dict[str, str]) -> AsyncIterator[GroupChats]:
-    async with open_factory(settings_of(env)) as opened:
-        yield group_chats(opened)
 
 
 class Driving:
@@ -199,7 +180,7 @@ async def test_say_and_stop_from_another_process_while_a_session_is_driven(cli: 
     driving = Driving(cli, "--teams", f"{A},{B}", "--max-messages", "200", "Ship on Friday?")
     try:
         session_id = await driving.session_id()
-        async with chats_of(cli) as chats:
+        async with chats_of(cli) as (chats, _):
             await until(chats, session_id, lambda lines: any(e.kind == "team" for e in lines))
             said = factory("groupchat", "say", session_id, "Hold", "on:", "legal", "is", "not", "done.",
                            env={**cli, "FACTORY_OPERATOR": "bo"})  # fmt: skip
@@ -233,7 +214,7 @@ async def test_resume_after_the_driving_process_was_killed_repeats_no_message(cl
     driving = Driving(cli, "--teams", f"{A},{B},{C}", "--max-messages", "6", "Ship on Friday?")
     try:
         session_id = await driving.session_id()
-        async with chats_of(cli) as chats:
+        async with chats_of(cli) as (chats, _):
             await until(chats, session_id, lambda lines: sum(e.kind == "team" for e in lines) >= 2)
             await asyncio.sleep(0.2)  # inside the next speaker's model call
             driving.kill()
@@ -244,7 +225,7 @@ async def test_resume_after_the_driving_process_was_killed_repeats_no_message(cl
     write_script(cli, {"embeddings": "hashed"})
     resumed = factory("groupchat", "resume", session_id, env=cli)
     assert resumed.returncode == 0, resumed.stderr
-    async with chats_of(cli) as chats:
+    async with chats_of(cli) as (chats, _):
         ended = await chats.get(session_id)
         lines = await chats.transcript(session_id)
     assert ended.stop_reason == "max_messages" and ended.team_messages == 6
@@ -320,7 +301,7 @@ async def test_on_a_terminal_messages_stream_in_and_ctrl_c_stops_with_a_summary(
     assert code == 0, stderr
     assert "Ctrl-C: the discussion stops, then its summary is written" in stderr
     session_id = SESSION_ID.search(term.out).group()  # type: ignore[union-attr]
-    async with chats_of(cli) as chats:
+    async with chats_of(cli) as (chats, _):
         ended = await chats.get(session_id)
         lines = await chats.transcript(session_id)
     assert ended.stop_reason == "stopped" and ended.stop_requested_by == "ana" and ended.summary is not None
@@ -342,7 +323,7 @@ async def test_a_second_ctrl_c_leaves_at_once_and_resume_finishes_it(cli: dict[s
         term.kill()
     session_id = SESSION_ID.search(term.out).group()  # type: ignore[union-attr]
     assert code == 130 and f"`factory groupchat resume {session_id}` finishes it" in stderr
-    async with chats_of(cli) as chats:
+    async with chats_of(cli) as (chats, _):
         left = await chats.get(session_id)
         assert left.status is SessionStatus.RUNNING and session_id in await chats.orphaned()
     write_script(cli, {"embeddings": "hashed"})
@@ -360,7 +341,7 @@ def drive_elsewhere(env: dict[str, str], session_id: str) -> subprocess.Popen[st
 
 async def test_resume_follows_a_session_another_process_drives(cli: dict[str, str]) -> None:
     write_script(cli, {"embeddings": "hashed", "latency_s": 0.3})
-    async with chats_of(cli) as chats:
+    async with chats_of(cli) as (chats, _):
         session = await chats.open("Ship on Friday?", [A, B], by="ana", options=GroupChatOptions(max_messages=6))
         driver = drive_elsewhere(cli, session.id)
         try:

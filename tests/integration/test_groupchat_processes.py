@@ -11,18 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from factory.errors import RunBusy
-from factory.settings import Settings
 from factory.wiring import group_chats, open_factory
 from teams.groupchat import GroupChatOptions, GroupChats, SessionStatus
 from tests.conftest import REPO, write_script
+from tests.integration.groupchat_driver import chats_of, settings_of
 from tests.integration.pgbouncer import PgBouncer
 from tests.integration.test_groupchat import Spy
 
@@ -39,20 +35,6 @@ def reached(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, st
         return env
     bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
     return {**env, "FACTORY_DATABASE_URL": bouncer.url(env["FACTORY_DATABASE_URL"])}
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(
-        data_dir=Path(env["FACTORY_DATA_DIR"]), database_url=SecretStr(env["FACTORY_DATABASE_URL"]),
-        redis_url=SecretStr(env["FACTORY_REDIS_URL"]), redis_prefix=env["FACTORY_REDIS_PREFIX"],
-        scripted_model=Path(env["FACTORY_SCRIPTED_MODEL"]),
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def chats_of(env: dict[str, str]) -> AsyncIterator[GroupChats]:
-    async with open_factory(settings_of(env)) as factory:
-        yield group_chats(factory, poll_s=0.05)
 
 
 def driver(env: dict[str, str], session_id: str) -> subprocess.Popen[str]:
@@ -75,7 +57,7 @@ async def test_a_session_killed_mid_discussion_resumes_elsewhere_with_no_message
 ) -> None:
     env = reached
     write_script(env, {"embeddings": "hashed", "latency_s": 0.4})
-    async with chats_of(env) as chats:
+    async with chats_of(env) as (chats, _):
         session = await chats.open(TOPIC, [A, B, C], by="ana", options=GroupChatOptions(max_messages=8))
         proc = driver(env, session.id)
         try:
@@ -114,7 +96,7 @@ async def test_a_session_killed_mid_discussion_resumes_elsewhere_with_no_message
 async def test_the_operator_interjects_and_stops_a_session_driven_by_another_process(reached: dict[str, str]) -> None:
     env = reached
     write_script(env, {"embeddings": "hashed", "latency_s": 0.3})
-    async with chats_of(env) as chats:
+    async with chats_of(env) as (chats, _):
         session = await chats.open(TOPIC, [A, B], by="ana", options=GroupChatOptions(max_messages=200))
         proc = driver(env, session.id)
         try:

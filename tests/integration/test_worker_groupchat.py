@@ -11,19 +11,15 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
-from factory.settings import Settings
-from factory.wiring import Factory, group_chats, open_factory
 from factory.worker import wake_workers
 from teams.groupchat import ChatEntry, GroupChatOptions, GroupChats, SessionStatus
 from tests.conftest import write_script
 from tests.integration.cli import FACTORY
+from tests.integration.groupchat_driver import chats_of
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +30,6 @@ TOPIC = "Should the shortener ship on Friday?"
 @pytest.fixture
 def worker_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "FACTORY_WORKER_POLL_S": "0.5", "FACTORY_LOG_FORMAT": "json", "FACTORY_LOG_LEVEL": "INFO"}
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(
-        data_dir=Path(env["FACTORY_DATA_DIR"]), database_url=SecretStr(env["FACTORY_DATABASE_URL"]),
-        redis_url=SecretStr(env["FACTORY_REDIS_URL"]), redis_prefix=env["FACTORY_REDIS_PREFIX"],
-        scripted_model=Path(env["FACTORY_SCRIPTED_MODEL"]),
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def chats_of(env: dict[str, str]) -> AsyncIterator[tuple[GroupChats, Factory]]:
-    async with open_factory(settings_of(env)) as factory:
-        yield group_chats(factory, poll_s=0.05), factory
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
