@@ -237,9 +237,23 @@ def responders(
     run_async(go())
 
 
+async def _is_group_chat(factory: Any, chain_id: str) -> bool:
+    """Whether ``chain_id`` names a group-chat session (its audit chain is keyed by its id)."""
+    if not chain_id.startswith("gc-"):
+        return False
+    from factory.errors import RunNotFound
+    from factory.wiring import group_chats
+
+    try:
+        await group_chats(factory).get(chain_id)
+    except RunNotFound as exc:
+        raise InputError(str(exc)) from exc
+    return True
+
+
 @audit_app.command("verify")
 def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check a run's audit chain: exit 0 intact, 1 tampered."""
+    """Check a run's (or a group chat's) audit chain: exit 0 intact, 1 tampered."""
     from memory.base import AuditReport
 
     async def go() -> AuditReport:
@@ -247,6 +261,8 @@ def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] =
         from teams.snapshot import verify_run
 
         async with open_factory(settings) as factory:
+            if await _is_group_chat(factory, run_id):
+                return await factory.audit.verify(run_id)  # the chain and its head (a session has no bundle)
             run = await factory.store.get_run(run_id)
             if run is None:
                 raise InputError(f"no run {run_id!r}")
@@ -266,13 +282,13 @@ def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] =
 
 @audit_app.command("show")
 def audit_show(run_id: str) -> None:
-    """Print a run's audit entries as JSON lines."""
+    """Print a run's (or a group chat's) audit entries as JSON lines."""
 
     async def go() -> list[Any]:
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
-            if await factory.store.get_run(run_id) is None:
+            if not await _is_group_chat(factory, run_id) and await factory.store.get_run(run_id) is None:
                 raise InputError(f"no run {run_id!r}")
             return await factory.audit.entries(run_id)
 

@@ -132,6 +132,12 @@ def test_a_session_prints_each_message_labelled_then_the_summary_and_show_list_r
     audited = factory("audit", "search", "Monday", "--json", env=cli)
     assert audited.returncode == 0, audited.stderr
     assert {(h["run_id"], h["kind"]) for h in json.loads(audited.stdout)} >= {(session_id, "groupchat.ended")}
+    verified = factory("audit", "verify", session_id, "--json", env=cli)  # the session's own chain, intact
+    assert verified.returncode == 0 and json.loads(verified.stdout)["intact"], verified.stdout + verified.stderr
+    shown = [json.loads(line) for line in factory("audit", "show", session_id, env=cli).stdout.splitlines()]
+    assert [e["kind"] for e in shown][0] == "groupchat.created" and "groupchat.ended" in [e["kind"] for e in shown]
+    unknown = factory("audit", "verify", "gc-20260101-000000-00000000", env=cli)
+    assert unknown.returncode == 2 and "no group chat" in unknown.stderr
 
     queued = factory("groupchat", "run", session_id, "--detach", "--json", env=cli)
     assert queued.returncode == 0, queued.stderr
