@@ -316,8 +316,9 @@ def worker(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             metrics = f" metrics on :{settings.metrics_port}/metrics;" if settings.metrics_port else ""
-            say(f"worker: drives up to {settings.worker_runs} runs at once from the run queue; SLA ladder every"
-                f" {settings.worker_poll_s:g}s;{metrics} stop with Ctrl-C")  # fmt: skip
+            say(f"worker: drives up to {settings.worker_runs} runs at once from the run queue and"
+                f" {settings.worker_groupchats} group chats; SLA ladder every {settings.worker_poll_s:g}s;{metrics}"
+                " stop with Ctrl-C")  # fmt: skip
             await serve_worker(factory, stop)
         say("worker stopped")
 
