@@ -15,6 +15,10 @@ under the same root, without asking anyone where it was::
     │       └── escalation.decided       event, from whichever process decided it
     └── solution-architecture ...        a later stage, maybe from another process
 
+    group chat                           span: made when the session ends, from its start; id from the session id
+    ├── solution-architecture            event per transcript line (the topic, an operator's, a team's turn)
+    └── groupchat                        generation per model call (groupchat, groupchat_select, _summary)
+
 The run id is the trace's metadata and its root span's, not repeated on every span under it (each
 attribute is work on the run's path and in the export). A call outside any run (team chat, Q&A) is
 a trace of its own: one generation. Prompts and answers are not sent (the artifacts and the audit
@@ -56,6 +60,7 @@ from observability.otlp import (
 log = logging.getLogger(__name__)
 
 RUN_TRACE = "factory run"  # the name of every run's trace
+GROUP_CHAT_TRACE = "factory group chat"  # the name of every group chat's trace
 
 
 def _bounded_put(spans: OrderedDict[str, Any], key: str, value: Any, limit: int, end: Callable[[Any], None]) -> None:
@@ -299,6 +304,40 @@ class RunTracer:
         attributes = observation("event", {"team": team}, level="WARNING", status=event.data.get("error"))
         self._event(event.type, self._parent(event.run_id, team), ns(event.at), attributes)
 
+    # -- group chats --------------------------------------------------------------------------------
+
+    def _chat_line(self, event: Event) -> None:
+        """A line of a group chat's transcript (the topic, an operator's, a team's turn): an event under
+        the session's root, named by who spoke. The turn's model calls are generations beside it."""
+        data = event.data
+        kind, source = data.get("kind"), data.get("source")
+        chosen = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        values = {"seq": data.get("seq"), "kind": kind, "source": source, "tokens": data.get("tokens"),
+                  "selected_by": chosen.get("selected_by")}  # fmt: skip
+        name = str(source) if kind == "team" else str(kind or "line")
+        self._event(name, self._root(event.run_id), ns(event.at), observation("event", values))
+
+    def _chat_ended(self, event: Event) -> None:
+        """The session's root span, made when it ends (its discussion may have had several drivers):
+        from ``started_at`` to now, with the session's id as a run's would have it, so every
+        generation and line already sent nests under it."""
+        data = event.data
+        at = ns(event.at)
+        started = data.get("started_at")
+        start = min(ns(datetime.fromisoformat(started)), at) if isinstance(started, str) else at
+        failed = event.type == "groupchat.failed"
+        level, status = ("ERROR", f"failed: {data.get('error')}") if failed else (None, None)
+        values = {"session_id": event.run_id, "teams": data.get("teams")}
+        attributes = {
+            otlp.TRACE_NAME: GROUP_CHAT_TRACE,
+            otlp.APP_ROOT: True,
+            **otlp.metadata(otlp.TRACE_METADATA, values),
+            **observation("span", {**values, "outcome": "failed" if failed else data.get("reason")}),
+        }
+        with self._ids.pinned(trace_id_of(event.run_id), root_span_id_of(event.run_id)):
+            span = self._start("group chat", Context(), start, attributes)
+        _end(span, at, level, status)
+
     _HANDLERS: dict[str, Callable[[RunTracer, Event], None]] = {
         "run.started": _run_started,
         "stage.started": _stage_started,
@@ -316,6 +355,9 @@ class RunTracer:
         "escalation.sla": _decided,
         "memory.unavailable": _memory_trouble,
         "memory.retain_failed": _memory_trouble,
+        "groupchat.message": _chat_line,
+        "groupchat.ended": _chat_ended,
+        "groupchat.failed": _chat_ended,
     }
 
     # -- model calls --------------------------------------------------------------------------------

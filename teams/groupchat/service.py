@@ -116,7 +116,8 @@ class GroupChats:
                     reason = "token_budget"
                 except TurnFailed as exc:
                     await self._d.store.finish(lease, SessionStatus.FAILED, error=str(exc)[:2000])
-                    await emit(self._d, session_id, "failed", error=str(exc)[:2000])
+                    await emit(self._d, session_id, "failed", error=str(exc)[:2000], teams=session.teams,
+                               started_at=session.created_at.isoformat())  # fmt: skip
                     raise
                 await self._d.store.end_discussion(lease, reason, elapsed_s=discussion.elapsed())
                 session = await self.get(session_id)
@@ -124,6 +125,7 @@ class GroupChats:
             await self._d.store.finish(lease, SessionStatus.ENDED)
         ended = await self.get(session_id)
         await emit(self._d, session_id, "ended", reason=ended.stop_reason, entries=ended.entries,
+                   teams=ended.teams, started_at=ended.created_at.isoformat(),
                    summary=ended.summary.model_dump(mode="json") if ended.summary else None)  # fmt: skip
         return ended
 

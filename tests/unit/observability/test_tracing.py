@@ -205,6 +205,33 @@ async def test_refused_clarifications_failures_and_calls_outside_runs() -> None:
     assert attr(chat, "langfuse.trace.name") == "team_chat"
 
 
+async def test_a_group_chat_is_one_trace_whose_root_is_made_when_it_ends() -> None:
+    t, exported = tracer()
+    session = "gc-20261201-090000-0a1b2c3d"
+    line = {"seq": 1, "kind": "team", "source": "qa-engineering", "tokens": 150, "meta": {"selected_by": "selector"}}
+    t.model_call(call("qa-engineering", run_id=session, purpose="groupchat"))  # another process may drive it
+    await t.emit(event("groupchat.message", 2, session, **line))
+    await t.emit(event("groupchat.message", 3, session, seq=2, kind="operator", source="ana", tokens=0))
+    t.model_call(call(None, run_id=session, seconds=4, purpose="groupchat_summary"))
+    await t.emit(event("groupchat.ended", 5, session, reason="consensus", teams=["qa-engineering", "sre"],
+                       started_at=T0.isoformat()))  # fmt: skip
+    spans = exported.get_finished_spans()
+    assert {s.context.trace_id for s in spans} == {trace_id_of(session)}
+    [root] = named(spans, "group chat")
+    assert root.context.span_id == root_span_id_of(session) and root.parent is None
+    assert (root.start_time, root.end_time) == (otlp.ns(T0), otlp.ns(T0 + timedelta(seconds=5)))
+    assert attr(root, otlp.TRACE_NAME) == "factory group chat" and attr(root, otlp.APP_ROOT) is True
+    assert (meta(root, "outcome"), meta(root, "teams")) == ("consensus", ["qa-engineering", "sre"])
+    children = [s for s in spans if s is not root]
+    assert sorted(s.name for s in children) == ["groupchat", "groupchat_summary", "operator", "qa-engineering"]
+    assert {parent_of(s) for s in children} == {root.context.span_id}
+    [turn] = named(spans, "qa-engineering")
+    assert (meta(turn, "seq"), meta(turn, "tokens"), meta(turn, "selected_by")) == (1, 150, "selector")
+    await t.emit(event("groupchat.failed", 6, "gc-20261201-090000-ffffffff", error="model down"))
+    [failed] = [s for s in exported.get_finished_spans() if s.name == "group chat" and s is not root]
+    assert attr(failed, otlp.LEVEL) == "ERROR" and "model down" in attr(failed, otlp.STATUS)
+
+
 async def test_open_spans_are_bounded_and_ended_when_evicted() -> None:
     t, exported = tracer(max_runs=2, max_spans=2)
     for run in ("a", "b", "c"):
