@@ -311,7 +311,8 @@ class RunTracer:
         the session's root, named by who spoke. The turn's model calls are generations beside it."""
         data = event.data
         kind, source = data.get("kind"), data.get("source")
-        chosen = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        chosen = data.get("meta")
+        chosen = chosen if isinstance(chosen, dict) else {}
         values = {"seq": data.get("seq"), "kind": kind, "source": source, "tokens": data.get("tokens"),
                   "selected_by": chosen.get("selected_by")}  # fmt: skip
         name = str(source) if kind == "team" else str(kind or "line")
