@@ -277,17 +277,21 @@ def _topic(session: GroupChatSession) -> ChatEntry:
 # --- the session's state in this chat session -------------------------------------------------------
 
 
+# Chainlit keeps the user session in the thread's metadata when a socket drops and gives it back on
+# resume, with what JSON cannot hold turned into nulls: only values of the right type count.
+
+
 def _views() -> dict[str, SessionView]:
-    views: dict[str, SessionView] | None = cl.user_session.get("gc_views")
-    if views is None:
+    views = cl.user_session.get("gc_views")
+    if not isinstance(views, dict) or not all(isinstance(v, SessionView) for v in views.values()):
         views = {}
         cl.user_session.set("gc_views", views)
     return views
 
 
 def _typed() -> set[str]:
-    typed: set[str] | None = cl.user_session.get("gc_typed")
-    if typed is None:
+    typed = cl.user_session.get("gc_typed")
+    if not isinstance(typed, set):
         typed = set()
         cl.user_session.set("gc_typed", typed)
     return typed
@@ -421,6 +425,9 @@ def reopen(thread: dict[str, Any], known: set[str]) -> None:
     messages sent inside it can vanish), then followed; an unattended one is driven again."""
     ids = [str(i) for i in (thread.get("metadata") or {}).get("groupchats") or []]
     cl.user_session.set("groupchats", ids)
+    cl.user_session.set("gc_views", {})
+    cl.user_session.set("gc_current", None)
+    cl.user_session.set("gc_typed", None)
     typed = _typed()
     typed.update(
         str(s.get("output") or "").strip() for s in thread.get("steps") or [] if s.get("type") == "user_message"

@@ -27,7 +27,7 @@ def reason_words(session: GroupChatSession) -> str:
     """Why the discussion ended, as a sentence's end."""
     o = session.options
     return {
-        "max_messages": f"it reached its limit of {o.max_messages} team messages",
+        "max_messages": "it reached its message limit",
         "consensus": f"a team declared {o.consensus_marker}",
         "timeout": f"it ran out of time ({o.timeout_s:.0f} s)",
         "token_budget": f"it spent its token budget ({o.token_budget or 0:,} tokens)",
@@ -100,7 +100,8 @@ def summary_markdown(summary: GroupChatSummary) -> str:
 
 def ending(session: GroupChatSession, *, viewer: bool = False) -> str:
     """The end of a discussion: why, the summary, where it is kept, and what can follow."""
-    head = f"**Discussion ended**: {reason_words(session)}. {session.team_messages} team messages."
+    n = session.team_messages
+    head = f"**Discussion ended** after {n} team message{'s' * (n != 1)}: {reason_words(session)}."
     body = summary_markdown(session.summary) if session.summary else "*No summary was written.*"
     kept = f"Kept in the memory of {', '.join(inert(t) for t in session.teams)} and the shared world."
     if session.run_ids:

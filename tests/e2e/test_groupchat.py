@@ -6,6 +6,7 @@ tab ends nothing; a viewer watches but cannot join in; bad input is said plainly
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import psycopg
@@ -151,12 +152,12 @@ def test_operator_runs_a_group_chat_interjects_stops_and_seeds_a_run(chat: Chat,
     shot(chat, page, "04-interjected", first)
 
     page.get_by_role("button", name="Stop").click()
-    page.get_by_text("Discussion ended").wait_for(timeout=60_000)
+    page.get_by_text("Discussion ended", exact=True).wait_for(timeout=60_000)
     page.get_by_text("ana stopped it").first.wait_for()
     for part in ("Decisions", "Open questions", "Who argued what", SUMMARY["decisions"][1]):
         page.get_by_text(part).first.wait_for()
     assert page.get_by_role("button", name="Stop").count() == 0  # nothing left to stop
-    shot(chat, page, "05-summary", page.get_by_text("Discussion ended").first)
+    shot(chat, page, "05-summary", page.get_by_text("Discussion ended", exact=True).first)
 
     page.get_by_role("button", name="Run this as a requirement").click()
     page.get_by_text(re.compile(r"Run run-\d{8}-\d{6}-[0-9a-f]{8} started")).wait_for(timeout=30_000)
@@ -165,3 +166,114 @@ def test_operator_runs_a_group_chat_interjects_stops_and_seeds_a_run(chat: Chat,
     with psycopg.connect(pg_url) as conn:
         (requirement,) = conn.execute("SELECT requirement FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
     assert session in requirement and SUMMARY["decisions"][0] in requirement
+
+
+def wait_db(pg_url: str, query: str, args: tuple[Any, ...], until: Any, timeout_s: float = 60.0) -> Any:
+    """Poll ``query`` until ``until(row)`` holds (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(query, args).fetchone()
+        if row is not None and until(row):
+            return row
+        time.sleep(0.25)
+    raise AssertionError(f"not reached within {timeout_s} s: {query} {args}")
+
+
+def set_max_messages(page: Any, n: int) -> None:
+    page.click("#chat-settings-open-modal")
+    page.locator('[id="gc_max_messages"]').fill(str(n))
+    page.get_by_role("button", name="Confirm").click()
+
+
+@pytest.mark.script({**SCRIPT, "latency_s": 1.5})
+def test_a_closed_tab_ends_nothing_and_the_reopened_thread_follows_again(
+    chat: Chat, page: Any, browser: Any, pg_url: str
+) -> None:
+    login(page, chat, "ana")
+    open_profile(page, "Group chat")
+    set_max_messages(page, 4)
+    send(page, TOPIC)
+    whole(page, SEC, 1).wait_for(timeout=30_000)
+    session = session_id(pg_url)
+    page.close()  # mid-discussion: it goes on without any page
+    status = "SELECT status, team_messages FROM groupchat_sessions WHERE id = %s"
+    wait_db(pg_url, status, (session,), lambda row: row[1] >= 2)
+    again = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(again, chat, "ana")
+    again.get_by_text(TOPIC).first.click()  # the thread, in the history sidebar
+    message(again, 2).wait_for(timeout=30_000)  # written while no page was open
+    again.get_by_text("Discussion ended", exact=True).wait_for(timeout=60_000)  # followed live to the end
+    again.get_by_text("after 4 team messages: it reached its message limit").first.wait_for()
+    for n in range(1, 5):
+        assert again.get_by_text(re.compile(rf"· message {n}\b")).count() == 1  # each once, none lost or doubled
+    assert again.get_by_text(TOPIC).count() >= 1 and again.get_by_text("Group chat gc-").count() <= 1
+    shot(chat, again, "reopened-thread", message(again, 1))
+    (ended, count) = wait_db(pg_url, status, (session,), lambda row: row[0] == "ended")
+    assert count == 4
+
+
+@pytest.mark.script({**SCRIPT, "latency_s": 1.5})
+def test_a_viewer_watches_a_group_chat_but_cannot_join_in(chat: Chat, page: Any, browser: Any, pg_url: str) -> None:
+    operator = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(operator, chat, "ana")
+    open_profile(operator, "Group chat")
+    send(operator, TOPIC)
+    message(operator, 1).wait_for(timeout=30_000)
+    session = session_id(pg_url)
+
+    sent: list[str] = []  # what the viewer's page sends: its session id is in there
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
+    page.on("request", lambda r: sent.append(r.post_data or ""))
+    page.set_viewport_size({"width": 1280, "height": 2200})  # the whole discussion in one screenshot
+    login(page, chat, "val")
+    open_profile(page, "Group chat")
+    send(page, "/groupchats")
+    page.get_by_role("button", name=f"Watch {session}").click()
+    page.get_by_text("You are watching").first.wait_for(timeout=30_000)
+    message(page, 1).wait_for(timeout=30_000)
+    message(page, 2).wait_for(timeout=30_000)  # followed live
+    assert page.get_by_role("button", name="Stop").count() == 0  # a viewer is offered no stop
+    send(page, "Let me in.")
+    page.get_by_text("val is a viewer and cannot interject in a group chat").wait_for(timeout=15_000)
+    # A stop sent straight to the server, with the viewer's own session and cookie: refused there.
+    found = [re.search(r'"session_?[iI]d"\s*:\s*"([0-9a-f-]{36})"', text) for text in sent]
+    viewer_session = [match.group(1) for match in found if match][-1]  # its session in this profile
+    action = {"name": "groupchat_stop", "payload": {"id": session}, "id": "x", "label": "Stop"}
+    response = page.request.post(chat.url + "/project/action", data={"sessionId": viewer_session, "action": action})
+    assert response.status == 200, response.text()
+    page.get_by_text("val is a viewer and cannot stop a group chat").wait_for(timeout=15_000)
+    chat.screenshot(page, "viewer-watching")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT stop_requested_by FROM groupchat_sessions WHERE id = %s", (session,)).fetchone()
+        (queued,) = conn.execute(
+            "SELECT count(*) FROM groupchat_interjections WHERE session_id = %s", (session,)
+        ).fetchone()
+    assert row == (None,) and queued == 0  # nothing the viewer sent reached the session
+    operator.get_by_role("button", name="Stop").click()  # the operator can
+    operator.get_by_text("Discussion ended", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("Discussion ended", exact=True).wait_for(timeout=60_000)  # and the viewer sees the end
+    assert page.get_by_role("button", name="Run this as a requirement").count() == 0
+
+
+@pytest.mark.script({**SCRIPT, "latency_s": 0.5})
+def test_bad_input_is_said_plainly_and_nothing_typed_is_lost(chat: Chat, page: Any, pg_url: str) -> None:
+    login(page, chat, "ana")
+    open_profile(page, "Group chat")
+    pick_teams(page, drop=2, add=[])  # only solution-architecture is left
+    page.get_by_role("button", name="Confirm").click()
+    send(page, TOPIC)
+    page.get_by_text("No discussion started: a group chat needs 2 to 8 teams; 1 given").wait_for(timeout=30_000)
+    shot(chat, page, "one-team", page.get_by_text(TOPIC).first)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM groupchat_sessions").fetchone() == (0,)
+    send(page, "/watch gc-20990101-000000-deadbeef")
+    page.get_by_text("no group chat 'gc-20990101-000000-deadbeef'").wait_for(timeout=15_000)
+    pick_teams(page, drop=0, add=[QA])
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_role("button", name="Start it with the teams now chosen").click()  # the topic, one click away
+    page.get_by_text("Running").first.wait_for(timeout=30_000)
+    message(page, 1).wait_for(timeout=30_000)
+    with psycopg.connect(pg_url) as conn:
+        (topic, teams) = conn.execute("SELECT topic, teams FROM groupchat_sessions").fetchone()
+    assert topic == TOPIC and sorted(teams) == sorted([ARCH, QA])

@@ -68,7 +68,7 @@ def test_every_stop_reason_reads_as_a_sentence() -> None:
     words = {r: reason_words(session(stop_reason=r, stop_requested_by="ana"))
              for r in ("max_messages", "consensus", "timeout", "token_budget", "stopped")}  # fmt: skip
     assert words == {
-        "max_messages": "it reached its limit of 6 team messages",
+        "max_messages": "it reached its message limit",
         "consensus": "a team declared CONSENSUS",
         "timeout": "it ran out of time (900 s)",
         "token_budget": "it spent its token budget (60,000 tokens)",
@@ -103,7 +103,8 @@ def test_the_end_shows_the_summary_and_what_can_follow() -> None:
     )  # fmt: skip
     ended = session(status=SessionStatus.ENDED, stop_reason="stopped", stop_requested_by="ana", summary=summary)
     out = html(ending(ended))
-    assert "ana stopped it" in out and "<li>One service</li>" in out and "<li>(none)</li>" in out
+    assert "ended</strong> after 2 team messages: ana stopped it." in out
+    assert "<li>One service</li>" in out and "<li>(none)</li>" in out
     assert "<strong>qa-engineering</strong>: Simple tests." in out and "Run this as a requirement" in out
     inert(ending(ended))
     assert "Run this as a requirement" not in ending(ended, viewer=True)
