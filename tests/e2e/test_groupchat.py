@@ -225,7 +225,6 @@ def test_a_viewer_watches_a_group_chat_but_cannot_join_in(chat: Chat, page: Any,
     sent: list[str] = []  # what the viewer's page sends: its session id is in there
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
     page.on("request", lambda r: sent.append(r.post_data or ""))
-    page.set_viewport_size({"width": 1280, "height": 2200})  # the whole discussion in one screenshot
     login(page, chat, "val")
     open_profile(page, "Group chat")
     send(page, "/groupchats")
@@ -233,6 +232,8 @@ def test_a_viewer_watches_a_group_chat_but_cannot_join_in(chat: Chat, page: Any,
     page.get_by_text("You are watching").first.wait_for(timeout=30_000)
     message(page, 1).wait_for(timeout=30_000)
     message(page, 2).wait_for(timeout=30_000)  # followed live
+    page.get_by_text(re.compile(r"tokens · ")).nth(1).wait_for(timeout=30_000)  # message 2 is whole
+    shot(chat, page, "viewer-watching", page.get_by_text("You are watching").first)
     assert page.get_by_role("button", name="Stop").count() == 0  # a viewer is offered no stop
     send(page, "Let me in.")
     page.get_by_text("val is a viewer and cannot interject in a group chat").wait_for(timeout=15_000)
@@ -243,7 +244,7 @@ def test_a_viewer_watches_a_group_chat_but_cannot_join_in(chat: Chat, page: Any,
     response = page.request.post(chat.url + "/project/action", data={"sessionId": viewer_session, "action": action})
     assert response.status == 200, response.text()
     page.get_by_text("val is a viewer and cannot stop a group chat").wait_for(timeout=15_000)
-    chat.screenshot(page, "viewer-watching")
+    chat.screenshot(page, "viewer-refused")
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT stop_requested_by FROM groupchat_sessions WHERE id = %s", (session,)).fetchone()
         (queued,) = conn.execute(
