@@ -27,12 +27,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from factory.settings import Settings
-from factory.wiring import open_factory
+from factory.wiring import group_chats, open_factory
 from observability.otlp import escalation_span_id_of, root_span_id_of
 from observability.tracing import RunTracer
 from routing.base import ChatRequest, ChatResponse, Fallback
 from routing.scripted import ScriptedModel
 from teams.base import RunStatus
+from teams.groupchat import GroupChatOptions
 from teams.slugs import ALL_TEAMS
 from tests.unit.teams.test_gate import PHASE1, result
 
@@ -281,3 +282,26 @@ async def test_without_keys_there_is_no_tracer_and_no_connection_is_attempted(
     redis_port = urlsplit(settings.redis_url.get_secret_value() if settings.redis_url else "").port
     tcp = {port for _, port, *_ in (a for a in attempts if isinstance(a, tuple))}
     assert collector.port not in tcp and tcp <= {redis_port}, tcp  # Redis only (PostgreSQL's driver is libpq)
+
+
+async def test_a_group_chat_is_one_trace_of_its_transcript_lines_and_generations(
+    settings: Settings, collector: Collector
+) -> None:
+    teams = ["solution-architecture", "qa-engineering"]
+    async with open_factory(settings, model=Priced({})) as factory:
+        chats = group_chats(factory, poll_s=0.05)
+        session = await chats.start("Ship the shortener on Friday?", teams, by="ana",
+                                    options=GroupChatOptions(max_messages=2))  # fmt: skip
+        lines = await chats.transcript(session.id)
+    spans = collector.of(Langfuse.create_trace_id(seed=session.id))
+    assert spans and len(spans) == len(collector.spans)  # one trace for the session, nothing else
+    [root] = [s for s in spans if s["parent"] is None]
+    assert (root["name"], root["span_id"]) == ("group chat", f"{root_span_id_of(session.id):016x}")
+    assert root["attributes"]["langfuse.trace.name"] == "factory group chat"
+    assert (meta(root, "outcome"), meta(root, "teams")) == ("max_messages", teams)
+    assert {s["parent"] for s in spans if s is not root} == {root["span_id"]}
+    turns = sorted((meta(s, "seq"), s["name"]) for s in spans if kind(s) == "event" and meta(s, "kind") == "team")
+    assert turns == [(line.seq, line.source) for line in lines if line.kind == "team"] and len(turns) == 2
+    generations = [s for s in spans if kind(s) == "generation"]
+    assert sorted(meta(g, "team") for g in generations if meta(g, "purpose") == "groupchat") == sorted(teams)
+    assert all(root["start"] <= s["start"] <= s["end"] <= root["end"] for s in spans)
