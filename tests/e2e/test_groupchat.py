@@ -166,6 +166,7 @@ def test_operator_runs_a_group_chat_interjects_stops_and_seeds_a_run(chat: Chat,
     with psycopg.connect(pg_url) as conn:
         (requirement,) = conn.execute("SELECT requirement FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
     assert session in requirement and SUMMARY["decisions"][0] in requirement
+    assert "no worker took up group chat" not in chat.log.read_text()  # `factory up`'s worker drove it
 
 
 def wait_db(pg_url: str, query: str, args: tuple[Any, ...], until: Any, timeout_s: float = 60.0) -> Any:

@@ -66,7 +66,7 @@ async def test_with_no_worker_the_chat_drives_the_session_in_a_task_of_its_own(c
 
 
 async def test_a_session_no_live_worker_takes_up_is_driven_by_the_chat(
-    redis: Any, redis_prefix: str, chat: Runtime, monkeypatch: pytest.MonkeyPatch
+    redis: Any, redis_prefix: str, chat: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(runtime_module, "TAKEOVER_S", 0.5)
     await redis.set(f"{redis_prefix}worker:silent", "1", ex=60)  # announced, but it drives nothing
@@ -75,4 +75,5 @@ async def test_a_session_no_live_worker_takes_up_is_driven_by_the_chat(
     assert session.id.encode() in await redis.lrange(wake_key(redis_prefix), 0, -1)  # handed over first
     done = await ended(chat, session.id)
     assert done.status is SessionStatus.ENDED
+    assert f"no worker took up group chat {session.id}" in caplog.text
     assert [e.kind for e in await chat.chats.transcript(session.id)] == ["topic", "team"]
