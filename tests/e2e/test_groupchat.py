@@ -258,7 +258,7 @@ def test_a_viewer_watches_a_group_chat_but_cannot_join_in(chat: Chat, page: Any,
     assert page.get_by_role("button", name="Run this as a requirement").count() == 0
 
 
-@pytest.mark.script({**SCRIPT, "latency_s": 0.5})
+@pytest.mark.script({**SCRIPT, "latency_s": 3.0})  # the summary takes 3 s: a message typed meanwhile is too late
 def test_bad_input_is_said_plainly_and_nothing_typed_is_lost(chat: Chat, page: Any, pg_url: str) -> None:
     login(page, chat, "ana")
     open_profile(page, "Group chat")
@@ -277,5 +277,22 @@ def test_bad_input_is_said_plainly_and_nothing_typed_is_lost(chat: Chat, page: A
     page.get_by_text("Running").first.wait_for(timeout=30_000)
     message(page, 1).wait_for(timeout=30_000)
     with psycopg.connect(pg_url) as conn:
-        (topic, teams) = conn.execute("SELECT topic, teams FROM groupchat_sessions").fetchone()
+        (session, topic, teams) = conn.execute("SELECT id, topic, teams FROM groupchat_sessions").fetchone()
     assert topic == TOPIC and sorted(teams) == sorted([ARCH, QA])
+
+    # Too late: the discussion ended (its summary is being written) before this message reached it.
+    page.get_by_role("button", name="Stop").click()
+    query = "SELECT stop_reason, status FROM groupchat_sessions WHERE id = %s"
+    wait_db(pg_url, query, (session,), lambda row: row[0] is not None, timeout_s=30)
+    late = "And one more thing: what about analytics?"
+    send(page, late)
+    page.get_by_text(f"group chat {session} has ended its discussion (stopped)").wait_for(timeout=15_000)
+    page.get_by_text("Concluding").first.wait_for()
+    page.get_by_text("Discussion ended", exact=True).wait_for(timeout=60_000)
+    shot(chat, page, "too-late", page.get_by_text(late).first)
+    page.get_by_role("button", name="Discuss it as a new topic").click()  # the late message, one click away
+    page.get_by_text("Running").last.wait_for(timeout=30_000)
+    with psycopg.connect(pg_url) as conn:
+        topics = [r[0] for r in conn.execute("SELECT topic FROM groupchat_sessions ORDER BY created_at")]
+        (queued,) = conn.execute("SELECT count(*) FROM groupchat_interjections").fetchone()
+    assert topics == [TOPIC, late] and queued == 0
