@@ -65,7 +65,7 @@ def test_operator_runs_a_requirement_and_answers_an_escalation(chat: Chat, page:
     page.get_by_text("Run complete.").wait_for(timeout=90_000)
     page.get_by_text("5. documentation · complete").first.wait_for()
     run_id = page.locator("text=/run-\\d{8}-\\d{6}-[0-9a-f]{8}/").first.inner_text().strip()
-    assert page.get_by_text(".zip").count() >= 1  # the bundle as a zip, beside its files
+    page.get_by_text(".zip").first.wait_for(timeout=15_000)  # the bundle as a zip, beside its files (sent after)
     _inert(page)
     chat.screenshot(page, "03-run-complete")
     assert not _open_escalations(chat.env)
