@@ -35,7 +35,7 @@ README = """# AI Software Factory
 
 Type a requirement in the **Pipeline** profile to run it through the teams, or pick the sample.
 `/attention` (or "what needs my attention?") lists what waits on you. Profiles: Pipeline, Team chat,
-Project Q&A, Decisions.
+Group chat (several teams discuss a topic with you in the room), Project Q&A, Decisions.
 """
 FAVICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#1f2937"/>'
