@@ -20,6 +20,7 @@ from chainlit.input_widget import Select, TextInput
 
 from chat import access, decisions, governance, groupchat, render
 from chat.data_layer import data_layer as make_data_layer
+from chat.guard import guarded
 from chat.live import TERMINAL, RunView, element_id
 from chat.runtime import runtime
 from factory.errors import FactoryError
@@ -486,15 +487,6 @@ async def ask_for_text(action: cl.Action, kind: str, what: str) -> None:
         await cl.Message(content=f"Type {what} for {render.code(ident)} as your next message (or `/cancel`).").send()
 
     await guarded(go())
-
-
-async def guarded(work: Any) -> None:
-    try:
-        await work
-    except access.Refused as exc:
-        await cl.ErrorMessage(content=f"Refused: {exc}").send()
-    except FactoryError as exc:
-        await cl.ErrorMessage(content=render.inert(str(exc))).send()
 
 
 async def decide(kind: str, escalation_id: str, version: Any, text: str | None) -> None:

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from chat import access, render
 from chat import groupchat_render as show
 from chat.groupchat_view import SessionView, button
+from chat.guard import guarded
 from chat.runtime import runtime
-from factory.errors import FactoryError, InputError
+from factory.errors import InputError
 from observability.base import Event
 from teams.groupchat.base import MAX_TEAMS, MIN_TEAMS, GroupChatOptions, SessionStatus
 from teams.slugs import ALL_TEAMS
@@ -262,15 +263,6 @@ def reopen(thread: dict[str, Any], known: set[str]) -> None:
     asyncio.create_task(redraw())
 
 
-async def _guarded(work: Awaitable[Any]) -> None:
-    try:
-        await work
-    except access.Refused as exc:
-        await cl.ErrorMessage(content=f"Refused: {exc}").send()
-    except FactoryError as exc:
-        await cl.ErrorMessage(content=render.inert(str(exc))).send()
-
-
 @cl.action_callback("groupchat_stop")
 async def on_stop(action: cl.Action) -> None:
     async def go() -> None:
@@ -284,7 +276,7 @@ async def on_stop(action: cl.Action) -> None:
         if view is not None:
             await view.catch_up()
 
-    await _guarded(go())
+    await guarded(go())
 
 
 @cl.action_callback("groupchat_seed")
@@ -301,7 +293,7 @@ async def on_seed(action: cl.Action) -> None:
         if watch_run is not None:
             await watch_run(run.id)
 
-    await _guarded(go())
+    await guarded(go())
 
 
 @cl.action_callback("groupchat_resume")
@@ -312,14 +304,14 @@ async def on_resume(action: cl.Action) -> None:
         await runtime.nudge_session(session_id)
         await cl.Message(content=f"Resuming {render.code(session_id)} from its last message.").send()
 
-    await _guarded(go())
+    await guarded(go())
 
 
 @cl.action_callback("groupchat_open")
 async def on_open(action: cl.Action) -> None:
-    await _guarded(open_discussion(str(action.payload.get("topic", ""))))
+    await guarded(open_discussion(str(action.payload.get("topic", ""))))
 
 
 @cl.action_callback("groupchat_watch")
 async def on_watch(action: cl.Action) -> None:
-    await _guarded(_watch(str(action.payload.get("id", ""))))
+    await guarded(_watch(str(action.payload.get("id", ""))))

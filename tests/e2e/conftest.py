@@ -204,3 +204,13 @@ def send(page: Any, text: str) -> None:
     box = page.locator("#chat-input")
     box.fill(text)
     page.keyboard.press("Enter")
+
+
+def open_profile(page: Any, name: str) -> None:
+    """Switch the chat to the profile ``name`` (confirming the new session) and wait until it started."""
+    page.click("#chat-profiles")
+    page.get_by_role("option", name=name).click()
+    confirm = page.get_by_role("button", name="Confirm")
+    if confirm.count():
+        confirm.first.click()
+    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)  # the new session started

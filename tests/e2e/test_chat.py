@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Chat, login, send, start_chat, stop_chat
+from tests.e2e.conftest import Chat, login, open_profile, send, start_chat, stop_chat
 from tests.integration.cli import factory, run_json
 
 pytestmark = pytest.mark.integration
@@ -207,19 +207,10 @@ def _choose(page: Any, trigger: str, option: str) -> None:
     page.locator(trigger).filter(has_text=option).wait_for(timeout=10_000)
 
 
-def _profile(page: Any, name: str) -> None:
-    page.click("#chat-profiles")
-    page.get_by_role("option", name=name).click()
-    confirm = page.get_by_role("button", name="Confirm")
-    if confirm.count():
-        confirm.first.click()
-    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)  # the new session started
-
-
 @pytest.mark.script({"latency_s": 2.0})
 def test_team_chat_streams_and_remembers_and_project_qa_cites(chat: Chat, page: Any, pg_url: str) -> None:
     login(page, chat, "ana")
-    _profile(page, "Team chat")
+    open_profile(page, "Team chat")
     page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)
     page.click("#chat-settings-open-modal")
     _choose(page, "#team", "qa-engineering")
@@ -237,7 +228,7 @@ def test_team_chat_streams_and_remembers_and_project_qa_cites(chat: Chat, page: 
             "SELECT count(*) FROM memory_items WHERE bank = 'qa-engineering' AND kind = 'transcript'"
         ).fetchone()
     assert kept == 1
-    _profile(page, "Project Q&A")
+    open_profile(page, "Project Q&A")
     page.get_by_text("Project Q&A.").first.wait_for()  # its welcome screen
     send(page, "What does qa-engineering test first?")
     answer = page.get_by_text("Sources", exact=True).or_(page.get_by_text("(no sources found)"))

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Chat, login, send
+from tests.e2e.conftest import Chat, login, open_profile, send
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +46,6 @@ SCRIPT = {
     "purposes": {"groupchat_select": [SEC, QA, ARCH, SEC, QA, ARCH], "groupchat_summary": [SUMMARY]},
     "teams": {t: [said(t, n) for n in range(1, 4)] for t in (ARCH, SEC, QA)},
 }
-
-
-def open_profile(page: Any, name: str) -> None:
-    page.click("#chat-profiles")
-    page.get_by_role("option", name=name).click()
-    confirm = page.get_by_role("button", name="Confirm")
-    if confirm.count():
-        confirm.first.click()
-    page.wait_for_selector("#chat-settings-open-modal", timeout=30_000)  # the new session started
 
 
 def message(page: Any, n: int) -> Any:
