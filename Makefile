@@ -61,6 +61,7 @@ bench: install
 	$(PY) -m bench.routing
 	$(PY) -m bench.chat
 	$(PY) -m bench.scale
+	$(PY) -m bench.groupchat
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
