@@ -51,30 +51,35 @@ class Driving:
         self.proc = subprocess.Popen([FACTORY, "groupchat", *args], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.errors: list[str] = []
+        # One reader per pipe, and nothing else reads them (``communicate`` would take the rest of stdout).
+        pipes = ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))
+        self._readers = [threading.Thread(target=self._read, args=pipe, daemon=True) for pipe in pipes]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+    @staticmethod
+    def _read(pipe: Any, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line.rstrip("\n"))
 
     async def session_id(self, timeout_s: float = 60) -> str:
         for _ in range(int(timeout_s / 0.05)):
             for line in self.lines:
                 if found := SESSION_ID.search(line):
                     return found.group()
-            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert self.proc.poll() is None, "\n".join(self.errors)
             await asyncio.sleep(0.05)
         raise AssertionError("the session id was never printed")
 
     def finish(self, timeout_s: float = 120) -> tuple[int, str, str]:
         try:
-            _, stderr = self.proc.communicate(timeout=timeout_s)
+            self.proc.wait(timeout=timeout_s)
         finally:
             self.kill()
-        self._reader.join(timeout=10)
-        return self.proc.returncode, "\n".join(self.lines), stderr
+        for reader in self._readers:  # the pipes are at their end once the process is gone
+            reader.join(timeout=10)
+        return self.proc.returncode, "\n".join(self.lines), "\n".join(self.errors)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -134,8 +139,8 @@ def test_a_session_prints_each_message_labelled_then_the_summary_and_show_list_r
     assert {(h["run_id"], h["kind"]) for h in json.loads(audited.stdout)} >= {(session_id, "groupchat.ended")}
     verified = factory("audit", "verify", session_id, "--json", env=cli)  # the session's own chain, intact
     assert verified.returncode == 0 and json.loads(verified.stdout)["intact"], verified.stdout + verified.stderr
-    shown = [json.loads(line) for line in factory("audit", "show", session_id, env=cli).stdout.splitlines()]
-    assert [e["kind"] for e in shown][0] == "groupchat.created" and "groupchat.ended" in [e["kind"] for e in shown]
+    chain = [json.loads(line) for line in factory("audit", "show", session_id, env=cli).stdout.splitlines()]
+    assert [e["kind"] for e in chain][0] == "groupchat.created" and "groupchat.ended" in [e["kind"] for e in chain]
     unknown = factory("audit", "verify", "gc-20260101-000000-00000000", env=cli)
     assert unknown.returncode == 2 and "no group chat" in unknown.stderr
 
