@@ -227,10 +227,11 @@ class Runtime:
         await asyncio.sleep(TAKEOVER_S)
         if (await self.chats.get(session_id)).status is not SessionStatus.RUNNING:
             return
-        if session_id in await self.chats.orphaned():
-            log.warning("no worker took up group chat %s within %.0f s; this chat process drives it", session_id,
-                        TAKEOVER_S)  # fmt: skip
-        with contextlib.suppress(RunBusy):  # a worker drives it: nothing to do here
+        if session_id not in await self.chats.orphaned():  # a worker holds it: nothing to do here
+            return
+        log.warning("no worker took up group chat %s within %.0f s; this chat process drives it", session_id,
+                    TAKEOVER_S)  # fmt: skip
+        with contextlib.suppress(RunBusy):  # a worker took it meanwhile
             await self.chats.drive(session_id)
 
     async def _drive_session(self, session_id: str) -> None:
