@@ -155,6 +155,15 @@ class EscalationQueue(Protocol):
         ``audit`` as for ``apply``."""
         ...
 
+    async def close_for_run(
+        self, run_id: str, *, by: str, reason: str | None, audit: AuditOf | None = None
+    ) -> list[Escalation]:
+        """Close every escalation of ``run_id`` still waiting, its run being cancelled: ``expired``,
+        ``reason`` as the answer, decided by ``by`` now, the version bumped (a decision made on the
+        version read before is refused); the escalations closed, oldest first. ``audit`` as for
+        ``apply``: each one's entry is written with the change, atomically."""
+        ...
+
 
 class DecisionRecorder(Protocol):
     """Where decisions are recorded for good: the run's audit chain (``memory.AuditLog`` fits)."""

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from factory.errors import FactoryError
-from hitl.base import WAITING, AuditOf, Change, DecisionRecorder, Escalation, ordered, unrecorded
+from hitl.base import (
+    WAITING,
+    AuditOf,
+    Change,
+    DecisionRecorder,
+    Escalation,
+    EscalationStatus,
+    ordered,
+    unrecorded,
+)
 
 
 class InMemoryEscalationQueue:
@@ -44,6 +55,20 @@ class InMemoryEscalationQueue:
         self, escalation_id: str, expected_version: int, level: int, *, audit: AuditOf | None = None
     ) -> Escalation | None:
         return await self._update(escalation_id, expected_version, {"escalation_level": level}, audit)
+
+    async def close_for_run(
+        self, run_id: str, *, by: str, reason: str | None, audit: AuditOf | None = None
+    ) -> list[Escalation]:
+        fields: dict[str, object] = {
+            "status": EscalationStatus.EXPIRED, "answer": reason, "decided_by": by, "decided_at": datetime.now(UTC),
+        }  # fmt: skip
+        closed = []
+        for waiting in await self.for_run(run_id):
+            if waiting.status in WAITING:
+                changed = await self._update(waiting.id, waiting.version, fields, audit)
+                if changed is not None:  # else an operator decided it meanwhile: theirs stands
+                    closed.append(changed)
+        return closed
 
     async def _update(
         self, escalation_id: str, expected_version: int, fields: dict[str, object], audit: AuditOf | None

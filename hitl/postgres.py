@@ -7,6 +7,7 @@ two operators deciding one escalation, exactly one wins and the other learns it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -61,6 +62,10 @@ _COLUMNS = (
 )
 _WAITING = "status IN ('open', 'deferred')"
 _APPEND = "SELECT 1 FROM audit_append(%s, %s, %s, %s)"  # memory's function (migration 0202)
+_CLOSE_FOR_RUN = (
+    "UPDATE escalations SET status = 'expired', answer = %(answer)s, decided_by = %(by)s, decided_at = %(at)s,"
+    f" version = version + 1 WHERE run_id = %(run)s AND {_WAITING} RETURNING {_COLUMNS}"
+)
 
 #: The audit's one text form of a payload (what is hashed and stored).
 Canonical = Callable[[dict[str, Any]], str]
@@ -149,27 +154,39 @@ class PostgresEscalationQueue:
             audit,
         )
 
+    async def close_for_run(
+        self, run_id: str, *, by: str, reason: str | None, audit: AuditOf | None = None
+    ) -> list[Escalation]:
+        params = {"run": run_id, "answer": reason, "by": by, "at": datetime.now(UTC)}
+        changed = await self._change_all(_CLOSE_FOR_RUN, params, audit)
+        return sorted(changed, key=lambda e: (e.created_at, e.id))
+
     async def _update(self, sets: str, params: dict[str, Any], audit: AuditOf | None) -> Escalation | None:
         sql = (
             f"UPDATE escalations SET {sets} WHERE id = %(id)s AND version = %(version)s AND {_WAITING}"
             f" RETURNING {_COLUMNS}"
         )
+        changed = await self._change_all(sql, params, audit)
+        return changed[0] if changed else None
+
+    async def _change_all(self, sql: str, params: dict[str, Any], audit: AuditOf | None) -> list[Escalation]:
+        """The escalations one UPDATE changed; with ``audit`` (and an audit writer), each one's entry
+        is appended in the UPDATE's transaction: if one cannot be, nothing changed."""
         async with self._pool.connection() as conn:
             if audit is None or self._canonical is None:  # one statement, its own transaction
-                row = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchone()
-                return Escalation.model_validate(row) if row else None
+                rows = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchall()
+                return [Escalation.model_validate(row) for row in rows]
             async with conn.transaction():
-                row = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchone()
-                if row is None:
-                    return None
-                changed = Escalation.model_validate(row)
-                key, kind, payload = audit(changed)
-                try:
-                    await conn.execute(_APPEND, (changed.run_id, key, kind, self._canonical(payload)))
-                except psycopg.errors.OperationalError:
-                    raise  # the connection, not the audit: the error tree's service handling applies
-                except psycopg.Error as exc:  # raised inside the transaction: the change is rolled back
-                    raise unrecorded(changed, exc.diag.message_primary or str(exc)) from exc
+                rows = await (await conn.cursor(row_factory=dict_row).execute(sql, params)).fetchall()
+                changed = [Escalation.model_validate(row) for row in rows]
+                for escalation in changed:
+                    key, kind, payload = audit(escalation)
+                    try:
+                        await conn.execute(_APPEND, (escalation.run_id, key, kind, self._canonical(payload)))
+                    except psycopg.errors.OperationalError:
+                        raise  # the connection, not the audit: the error tree's service handling applies
+                    except psycopg.Error as exc:  # raised inside the transaction: the change is rolled back
+                        raise unrecorded(escalation, exc.diag.message_primary or str(exc)) from exc
             return changed
 
     async def _select(self, where: str, params: tuple[Any, ...], order: str = "") -> list[Escalation]:

@@ -116,6 +116,13 @@ class StoredArtifact(BaseModel):
     bytes: int = Field(ge=0)
 
 
+#: Why a driver lost its run (``Lease.lost``): a write of it was refused, or the lease's renewal was.
+TAKEN_OVER = "another process took its lease over, or an operator cancelled the run"
+RENEWAL_REFUSED = (
+    "another process took it over (this one stalled past the lease's lifetime), or an operator cancelled the run"
+)
+
+
 class RunStore(Protocol):
     """Durable state of runs, stages and artifacts. Every write of a run's state names the ``Lease``
     it is made under and is refused (``LeaseLost``) in its own transaction if that lease no longer
@@ -127,7 +134,11 @@ class RunStore(Protocol):
 
     async def get_run(self, run_id: str) -> Run | None: ...
 
-    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None: ...
+    async def set_run_status(
+        self, run_id: str, status: RunStatus, *, lease: Lease, stages: Sequence[StageRecord] = ()
+    ) -> None:
+        """Set the run's status and save ``stages`` (as ``save_stage`` does) with it, atomically."""
+        ...
 
     async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
         """Insert or replace the stage (idempotent by run id and index), and with it, atomically,
@@ -150,6 +161,16 @@ class RunStore(Protocol):
         """Hold the run for this process while the block runs (one driver per run, across processes),
         renewed in the background; raises ``RunBusy`` at once if another holds it. A killed process's
         lease ends with it (on this host) or when it expires."""
+        ...
+
+    async def seize(self, run_id: str) -> Lease:
+        """Take the run's lease whoever holds it, live or not (an operator cancelling the run): the
+        holder's next write is refused (``LeaseLost``), so it stops and writes nothing more. A write
+        of the holder's under way commits first. Hold the lease with ``holding``."""
+        ...
+
+    def holding(self, lease: Lease) -> AbstractAsyncContextManager[Lease]:
+        """Keep ``lease`` (from ``seize``, or a claim) renewed while the block runs; let it go at the end."""
         ...
 
     async def renew(self, lease: Lease) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from factory.errors import LeaseLost
 from routing.base import Spend, UsageRecord
-from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+from teams.base import TAKEN_OVER, Run, RunStatus, StageRecord, StoredArtifact
 from teams.lease import Lease, busy, lost_message, new_owner
 
 
@@ -26,7 +26,7 @@ class InMemoryRunStore:
         """Owner and token fence a write, as in PostgreSQL (a lapsed lease nobody took still holds)."""
         lease.check()
         if self._leases.get(lease.run_id, ("", 0, False))[:2] != (lease.owner, lease.token):
-            lease.lost = "another process took its lease over"
+            lease.lost = TAKEN_OVER
             raise LeaseLost(lost_message(lease.run_id, lease.lost))
 
     def take_over(self, run_id: str) -> None:
@@ -46,8 +46,12 @@ class InMemoryRunStore:
         run = self._runs.get(run_id)
         return run.model_copy(deep=True) if run else None
 
-    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None:
+    async def set_run_status(
+        self, run_id: str, status: RunStatus, *, lease: Lease, stages: Sequence[StageRecord] = ()
+    ) -> None:
         self._held(lease)
+        for stage in stages:
+            await self.save_stage(stage, lease=lease)
         run = self._runs[run_id]
         run.status, run.updated_at = status, datetime.now(UTC)
 
@@ -73,16 +77,24 @@ class InMemoryRunStore:
 
     @asynccontextmanager
     async def lease(self, run_id: str) -> AsyncIterator[Lease]:
-        _owner, token, held = self._leases.get(run_id, ("", 0, False))
-        if held:
+        if self._leases.get(run_id, ("", 0, False))[2]:
             raise busy(run_id)
+        async with self.holding(await self.seize(run_id)) as lease:
+            yield lease
+
+    async def seize(self, run_id: str) -> Lease:
+        _owner, token, _held = self._leases.get(run_id, ("", 0, False))
         lease = Lease(run_id=run_id, owner=new_owner(), token=token + 1)
         self._leases[run_id] = (lease.owner, lease.token, True)
+        return lease
+
+    @asynccontextmanager
+    async def holding(self, lease: Lease) -> AsyncIterator[Lease]:
         try:
             yield lease
         finally:
-            if self._leases[run_id] == (lease.owner, lease.token, True):
-                self._leases[run_id] = (lease.owner, lease.token, False)
+            if self._leases.get(lease.run_id) == (lease.owner, lease.token, True):
+                self._leases[lease.run_id] = (lease.owner, lease.token, False)
 
     async def renew(self, lease: Lease) -> None:
         self._held(lease)

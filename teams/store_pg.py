@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from factory.errors import LeaseLost
 from routing.base import Spend, UsageRecord
-from teams.base import Run, RunStatus, StageRecord, StoredArtifact
+from teams.base import RENEWAL_REFUSED, TAKEN_OVER, Run, RunStatus, StageRecord, StoredArtifact
 from teams.lease import Lease, busy, lost_message, new_owner, owner_is_dead
 from teams.results import TaskResult
 
@@ -155,6 +156,14 @@ _TAKE = (
     " ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at"
     " WHERE l.expires_at <= now() OR l.owner = %(dead)s RETURNING token"
 )
+# An operator's cancel: the lease is taken whoever holds it (no expiry condition). A fenced write
+# under way holds the row FOR SHARE, so it commits first; every later write of the old holder is refused.
+_SEIZE = (
+    "INSERT INTO run_leases AS l (run_id, owner, token, expires_at)"
+    " VALUES (%(run)s, %(owner)s, 1, now() + make_interval(secs => %(ttl)s))"
+    " ON CONFLICT (run_id) DO UPDATE SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at"
+    " RETURNING token"
+)
 _CLAIM = (
     "WITH next AS ("
     " SELECT r.id FROM runs r LEFT JOIN run_leases l ON l.run_id = r.id"
@@ -252,7 +261,7 @@ class PostgresRunStore:
         except psycopg.Error as exc:
             if exc.sqlstate != LEASE_LOST:
                 raise
-            lease.lost = "another process took its lease over"
+            lease.lost = TAKEN_OVER
             raise LeaseLost(lost_message(lease.run_id, lease.lost)) from exc
 
     async def create_run(self, run: Run, stages: Sequence[StageRecord] = (), *, lease: Lease) -> None:
@@ -288,9 +297,16 @@ class PostgresRunStore:
             row = await cur.fetchone()
         return Run.model_validate(row) if row else None
 
-    async def set_run_status(self, run_id: str, status: RunStatus, *, lease: Lease) -> None:
+    async def set_run_status(
+        self, run_id: str, status: RunStatus, *, lease: Lease, stages: Sequence[StageRecord] = ()
+    ) -> None:
         held = (lease.run_id, lease.owner, lease.token)
-        await self._held_statement(lease, _SET_STATUS_HELD, (status.value, *held, run_id))
+        if not stages:
+            await self._held_statement(lease, _SET_STATUS_HELD, (status.value, *held, run_id))
+            return
+        async with self._fenced(lease) as cur:  # the stages and the status commit together
+            await cur.executemany(_SAVE_STAGE, [_stage_row(s) for s in stages])
+            await cur.execute("UPDATE runs SET status = %s, updated_at = now() WHERE id = %s", (status.value, run_id))
 
     async def save_stage(self, stage: StageRecord, artifacts: Sequence[StoredArtifact] = (), *, lease: Lease) -> None:
         if not artifacts:
@@ -317,6 +333,20 @@ class PostgresRunStore:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT * FROM runs ORDER BY created_at DESC LIMIT %s", (limit,)
+            )
+            return [Run.model_validate(r) for r in await cur.fetchall()]
+
+    async def page_runs(
+        self, *, statuses: Sequence[RunStatus] = (), limit: int = 20, before: datetime | None = None
+    ) -> list[Run]:
+        """Runs newest first, only in ``statuses`` (all when empty), created before ``before`` (a page's
+        last ``created_at``: the next page)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM runs WHERE (cardinality(%(statuses)s::text[]) = 0 OR status = ANY(%(statuses)s))"
+                " AND (%(before)s::timestamptz IS NULL OR created_at < %(before)s)"
+                " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+                {"statuses": [s.value for s in statuses], "before": before, "limit": limit},
             )
             return [Run.model_validate(r) for r in await cur.fetchall()]
 
@@ -367,6 +397,16 @@ class PostgresRunStore:
                     async with self._pool.connection() as conn:
                         await conn.execute(_RELEASE, (lease.run_id, lease.owner, lease.token))
 
+    async def seize(self, run_id: str) -> Lease:
+        started = time.monotonic()
+        owner = new_owner()
+        async with self._pool.connection() as conn:
+            row = await (
+                await conn.execute(_SEIZE, {"run": run_id, "owner": owner, "ttl": self._lease_ttl_s})
+            ).fetchone()
+        assert row is not None  # inserted or updated: the statement has no condition
+        return Lease(run_id=run_id, owner=owner, token=int(row[0]), held_until=started + self._lease_ttl_s)
+
     async def _take(self, run_id: str) -> Lease:
         started = time.monotonic()
         owner = new_owner()
@@ -389,7 +429,7 @@ class PostgresRunStore:
             cur = await conn.execute(_RENEW, (self._lease_ttl_s, lease.run_id, lease.owner, lease.token))
             renewed = await cur.fetchone()
         if renewed is None:
-            lease.lost = "another process took it over after this one stalled past the lease's lifetime"
+            lease.lost = RENEWAL_REFUSED
             raise LeaseLost(lost_message(lease.run_id, lease.lost))
         lease.held_until = started + self._lease_ttl_s
 
