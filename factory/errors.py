@@ -9,7 +9,8 @@
     ├── PipelineError              a run cannot proceed
     │   ├── RunNotFound
     │   ├── RunBusy                another process is driving the run
-    │   └── LeaseLost              this process lost the run it drove to another
+    │   ├── LeaseLost              this process lost the run it drove to another
+    │   └── RunFinished            the run is complete, failed or cancelled already (CLI exit 2)
     ├── RoutingError               a model call failed on every deployment
     │   └── BudgetExceeded
     ├── BrokerError
@@ -79,6 +80,13 @@ class LeaseLost(PipelineError):
     """This process no longer holds the run it was driving (another took it over); it wrote nothing more."""
 
 
+class RunFinished(PipelineError):
+    """The run is complete, failed or cancelled already: what was asked of it (a cancel) cannot be done;
+    nothing was changed."""
+
+    exit_code = 2
+
+
 class RoutingError(FactoryError):
     """A model call failed on every deployment of its alias."""
 
@@ -145,6 +153,7 @@ __all__ = [
     "PipelineError",
     "RoutingError",
     "RunBusy",
+    "RunFinished",
     "RunNotFound",
     "ServiceRefused",
     "ServiceUnavailable",

@@ -23,6 +23,7 @@ from observability.logs import bind_log_context, log_context
 from teams.asking import ask_team, broker_limits_of, unanswered
 from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
 from teams.bundle import write_artifacts
+from teams.cancel import cancel_run
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.earlier_files import refuse_clashing_files, replaced_by
 from teams.escalation import escalation_for
@@ -94,6 +95,11 @@ class PipelineEngine:
         async with self._d.store.lease(run.id) as lease:  # released on return: the run is free to take
             await self.create(run, lease)
         return run
+
+    async def cancel(self, run_id: str, *, by: str, reason: str | None = None) -> Run:
+        """Cancel a run that is not finished, even while another process drives it (that driver stops,
+        writing nothing more); its waiting escalations are closed. See ``teams.cancel``."""
+        return await cancel_run(self._d, run_id, by=by, reason=reason)
 
     def new_run(
         self, requirement: str, pipeline: list[TeamSlug], name: str, out_dir: Path | None, **fields: Any
