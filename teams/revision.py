@@ -2,20 +2,36 @@
 
 The revision is a new run linked to its parent. Stages before the chosen team are reused (their
 results and artifact files are carried into the new bundle, not executed again); the parent's
-bundle, records and audit are not touched.
+bundle, records and audit are not touched. ``revise`` creates the revision and drives it here;
+``submit_revision`` only creates it, for front doors that leave driving to a worker (DESIGN §13).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from factory.errors import InputError, RunNotFound
 from memory.base import AuditLog
-from teams.base import RunStore, StageStatus
+from teams.base import Run, RunStore, StageRecord, StageStatus
 from teams.bundle import sha256_text, write_artifact
+from teams.lease import Lease
 from teams.pipeline import PipelineEngine, RunOutcome, stored_artifact, validate_requirement
 from teams.places import check_bundle_root
 from teams.runner import result_json
+
+MAX_FEEDBACK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Revision:
+    """A revision run checked and built, not yet stored: the run, the stages it reuses, its link."""
+
+    run: Run
+    reused: Sequence[StageRecord]
+    link: dict[str, Any]
 
 
 async def revise(
@@ -27,9 +43,45 @@ async def revise(
     feedback: str,
     *,
     out_dir: Path | None = None,
-    max_feedback_bytes: int = 64 * 1024,
+    max_feedback_bytes: int = MAX_FEEDBACK_BYTES,
 ) -> RunOutcome:
     """Create the revision run and drive it; validation happens before anything is written."""
+    revision = await _prepare(engine, store, audit, run_id, from_team, feedback, out_dir, max_feedback_bytes)
+    async with store.lease(revision.run.id) as lease:  # held from creation on: no worker takes the new run over
+        await _create(engine, store, revision, lease)
+        return await engine.drive(revision.run.id, lease=lease)
+
+
+async def submit_revision(
+    engine: PipelineEngine,
+    store: RunStore,
+    audit: AuditLog,
+    run_id: str,
+    from_team: str,
+    feedback: str,
+    *,
+    out_dir: Path | None = None,
+    max_feedback_bytes: int = MAX_FEEDBACK_BYTES,
+) -> Run:
+    """Validate as ``revise`` does and create the revision run, without driving it: a worker takes it
+    up as a ``running`` run nobody holds (as ``PipelineEngine.submit`` leaves a new run)."""
+    revision = await _prepare(engine, store, audit, run_id, from_team, feedback, out_dir, max_feedback_bytes)
+    async with store.lease(revision.run.id) as lease:  # released on return: the run is free to take
+        await _create(engine, store, revision, lease)
+    return revision.run
+
+
+async def _prepare(
+    engine: PipelineEngine,
+    store: RunStore,
+    audit: AuditLog,
+    run_id: str,
+    from_team: str,
+    feedback: str,
+    out_dir: Path | None,
+    max_feedback_bytes: int,
+) -> _Revision:
+    """Check the revision asked for and build it; nothing is written."""
     parent = await store.get_run(run_id)
     if parent is None:
         raise RunNotFound(f"no run {run_id!r}; start one with `factory run`")
@@ -63,11 +115,15 @@ async def revise(
         "parent_audit_head_sha256": parent_audit.head_sha256,
         "reused_results_sha256": {s.team: sha256_text(result_json(s.result)) for s in reused if s.result},
     }
-    async with store.lease(run.id) as lease:  # held from creation on: no worker takes the new run over
-        await engine.create(run, lease, reused, link)
-        for stage in reused:
-            assert stage.result is not None
-            for artifact in stage.result.artifacts:
-                write_artifact(Path(run.artifacts_dir), artifact)
-            await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts], lease=lease)
-        return await engine.drive(run.id, lease=lease)
+    return _Revision(run, reused, link)
+
+
+async def _create(engine: PipelineEngine, store: RunStore, revision: _Revision, lease: Lease) -> None:
+    """Store the revision run, and carry the reused stages' artifact files into its bundle."""
+    run = revision.run
+    await engine.create(run, lease, revision.reused, revision.link)
+    for stage in revision.reused:
+        assert stage.result is not None
+        for artifact in stage.result.artifacts:
+            write_artifact(Path(run.artifacts_dir), artifact)
+        await store.save_artifacts([stored_artifact(run, stage, a) for a in stage.result.artifacts], lease=lease)
