@@ -17,10 +17,11 @@
     │   └── ClarificationLimit
     ├── MemoryStoreError
     │   └── AuditTampered
-    └── EscalationError
-        ├── EscalationNotFound
-        ├── DecisionRefused        the decision does not fit the escalation (CLI exit 2)
-        └── DecisionConflict       someone else decided it first
+    ├── EscalationError
+    │   ├── EscalationNotFound
+    │   ├── DecisionRefused        the decision does not fit the escalation (CLI exit 2)
+    │   └── DecisionConflict       someone else decided it first
+    └── TokenNotFound              no active API token by that name or id (CLI exit 2)
 
 Third-party errors are wrapped at the package boundary with ``raise ... from exc``.
 """
@@ -136,6 +137,12 @@ class DecisionConflict(EscalationError):
     """The escalation was decided (or changed) by someone else first; nothing was changed."""
 
 
+class TokenNotFound(FactoryError):
+    """No active API token has that name or id (unknown, or revoked already); nothing was changed."""
+
+    exit_code = 2
+
+
 __all__ = [
     "AuditTampered",
     "BrokerError",
@@ -157,5 +164,6 @@ __all__ = [
     "RunNotFound",
     "ServiceRefused",
     "ServiceUnavailable",
+    "TokenNotFound",
     "UnknownTeam",
 ]
