@@ -8,6 +8,7 @@ from chat.tables import MIGRATIONS as CHAT
 from factory.policy import MIGRATIONS as POLICY
 from factory.routing_store_pg import MIGRATIONS as ROUTING
 from factory.secrets_pg import MIGRATIONS as SECRETS
+from factory.tokens_pg import MIGRATIONS as TOKENS
 from factory.users_pg import MIGRATIONS as USERS
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
@@ -17,6 +18,7 @@ from teams.store_pg import MIGRATIONS as RUNS
 
 MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS, *CHAT, *POLICY]
 MIGRATIONS += GROUPCHAT  # teams/groupchat's sessions, transcripts and interjections
+MIGRATIONS += TOKENS  # the API tokens of the REST API and the MCP server
 _LOCK = 0x_FAC_7021
 
 
