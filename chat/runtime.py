@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from factory.errors import RunBusy
+from factory.operations import Operations
 from factory.settings import Settings
 from factory.wiring import Factory, group_chats, open_factory, responders_for_run
 from factory.worker import wake_workers, workers_alive
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 10_000  # events per session before the oldest are dropped (the view then rereads the store)
-DRIVE_WAIT_S = 10.0  # how long a background driver waits for a process that holds a run only for a moment
+DRIVE_WAIT_S = 10.0  # how long a background driver waits for a process that holds a session only for a moment
 #: A group chat handed to the workers that none of them took up within this long is driven here
 #: (a worker that is busy, dying, or too old to drive sessions must not leave it unheard).
 TAKEOVER_S = 8.0
@@ -113,7 +114,7 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._opening = asyncio.Lock()
         self.hub: Hub | None = None
-        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._ops: Operations | None = None
         self._database_url: str | None = None
         self._chats: GroupChats | None = None
         self._warm: asyncio.Task[object] | None = None
@@ -156,6 +157,7 @@ class Runtime:
                 await stack.aclose()
                 raise
             self._stack, self._factory = stack, factory
+            self._ops = Operations(factory)
             self._database_url = factory.endpoints.database_url
             self.hub = Hub(factory)
             self.hub.start()
@@ -164,35 +166,32 @@ class Runtime:
             return factory
 
     async def close(self) -> None:
-        for task in self._drivers.values():
-            task.cancel()
-        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        if self._ops is not None:
+            await self._ops.aclose()  # its drivers: runs and sessions this process drives
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
         if self.hub is not None:
             await self.hub.stop()
         if self._stack is not None:
             await self._stack.aclose()
-        self._factory = self._stack = self.hub = self._chats = None
+        self._factory = self._stack = self.hub = self._chats = self._ops = None
+
+    @property
+    def ops(self) -> Operations:
+        """The front doors' shared operations on this process's factory (DESIGN §13)."""
+        if self._ops is None:
+            raise RuntimeError("the chat runtime is not open yet")
+        return self._ops
 
     async def submit(self, requirement: str, pipeline: str) -> Run:
         """Store a new run and see that something drives it (a worker, else this process)."""
-        f = self.factory
-        run = await f.engine.submit(requirement, pipeline)
-        await self.nudge(run.id)
+        run, _ = await self.ops.submit(requirement, pipeline)
         return run
 
     async def nudge(self, run_id: str) -> str:
         """After a submission or a decision: wake a worker, or drive the run here when none is alive.
         Returns who continues it ("worker" or "chat")."""
-        f = self.factory
-        if await workers_alive(f.redis, f.settings.redis_prefix):
-            await wake_workers(f.redis, f.settings.redis_prefix, run_id)
-            return "worker"
-        running = self._drivers.get(run_id)
-        if running is None or running.done():
-            self._drivers[run_id] = asyncio.create_task(self._drive(run_id), name=f"chat-drive {run_id}")
-        return "chat"
+        return "worker" if await self.ops.drivers.nudge(run_id) == "worker" else "chat"
 
     async def nudge_session(self, session_id: str) -> str:
         """After a group chat was opened (or found unattended): wake a worker, else drive it here, in a
@@ -207,21 +206,7 @@ class Runtime:
         return "chat"
 
     def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
-        running = self._drivers.get(key)
-        if running is not None and not running.done():
-            work.close()
-            return
-        self._drivers[key] = asyncio.create_task(self._owned(key, work), name=f"chat-drive {key}")
-
-    async def _owned(self, key: str, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the session keeps its state; a worker or `factory groupchat resume` continues it
-            log.exception("the chat's driver of %s stopped", key)
-        finally:
-            self._drivers.pop(key, None)
+        self.ops.drivers.spawn(key, work)
 
     async def _take_over(self, session_id: str) -> None:
         await asyncio.sleep(TAKEOVER_S)
@@ -244,24 +229,6 @@ class Runtime:
                 if asyncio.get_running_loop().time() >= deadline:
                     return
                 await asyncio.sleep(0.25)
-
-    async def _drive(self, run_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + DRIVE_WAIT_S
-        try:
-            while True:
-                try:
-                    await self.factory.engine.drive(run_id)
-                    return
-                except RunBusy:  # a worker (or a deciding CLI) has it: it drives the run
-                    if asyncio.get_running_loop().time() >= deadline:
-                        return
-                    await asyncio.sleep(0.25)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the run keeps its state; a worker or `factory resume` continues it
-            log.exception("the chat's driver of %s stopped", run_id)
-        finally:
-            self._drivers.pop(run_id, None)
 
     @contextlib.asynccontextmanager
     async def subscription(self) -> AsyncIterator[Subscription]:

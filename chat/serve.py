@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
+from factory.listen import port_free
 from factory.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ async def serve(
     from chat import access
     from chat.runtime import runtime
 
-    _port_free(host, port)
+    port_free(host, port)
     runtime.configure(settings)
     factory = await runtime.open()
     try:
@@ -166,23 +167,6 @@ async def serve(
             watcher.cancel()
     finally:
         await runtime.close()
-
-
-def _port_free(host: str, port: int) -> None:
-    """Refuse at once, with what to do, when the address is taken (uvicorn would only log it)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}: {exc}; pass --host with an address of this machine") from exc
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ConfigError(
-                f"{host}:{port} is in use ({exc.strerror}); stop what listens there or pick another with --port"
-            ) from exc
 
 
 def _load() -> Any:

@@ -170,37 +170,6 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
-    stages = []
-    for s in outcome.stages:
-        duration = (s.finished_at - s.started_at).total_seconds() * 1000 if s.finished_at and s.started_at else None
-        stages.append(
-            {
-                "team": s.team,
-                "status": s.status.value,
-                "attempts": s.attempts,
-                "clarifications": s.clarifications,
-                "tokens_in": s.tokens_in,
-                "tokens_out": s.tokens_out,
-                "cost_usd": round(s.cost_usd, 6),
-                "model": s.model,
-                "duration_ms": round(duration, 1) if duration is not None else None,
-            }
-        )
-    return {
-        "run_id": outcome.run.id,
-        "status": outcome.run.status.value,
-        "stages": stages,
-        "escalations": [
-            {"id": e.id, "kind": e.kind.value, "priority": e.priority.value, "team": e.team, "question": e.question}
-            for e in outcome.escalations
-        ],
-        "audit": {"entries": outcome.audit.entries, "head_sha256": outcome.audit.head_sha256},
-        "artifacts_dir": outcome.run.artifacts_dir,
-        "error": outcome.error,
-    }
-
-
 def progress(total: int) -> Any:
     """A subscriber that prints one line per stage event to stderr."""
     import time
@@ -276,6 +245,8 @@ def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
     from teams.base import RunStatus
 
     if as_json:
+        from factory.outcome_json import outcome_json
+
         print_json(outcome_json(outcome))
     else:
         echo(f"run {outcome.run.id}: {outcome.run.status.value}")

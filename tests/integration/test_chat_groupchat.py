@@ -62,7 +62,7 @@ async def test_with_no_worker_the_chat_drives_the_session_in_a_task_of_its_own(c
     lines = await chat.chats.transcript(session.id)
     assert done.status is SessionStatus.ENDED and done.stop_reason == "max_messages"
     assert [e.kind for e in lines] == ["topic", "team", "team"] and done.summary is not None
-    assert not chat._drivers  # the task is gone with the session's end
+    assert not chat.ops.drivers.active()  # the task is gone with the session's end
 
 
 async def test_a_session_no_live_worker_takes_up_is_driven_by_the_chat(

@@ -1,0 +1,1 @@
+"""Machine front doors: the REST API, the MCP server and webhooks (DESIGN §3, §13)."""

@@ -1,0 +1,90 @@
+"""The REST API (``/api/v1``): the factory's operations over HTTP, for tools and dashboards.
+
+``create_app`` builds a FastAPI app on an ``Operations`` (the same services the CLI and the chat
+call, DESIGN §13) and a token verifier. Its routes live under ``/v1``; whoever serves it mounts it at
+``/api`` (``factory api`` alone, ``factory up`` beside the chat), so every URL is ``/api/v1/...`` and
+the OpenAPI document is ``/api/v1/openapi.json``. Every request but ``/api/v1/health`` carries a
+bearer token (``api.auth``); bodies over the limit are refused before they are read
+(``api.limits``); every error is an RFC 9457 problem (``api.problems``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import HTTPBearer
+
+from api import problems
+from api.auth import Guard
+from api.base import TokenVerifier
+from api.limits import BodyLimit
+from factory.operations import Operations
+from factory.settings import Settings
+from factory.tokens import ApiToken, Scope
+
+PREFIX = "/v1"
+MOUNT = "/api"
+_bearer = HTTPBearer(auto_error=False, description="A token from `factory tokens create NAME --scope ...`.")
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """What every route reaches through ``request.app.state.api``."""
+
+    ops: Operations
+    guard: Guard
+    settings: Settings
+
+
+def state(request: Request) -> ApiState:
+    api: ApiState = request.app.state.api
+    return api
+
+
+def needs(scope: Scope) -> Callable[..., Awaitable[ApiToken]]:
+    """A dependency: the request's token, authenticated, within its rate and allowed ``scope``."""
+
+    async def token(request: Request, _: Annotated[Any, Security(_bearer)] = None) -> ApiToken:
+        guard = state(request).guard
+        found = await guard.authenticate(request.headers.get("authorization"))
+        guard.admit(found)
+        guard.require(found, scope)
+        return found
+
+    token.__name__ = f"needs_{scope.value}"
+    return token
+
+
+Viewer = Annotated[ApiToken, Depends(needs(Scope.VIEWER))]
+Operator = Annotated[ApiToken, Depends(needs(Scope.OPERATOR))]
+Admin = Annotated[ApiToken, Depends(needs(Scope.ADMIN))]
+State = Annotated[ApiState, Depends(state)]
+
+
+def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> FastAPI:
+    """The API app on ``ops``; serve it mounted at ``/api`` (see the module docstring)."""
+    from api.rest import escalations, events, reads, runs
+
+    app = FastAPI(
+        title="AI Software Factory API",
+        version="1",
+        summary="Submit runs, follow them live, decide what waits on a human, read usage and the audit.",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+    )
+    guard = Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
+    app.state.api = ApiState(ops=ops, guard=guard, settings=settings)
+    problems.install(app)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+
+    @app.get(f"{PREFIX}/health", tags=["meta"], summary="Liveness: no token needed.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (runs, events, escalations, reads):
+        app.include_router(module.router, prefix=PREFIX)
+    return app

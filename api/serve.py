@@ -1,0 +1,85 @@
+"""``factory api``: the REST API (and the MCP server over HTTP) on their own port.
+
+One process, one ``Factory``: the API app is mounted at ``/api``. Runs submitted or decided
+through it are handed to a worker, or driven by this process when none is alive (``Operations``),
+never by a request. ``factory up`` mounts the same app beside the chat instead (``mount``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from api.rest.app import MOUNT, create_app
+from factory.listen import port_free
+from factory.operations import Operations, operating
+from factory.settings import Settings
+from factory.tokens_pg import PostgresTokenStore
+from factory.wiring import Factory, open_factory, responders_for_run
+
+
+def api_app(ops: Operations, settings: Settings) -> Any:
+    """The API app on ``ops``, its tokens in the factory's PostgreSQL."""
+    return create_app(ops, PostgresTokenStore(ops.factory.pool), settings)
+
+
+def mount(app: Any, ops: Operations, settings: Settings) -> None:
+    """Serve the API under ``/api`` of another Starlette app (the chat's), before its own routes."""
+    app.router.routes.insert(0, Mount(MOUNT, app=api_app(ops, settings)))
+
+
+def standalone(ops: Operations, settings: Settings) -> Starlette:
+    return Starlette(routes=[Mount(MOUNT, app=api_app(ops, settings))])
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+    factory: Factory | None = None,
+) -> None:
+    """Serve the API until SIGINT/SIGTERM (uvicorn's own handling); ``on_ready(url)`` once it listens."""
+    import uvicorn
+
+    port_free(host, port)
+    async with _factory(settings, factory) as f, operating(f) as ops:
+        # log_config=None: uvicorn's lines go through the factory's handlers (format, redaction)
+        config = uvicorn.Config(standalone(ops, settings), host=host, port=port, log_level="warning",
+                                lifespan="off", timeout_graceful_shutdown=5, log_config=None)  # fmt: skip
+        server = uvicorn.Server(config)
+        watcher = asyncio.create_task(_announce(server, host, port, on_ready))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _factory(settings: Settings, given: Factory | None) -> AsyncIterator[Factory]:
+    if given is not None:
+        yield given
+        return
+    async with open_factory(settings, serve=responders_for_run(settings)) as factory:
+        yield factory
+
+
+async def _announce(
+    server: Any, host: str, port: int, on_ready: Callable[[str], Awaitable[None] | None] | None
+) -> None:
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event for it)
+        await asyncio.sleep(0.05)
+    bound = port
+    with contextlib.suppress(Exception):  # --port 0: the port the system chose
+        bound = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+    if on_ready is not None:
+        done = on_ready(url)
+        if done is not None:
+            await done

@@ -1,0 +1,222 @@
+"""The REST API over real HTTP: a `factory api` process (uvicorn on loopback) on the test's
+PostgreSQL and Redis, tokens made by the real `factory tokens create`, the scripted model."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.integration.api_server import ApiServer, api_server, create_token
+from tests.integration.cli import factory
+
+pytestmark = pytest.mark.integration
+REQ = "Build a URL shortener service with an HTTP API: create links, redirect, count clicks."
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    # every stage of the scripted model answers below the floor: each asks for an approval
+    return {**env, "FACTORY_CONFIDENCE_FLOOR": "0.95", "FACTORY_API_RATE_PER_S": "200", "FACTORY_API_RATE_BURST": "400"}
+
+
+@pytest.fixture
+def tokens(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "viewer": create_token(env, "dash", "viewer"),
+        "operator": create_token(env, "ci-bot", "operator", "--user", "ana"),
+        "admin": create_token(env, "root", "admin"),
+    }
+
+
+@pytest.fixture
+def server(env: dict[str, str], tokens: dict[str, str]) -> Iterator[ApiServer]:
+    with api_server(env) as running:
+        yield running
+
+
+def client(server: ApiServer, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    made = httpx.Client(base_url=server.api, headers=headers, timeout=30)
+    server.closing.append(made.close)
+    return made
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"].startswith("https://")
+    return body
+
+
+def wait_status(api: httpx.Client, run_id: str, *statuses: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = api.get(f"/runs/{run_id}")
+        assert got.status_code == 200, got.text
+        run: dict[str, Any] = got.json()
+        if run["status"] in statuses:
+            return run
+        assert time.monotonic() < deadline, f"run stayed {run['status']}"
+        time.sleep(0.2)
+
+
+def test_a_run_submitted_and_approved_through_the_api_goes_all_the_way(
+    server: ApiServer, tokens: dict[str, str], pg_url: str, env: dict[str, str]
+) -> None:
+    viewer, operator = client(server, tokens["viewer"]), client(server, tokens["operator"])
+    assert httpx.get(f"{server.api}/health").json() == {"status": "ok"}
+
+    created = operator.post("/runs", json={"requirement": REQ, "pipeline": "business-analysis"})
+    assert created.status_code == 202, created.text
+    run_id = created.json()["run_id"]
+    assert created.headers["location"] == f"/api/v1/runs/{run_id}" and created.json()["continued_by"] == "here"
+
+    waiting = wait_status(viewer, run_id, "waiting_human")
+    [item] = waiting["escalations"]
+    assert item["kind"] == "approval" and waiting["stages"][0]["team"] == "business-analysis"
+    listed = viewer.get("/escalations").json()
+    assert listed["headline"].startswith("1 waiting on you") and [i["id"] for i in listed["items"]] == [item["id"]]
+    shown = viewer.get(f"/escalations/{item['id']}").json()
+    assert shown["run_id"] == run_id and shown["status"] == "open"
+
+    refused = problem(viewer.post(f"/escalations/{item['id']}/approve", json={}), 403)
+    assert "viewer scope" in refused["detail"] and "operator" in refused["detail"]
+    stale = operator.post(f"/escalations/{item['id']}/approve", json={"version": shown["version"] + 5})
+    assert problem(stale, 409)["detail"]
+    approved = operator.post(f"/escalations/{item['id']}/approve", json={"notes": "fine", "version": shown["version"]})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["escalation"]["decided_by"] == "ana (token ci-bot)"
+    assert approved.json()["continued_by"] == "here"
+    done = wait_status(viewer, run_id, "complete")
+    assert done["stages"][0]["status"] == "complete" and done["audit"]["entries"] > 0
+    again = problem(operator.post(f"/escalations/{item['id']}/approve", json={}), 409)
+    assert "already approved by ana (token ci-bot)" in again["detail"]
+
+    verified = viewer.get(f"/runs/{run_id}/audit/verify").json()
+    assert verified["intact"] is True
+    entries = viewer.get(f"/runs/{run_id}/audit").json()["entries"]
+    [decision] = [e["payload"] for e in entries if e["kind"] == "escalation.decided"]
+    assert (decision["decided_by"], decision["decision"]) == ("ana (token ci-bot)", "approved")
+    hits = viewer.get("/audit/search", params={"q": "shortener"}).json()["hits"]
+    assert run_id in {h["run_id"] for h in hits}
+    assert factory("audit", "verify", run_id, env=env).returncode == 0  # the CLI agrees
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone() == ("complete",)
+
+
+def test_every_refusal_is_a_problem_with_the_words_the_cli_would_use(
+    server: ApiServer, tokens: dict[str, str]
+) -> None:
+    anonymous, viewer, operator = client(server, None), client(server, tokens["viewer"]), client(server, tokens["operator"])
+    assert "factory tokens create" in problem(anonymous.get("/runs"), 401)["detail"]
+    assert problem(client(server, "fct_not-a-real-token").get("/runs"), 401)["detail"].startswith("the token is unknown")
+    basic = httpx.get(f"{server.api}/runs", headers={"Authorization": "Basic YTpi"})
+    assert "Bearer" in problem(basic, 401)["detail"] and basic.headers["www-authenticate"].startswith("Bearer")
+    assert problem(viewer.post("/runs", json={"requirement": REQ}), 403)["type"].endswith("scope-too-narrow")
+
+    empty = problem(operator.post("/runs", json={"requirement": "   "}), 422)
+    assert "requirement is empty" in empty["detail"]
+    unknown_team = problem(operator.post("/runs", json={"requirement": REQ, "pipeline": "nope"}), 422)
+    assert "nope" in unknown_team["detail"]
+    missing = problem(operator.post("/runs", json={"pipeline": "phase1"}), 422)
+    assert missing["errors"][0]["field"] == "requirement"
+    extra = problem(operator.post("/runs", json={"requirement": REQ, "pipline": "x"}), 422)
+    assert "pipline" in extra["detail"]
+    bad_json = operator.post("/runs", content=b'{"requirement": ', headers={"content-type": "application/json"})
+    assert "not valid JSON" in problem(bad_json, 400)["detail"]
+    huge = operator.post("/runs", content=b"x" * (300 * 1024), headers={"content-type": "application/json"})
+    assert "over 262144 bytes" in problem(huge, 413)["detail"]
+
+    def chunked() -> Iterator[bytes]:
+        for _ in range(300):
+            yield b"y" * 1024
+
+    streamed = operator.post("/runs", content=chunked(), headers={"content-type": "application/json"})
+    assert problem(streamed, 413)["type"].endswith("body-too-large")
+
+    assert "no run 'run-nope'" in problem(viewer.get("/runs/run-nope"), 404)["detail"]
+    assert problem(viewer.get("/escalations/esc-nope"), 404)["detail"]
+    assert problem(operator.post("/escalations/esc-nope/answer", json={"text": "x"}), 404)
+    assert problem(viewer.get("/runs/run-nope/events"), 404)
+    assert problem(viewer.get("/nowhere"), 404)["detail"].startswith("no such endpoint")
+    assert "unknown status" in problem(viewer.get("/runs", params={"status": "sleeping"}), 422)["detail"]
+
+
+def test_the_openapi_document_describes_every_operation(server: ApiServer) -> None:
+    doc = httpx.get(f"{server.api}/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and doc["info"]["title"] == "AI Software Factory API"
+    paths = doc["paths"]
+    expected = {
+        ("/v1/runs", "post"), ("/v1/runs", "get"), ("/v1/runs/{run_id}", "get"), ("/v1/runs/{run_id}/cancel", "post"),
+        ("/v1/runs/{run_id}/revisions", "post"), ("/v1/runs/{run_id}/events", "get"),
+        ("/v1/runs/{run_id}/artifacts", "get"), ("/v1/escalations", "get"), ("/v1/escalations/{escalation_id}", "get"),
+        ("/v1/escalations/{escalation_id}/answer", "post"), ("/v1/escalations/{escalation_id}/approve", "post"),
+        ("/v1/escalations/{escalation_id}/reject", "post"), ("/v1/escalations/{escalation_id}/defer", "post"),
+        ("/v1/escalations/batch-approve", "post"), ("/v1/teams", "get"), ("/v1/usage", "get"),
+        ("/v1/runs/{run_id}/audit", "get"), ("/v1/runs/{run_id}/audit/verify", "get"), ("/v1/audit/search", "get"),
+        ("/v1/routing", "get"), ("/v1/routing", "put"), ("/v1/ask", "post"),
+    }  # fmt: skip
+    assert expected <= {(p, m) for p, ops in paths.items() for m in ops}
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    assert paths["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("RunCreate")
+    assert doc["servers"] == [{"url": "/api"}]  # paths are relative to the mount
+
+
+def test_runs_are_listed_newest_first_filtered_and_paged(server: ApiServer, tokens: dict[str, str]) -> None:
+    operator = client(server, tokens["operator"])
+    ids = []
+    for n in range(3):
+        made = operator.post("/runs", json={"requirement": f"{REQ} #{n}", "pipeline": "business-analysis"})
+        ids.append(made.json()["run_id"])
+    for run_id in ids:
+        wait_status(operator, run_id, "waiting_human")
+    first = operator.get("/runs", params={"limit": 2}).json()
+    assert [r["run_id"] for r in first["runs"]] == ids[::-1][:2] and first["next_before"]
+    second = operator.get("/runs", params={"limit": 2, "before": first["next_before"]}).json()
+    assert [r["run_id"] for r in second["runs"]] == [ids[0]] and second["next_before"] is None
+    waiting = operator.get("/runs", params=[("status", "waiting_human"), ("status", "running")]).json()
+    assert {r["run_id"] for r in waiting["runs"]} == set(ids)
+    assert operator.get("/runs", params={"status": "complete"}).json()["runs"] == []
+
+    cancelled = operator.post(f"/runs/{ids[0]}/cancel", json={"reason": "not needed"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert "already cancelled" in problem(operator.post(f"/runs/{ids[0]}/cancel", json={}), 409)["detail"]
+    assert ids[0] not in {i["run_id"] for i in operator.get("/escalations").json()["items"]}
+
+    batch = operator.post("/escalations/batch-approve", json={"ids": [], "all_low_risk": False})
+    assert "name the escalations" in problem(batch, 422)["detail"]
+
+
+def test_a_token_over_its_rate_is_told_when_to_retry(env: dict[str, str]) -> None:
+    token = create_token(env, "greedy", "viewer")
+    with api_server({**env, "FACTORY_API_RATE_PER_S": "0.5", "FACTORY_API_RATE_BURST": "3"}) as server:
+        api = client(server, token)
+        codes = [api.get("/teams").status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        limited = api.get("/teams")
+        assert problem(limited, 429)["detail"].startswith("token 'greedy' is over its rate limit")
+        assert int(limited.headers["retry-after"]) >= 1
+
+
+def test_routing_is_read_by_any_token_and_changed_only_by_an_admin(server: ApiServer, tokens: dict[str, str]) -> None:
+    viewer, operator, admin = (client(server, tokens[s]) for s in ("viewer", "operator", "admin"))
+    view = viewer.get("/routing")
+    assert view.status_code == 200 and "factory/coder" in json.dumps(view.json())
+    change = {"alias": "coder", "chain": [{"model": "ollama_chat/qwen2.5", "api_base": "http://127.0.0.1:11434"}]}
+    assert problem(operator.put("/routing", json=change), 403)["detail"].startswith("token 'ci-bot' has the operator")
+    bad = problem(admin.put("/routing", json={**change, "alias": "poet"}), 422)
+    assert "unknown alias 'poet'" in bad["detail"]
+    done = admin.put("/routing", json=change)
+    assert done.status_code == 200, done.text
+    assert done.json()["chain"] == ["ollama_chat/qwen2.5@http://127.0.0.1:11434"] and done.json()["by"] == "token root"
+    assert "ollama_chat/qwen2.5" in json.dumps(viewer.get("/routing").json())
+    assert [t["slug"] for t in viewer.get("/teams").json()][:2] == ["product-management", "business-analysis"]
