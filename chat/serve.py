@@ -24,6 +24,7 @@ from typing import Any
 
 from factory.errors import ConfigError
 from factory.listen import port_free
+from factory.operations import Operations
 from factory.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,12 @@ async def serve(
     port: int = 8000,
     on_ready: Callable[[str, str], Awaitable[None] | None] | None = None,
     on_stop: Callable[[], Awaitable[None] | None] | None = None,
+    mount: Callable[[Any, Operations], None] | None = None,
 ) -> None:
     """Open the factory, then serve the chat until cancelled or SIGINT/SIGTERM (uvicorn's own).
+
+    ``mount(app, ops)``: serve more beside the chat on its app and operations (``factory up`` mounts the
+    REST API at ``/api`` this way).
 
     ``on_ready(url, login)`` runs once it listens; ``on_stop()`` when it stops serving, before
     Chainlit's shutdown, which ends the process (``os._exit(0)``): no ``finally`` of a caller runs
@@ -150,6 +155,8 @@ async def serve(
         os.environ["FACTORY_CHAT_AUTH"] = "password" if accounts else "local"
         os.environ["FACTORY_CHAT_LOCAL_USER"] = local_user()
         app = _load()
+        if mount is not None:
+            mount(app, runtime.ops)
         if on_stop is not None:
             _before_shutdown(app, on_stop)
         import uvicorn

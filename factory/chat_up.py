@@ -8,9 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
 
 from factory.cli_common import echo, run_async
 from factory.settings import Settings
+
+if TYPE_CHECKING:
+    from factory.operations import Operations
 
 WORKER_STOP_S = 15.0
 
@@ -43,15 +47,21 @@ def serve_chat(settings: Settings, *, host: str, port: int, worker: bool) -> int
         if worker:
             started.append(start_worker())
         echo(f"chat: {url} · {login}" + (f" · worker pid {started[0].pid}" if started else " · no worker"))
+        echo(f"api: {url}/api/v1 (OpenAPI {url}/api/v1/openapi.json; tokens: factory tokens create)")
         echo("stop with Ctrl-C; `factory down` stops the embedded services")
 
     def stopping() -> None:
         for proc in started:
             stop_worker(proc)
 
+    def beside(app: Any, ops: Operations) -> None:  # the REST API under /api, on the chat's services
+        from api.serve import mount
+
+        mount(app, ops, settings)
+
     try:
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-            run_async(serve(settings, host=host, port=port, on_ready=ready, on_stop=stopping))
+            run_async(serve(settings, host=host, port=port, on_ready=ready, on_stop=stopping, mount=beside))
     finally:
         stopping()  # when serve() ended without a shutdown (which exits the process itself)
     return 0

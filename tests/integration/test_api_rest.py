@@ -112,12 +112,16 @@ def test_a_run_submitted_and_approved_through_the_api_goes_all_the_way(
         assert conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone() == ("complete",)
 
 
-def test_every_refusal_is_a_problem_with_the_words_the_cli_would_use(
-    server: ApiServer, tokens: dict[str, str]
-) -> None:
-    anonymous, viewer, operator = client(server, None), client(server, tokens["viewer"]), client(server, tokens["operator"])
+def test_every_refusal_is_a_problem_with_the_words_the_cli_would_use(server: ApiServer, tokens: dict[str, str]) -> None:
+    anonymous, viewer, operator = (
+        client(server, None),
+        client(server, tokens["viewer"]),
+        client(server, tokens["operator"]),
+    )
     assert "factory tokens create" in problem(anonymous.get("/runs"), 401)["detail"]
-    assert problem(client(server, "fct_not-a-real-token").get("/runs"), 401)["detail"].startswith("the token is unknown")
+    assert problem(client(server, "fct_not-a-real-token").get("/runs"), 401)["detail"].startswith(
+        "the token is unknown"
+    )
     basic = httpx.get(f"{server.api}/runs", headers={"Authorization": "Basic YTpi"})
     assert "Bearer" in problem(basic, 401)["detail"] and basic.headers["www-authenticate"].startswith("Bearer")
     assert problem(viewer.post("/runs", json={"requirement": REQ}), 403)["type"].endswith("scope-too-narrow")
@@ -166,7 +170,9 @@ def test_the_openapi_document_describes_every_operation(server: ApiServer) -> No
     }  # fmt: skip
     assert expected <= {(p, m) for p, ops in paths.items() for m in ops}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
-    assert paths["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("RunCreate")
+    assert paths["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "RunCreate"
+    )
     assert doc["servers"] == [{"url": "/api"}]  # paths are relative to the mount
 
 
@@ -220,3 +226,55 @@ def test_routing_is_read_by_any_token_and_changed_only_by_an_admin(server: ApiSe
     assert done.json()["chain"] == ["ollama_chat/qwen2.5@http://127.0.0.1:11434"] and done.json()["by"] == "token root"
     assert "ollama_chat/qwen2.5" in json.dumps(viewer.get("/routing").json())
     assert [t["slug"] for t in viewer.get("/teams").json()][:2] == ["product-management", "business-analysis"]
+
+
+def sse_frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """The events of a text/event-stream, as {id, event, data} (comments and retry lines skipped)."""
+    frame: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in frame:
+                yield frame
+            frame = {}
+            continue
+        field, _, value = line.partition(":")
+        if field in ("id", "event", "data"):
+            frame[field] = value.removeprefix(" ")
+
+
+def test_live_events_resume_after_a_dropped_connection_with_nothing_missed_or_repeated(
+    server: ApiServer, tokens: dict[str, str]
+) -> None:
+    viewer, operator = client(server, tokens["viewer"]), client(server, tokens["operator"])
+    run_id = operator.post("/runs", json={"requirement": REQ, "pipeline": "business-analysis"}).json()["run_id"]
+    waiting = wait_status(viewer, run_id, "waiting_human")
+
+    seen: list[dict[str, str]] = []
+    with viewer.stream("GET", f"/runs/{run_id}/events") as first:
+        assert first.status_code == 200 and first.headers["content-type"].startswith("text/event-stream")
+        for frame in sse_frames(first.iter_lines()):
+            seen.append(frame)
+            if len(seen) == 2:
+                break  # the connection drops here, mid-stream
+    assert [f["event"] for f in seen] == ["run.started", "stage.started"]
+
+    [item] = waiting["escalations"]
+    with viewer.stream("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": seen[-1]["id"]}) as second:
+        for frame in sse_frames(second.iter_lines()):
+            seen.append(frame)
+            if frame["event"] == "run.waiting_human":
+                assert operator.post(f"/escalations/{item['id']}/approve", json={}).status_code == 200
+        # the stream ends by itself after the run's final event
+    assert seen[-1]["event"] == "run.completed"
+
+    with viewer.stream("GET", f"/runs/{run_id}/events") as replay:  # the whole run, from its first event
+        everything = list(sse_frames(replay.iter_lines()))
+    assert [f["id"] for f in seen] == [f["id"] for f in everything]  # nothing missed, nothing repeated
+    assert len({f["id"] for f in seen}) == len(seen)
+    assert all(json.loads(f["data"])["run_id"] == run_id for f in seen)
+    after = viewer.get(f"/runs/{run_id}/events", params={"after": everything[-2]["id"]})
+    assert [f["event"] for f in sse_frames(iter(after.text.splitlines()))] == ["run.completed"]
+    assert (
+        "not an event id"
+        in problem(viewer.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "x"}), 422)["detail"]
+    )

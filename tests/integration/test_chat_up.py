@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -239,3 +240,25 @@ def test_with_json_logs_every_log_line_of_the_chat_and_its_worker_is_json(start:
     assert len(human) == 3 and logged, said
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in logged)
     assert any(line["logger"] == "factory.worker" for line in logged), logged
+
+
+def test_the_rest_api_is_served_beside_the_chat(start: Start, env: dict[str, str]) -> None:
+    from tests.integration.api_server import create_token
+
+    token = create_token(env, "dash", "viewer")
+    port = free_port()
+    up = start("--port", str(port), "--no-worker")
+    assert up.watch(until="chat: http://"), f"factory up did not serve:\n{up.output}"
+    base = f"http://127.0.0.1:{port}"
+    assert f"api: {base}/api/v1" in up.output
+    assert get(f"{base}/api/v1/health") == (200, '{"status":"ok"}')
+    request = urllib.request.Request(f"{base}/api/v1/teams", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=HTTP_S) as response:
+        assert len(json.loads(response.read())) == 17
+    try:
+        urllib.request.urlopen(f"{base}/api/v1/runs", timeout=HTTP_S)
+        raise AssertionError("an unauthenticated request was served")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401 and refused.headers["content-type"] == "application/problem+json"
+    status, page = get(f"{base}/")
+    assert status == 200 and "<html" in page.lower()  # the chat is still served at the root
