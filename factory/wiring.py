@@ -42,7 +42,7 @@ from memory.retention import Extractor, ModelExtractor, StructuredExtractor
 from observability.base import Event, EventSink, Instrument, ModelCall
 from observability.events import FanOut, LocalEventBus
 from observability.metrics import Metrics
-from observability.redis_stream import RedisEventStream
+from observability.redis_stream import RedisEventStream, StreamGroupReader
 from observability.tracing import RunTracer, langfuse_tracer
 from routing.base import ChatModel, ChatRequest, ChatResponse, Embedder, Fallback, RoutedChatModel, UsageRecord
 from routing.budget import BudgetedModel, BudgetLimits
@@ -63,6 +63,7 @@ from teams.stage_memory import StageMemory
 from teams.store_pg import PostgresRunStore
 
 if TYPE_CHECKING:
+    from api.webhooks import Webhooks
     from teams.groupchat import GroupChats
 
 log = logging.getLogger(__name__)
@@ -485,3 +486,42 @@ def group_chats(factory: Factory, *, model: RoutedChatModel | None = None, poll_
         window_tokens=factory.settings.context_window_tokens,
     )
     return GroupChats(deps)
+
+
+def webhook_events(factory: Factory, *, consumer: str | None = None, claim_idle_s: float = 30.0) -> StreamGroupReader:
+    """The live events webhooks are made from: the factory-wide stream ``{prefix}events`` read as
+    ``consumer`` (default: this host and process) of the consumer group ``webhooks``."""
+    import os
+    import socket
+
+    settings = factory.settings
+    return StreamGroupReader(
+        factory.redis,
+        f"{settings.redis_prefix}events",
+        "webhooks",
+        consumer or f"{socket.gethostname()}:{os.getpid()}",
+        block_ms=int(min(1.0, settings.connect_timeout_s / 2) * 1000),  # below the client's socket timeout
+        claim_idle_s=claim_idle_s,
+    )
+
+
+def webhooks(factory: Factory, *, consumer: str | None = None, claim_idle_s: float = 30.0) -> Webhooks:
+    """The webhooks service (api/webhooks) on this factory's PostgreSQL (secrets sealed with the
+    factory's key, as ``factory secrets``) and live event stream, with the settings' delivery policy.
+    Cheap to build: front doors call it when they need it; the worker runs its ``serve``."""
+    from api.webhooks import DeliveryPolicy, Webhooks
+    from factory.webhooks_pg import PostgresWebhookStore
+
+    s = factory.settings
+    store = PostgresWebhookStore(factory.pool, lambda create: SecretBox.load(s.data_dir, s.secret_key, create=create))
+    policy = DeliveryPolicy(
+        attempts=s.webhook_attempts,
+        backoff_s=s.webhook_backoff_s,
+        backoff_cap_s=s.webhook_backoff_cap_s,
+        timeout_s=s.webhook_timeout_s,
+        concurrency=s.webhook_concurrency,
+        per_webhook=s.webhook_per_receiver,
+        poll_s=s.webhook_poll_s,
+    )
+    source = webhook_events(factory, consumer=consumer, claim_idle_s=claim_idle_s)
+    return Webhooks(store, policy, source=source, log_days=s.webhook_log_days)
