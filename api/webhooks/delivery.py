@@ -154,9 +154,9 @@ class DeliveryLoop:
         wake = wake or asyncio.Event()
         active: dict[asyncio.Task[None], str] = {}  # task -> webhook id
         while not stop.is_set():
+            wake.clear()  # before the claim: deliveries stored while it runs wake the next round
             await self._claim_into(active)
             await self._prune()
-            wake.clear()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
             await asyncio.wait([*waiters, *active], timeout=self._policy.poll_s, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:

@@ -4,7 +4,9 @@ of a group and stores a pending delivery per subscribed webhook, then acknowledg
 Nothing on a run's path waits for this: the pipeline only appends to the stream. Any number of
 dispatchers can share the group (each event is handed to one); an event handed twice (its consumer
 died after storing, before acknowledging) makes no second delivery, since a delivery is unique per
-(webhook, event id). Events are acknowledged only after their deliveries are stored.
+(webhook, event id). Events are acknowledged only after their deliveries are stored. A body is made
+storable first (no NUL, no lone surrogate: what PostgreSQL's jsonb refuses), so no event can stall
+the dispatch by failing its insert again and again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from api.webhooks.base import EVENT_TYPES, Delivery, EventSource, WebhookStore
 from api.webhooks.formats import render
 from api.webhooks.validation import new_delivery_id
 from factory.errors import FactoryError
+from observability.text import storable_data
 
 log = logging.getLogger(__name__)
 _KNOWN = frozenset(EVENT_TYPES)
@@ -61,7 +64,7 @@ class Dispatcher:
                             event_type=event.type,
                             event_id=entry_id,
                             run_id=event.run_id,
-                            payload=render(hook.format, delivery_id, event),
+                            payload=storable_data(render(hook.format, delivery_id, event)),
                         )
                     )
         stored = await self._store.enqueue(rows) if rows else 0

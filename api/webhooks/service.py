@@ -30,7 +30,7 @@ from api.webhooks.dispatch import Dispatcher
 from api.webhooks.formats import render
 from api.webhooks.signing import new_secret
 from api.webhooks.validation import check_events, check_format, check_id, check_url, new_delivery_id, new_webhook_id
-from factory.errors import InputError
+from factory.errors import ConfigError, InputError
 from observability.base import Event
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Webhooks:
         runs this); each loop stops within about a second and the requests in flight within their
         timeout."""
         if self._source is None:
-            raise InputError("webhooks were built without a source of live events; build them with wiring.webhooks")
+            raise ConfigError("webhooks were built without a source of live events; build them with wiring.webhooks")
         wake = asyncio.Event()
         dispatcher = Dispatcher(self._source, self.store, on_stored=wake.set)
         async with http_client(self.policy, self._transport) as client:
@@ -168,5 +168,5 @@ def _status(status: str | DeliveryStatus) -> DeliveryStatus:
 
 def _last(last: int) -> int:
     if not 1 <= last <= MAX_LAST:
-        raise InputError(f"--last must be from 1 to {MAX_LAST}; it was {last}")
+        raise InputError(f"the number of deliveries to show (--last) must be from 1 to {MAX_LAST}; it was {last}")
     return last

@@ -346,3 +346,17 @@ async def test_a_runs_escalation_and_its_decision_reach_the_receiver(
     assert all(b["run_id"] == out.run.id for b in bodies)
     for r in receiver.at("/ops"):
         verify_signature(added.secret, r.headers["Factory-Signature"], r.body)
+
+
+async def test_an_event_postgresql_cannot_store_as_is_does_not_stall_the_dispatch(
+    make: Callable[..., Webhooks], receiver: Receiver, redis: Redis, redis_prefix: str
+) -> None:
+    service = make()
+    await service.add(receiver.url("/hook"), ["run.failed"])
+    async with serving(service):
+        await emit(redis, redis_prefix, event("run.failed", run_id="run-nul", error="bad\x00byte"),
+                   event("run.failed", run_id="run-next", error="fine"))  # fmt: skip
+        await until(lambda: len(receiver.at("/hook")) == 2)
+    first, second = (r.json() for r in receiver.at("/hook"))
+    assert (first["run_id"], first["data"]["error"]) == ("run-nul", "bad\ufffdbyte")
+    assert second["run_id"] == "run-next"
