@@ -10,6 +10,7 @@ from factory.routing_store_pg import MIGRATIONS as ROUTING
 from factory.secrets_pg import MIGRATIONS as SECRETS
 from factory.tokens_pg import MIGRATIONS as TOKENS
 from factory.users_pg import MIGRATIONS as USERS
+from factory.webhooks_pg import MIGRATIONS as WEBHOOKS
 from hitl.postgres import MIGRATIONS as HITL
 from memory.audit_pg import MIGRATIONS as AUDIT
 from memory.bank_pg import MIGRATIONS as MEMORY
@@ -19,6 +20,7 @@ from teams.store_pg import MIGRATIONS as RUNS
 MIGRATIONS: list[tuple[str, str]] = [*RUNS, *HITL, *AUDIT, *MEMORY, *ROUTING, *SECRETS, *USERS, *CHAT, *POLICY]
 MIGRATIONS += GROUPCHAT  # teams/groupchat's sessions, transcripts and interjections
 MIGRATIONS += TOKENS  # the API tokens of the REST API and the MCP server
+MIGRATIONS += WEBHOOKS  # webhooks and their delivery log
 _LOCK = 0x_FAC_7021
 
 
