@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from api.rest.app import Operator, State, Viewer
 from api.rest.schemas import AnswerBody, ApproveBody, BatchApprove, DeferBody, RejectBody
@@ -29,14 +30,29 @@ def decided_json(decided: Decided) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="The attention list: a summary, then what waits on you, most urgent first.")
-async def attention(api: State, _: Viewer) -> dict[str, Any]:
+#: What a list shows of an escalation; its context (reasoning, artifact excerpts) is in GET /escalations/{id}.
+LISTED = {"context"}
+
+
+@router.get(
+    "",
+    summary="The attention list: a summary, then what waits on you, most urgent first (context: GET one).",
+    response_class=JSONResponse,
+)
+async def attention(
+    api: State, _: Viewer, limit: Annotated[int, Query(ge=1, le=500, description="Items listed at most.")] = 50
+) -> JSONResponse:
     summary = await api.ops.attention()
-    return {
+    items = [
+        w.escalation.model_dump(mode="json", exclude=LISTED) | {"sla_level": int(w.sla_level)}
+        for w in summary.items[:limit]
+    ]
+    body = {
         "headline": summary.headline(),
-        **summary.model_dump(mode="json", exclude={"items"}),
-        "items": [w.escalation.model_dump(mode="json") | {"sla_level": int(w.sla_level)} for w in summary.items],
+        **summary.model_dump(mode="json", exclude={"items": True, "oldest": {"__all__": {"escalation": LISTED}}}),
+        "items": items,
     }
+    return JSONResponse(body)  # already JSON types: no second pass through FastAPI's encoder
 
 
 @router.get("/{escalation_id}", summary="Everything needed to decide one escalation.")

@@ -278,3 +278,71 @@ def test_live_events_resume_after_a_dropped_connection_with_nothing_missed_or_re
         "not an event id"
         in problem(viewer.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "x"}), 422)["detail"]
     )
+
+
+def test_every_decision_and_a_revision_through_the_api(env: dict[str, str], tokens: dict[str, str]) -> None:
+    from tests.integration.conftest import write_script
+
+    blocked = {"status": "BLOCKED", "reasoning": "r", "blockers": ["which datastore?"], "confidence": 0.3}
+    write_script(env, {"teams": {"business-analysis": [blocked]}})
+    with api_server({**env, "FACTORY_HITL_LOW_RISK_PRIORITIES": "low,medium"}) as server:
+        operator, viewer = client(server, tokens["operator"]), client(server, tokens["viewer"])
+        run_id = operator.post("/runs", json={"requirement": REQ, "pipeline": "business-analysis"}).json()["run_id"]
+
+        def waiting_on(after: dict[str, Any] | None = None) -> dict[str, Any]:
+            """The one escalation the run waits on next (not ``after``, the one just decided)."""
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                run = viewer.get(f"/runs/{run_id}").json()
+                items = run["escalations"]
+                if run["status"] == "waiting_human" and len(items) == 1 and items[0]["id"] != (after or {}).get("id"):
+                    item: dict[str, Any] = items[0]
+                    return item
+                time.sleep(0.2)
+            raise AssertionError(f"run {run_id} did not wait on a new escalation")
+
+        first = waiting_on()
+        assert first["kind"] == "blocked"
+        assert "answer it" in problem(operator.post(f"/escalations/{first['id']}/approve", json={}), 409)["detail"]
+        answered = operator.post(f"/escalations/{first['id']}/answer", json={"text": "PostgreSQL"}).json()
+        assert answered["escalation"]["status"] == "answered" and answered["continued_by"] == "here"
+
+        second = waiting_on(first)
+        assert second["kind"] == "approval"
+        assert (
+            "reason is empty"
+            in problem(operator.post(f"/escalations/{second['id']}/reject", json={"reason": " "}), 409)["detail"]
+        )
+        rejected = operator.post(f"/escalations/{second['id']}/reject", json={"reason": "name the tables"}).json()
+        assert rejected["escalation"]["status"] == "rejected"
+
+        third = waiting_on(second)
+        both = problem(
+            operator.post(f"/escalations/{third['id']}/defer", json={"hours": 2, "until": "2030-01-01T00:00:00"}), 422
+        )
+        assert "not both" in both["detail"]
+        deferred = operator.post(f"/escalations/{third['id']}/defer", json={"hours": 2}).json()
+        assert deferred["escalation"]["status"] == "deferred" and deferred["continued_by"] == "nobody"
+        assert "keeps waiting" in deferred["next"]
+        batch = operator.post("/escalations/batch-approve", json={"all_low_risk": True, "notes": "ok"}).json()
+        assert batch == {"approved": [third["id"]], "refused": {}}
+        done = wait_status(viewer, run_id, "complete")
+        assert done["stages"][0]["attempts"] >= 3
+
+        arts = viewer.get(f"/runs/{run_id}/artifacts").json()["artifacts"]
+        assert arts and all(a["team"] == "business-analysis" and a["sha256"] for a in arts)
+        usage = viewer.get("/usage", params={"run": run_id}).json()
+        assert usage["total"]["calls"] >= 3
+        assert problem(viewer.get("/usage", params={"by": "colour"}), 422)["detail"]
+
+        revised = operator.post(
+            f"/runs/{run_id}/revisions", json={"from_team": "business-analysis", "feedback": "add rate limits"}
+        )
+        assert revised.status_code == 202, revised.text
+        child = revised.json()
+        assert child["parent_run_id"] == run_id and child["continued_by"] == "here"
+        bad = operator.post(f"/runs/{run_id}/revisions", json={"from_team": "poets", "feedback": "x"})
+        assert "poets" in problem(bad, 422)["detail"]
+        [item] = wait_status(viewer, child["run_id"], "waiting_human")["escalations"]
+        assert operator.post(f"/escalations/{item['id']}/approve", json={}).status_code == 200
+        assert wait_status(viewer, child["run_id"], "complete")["run_id"] == child["run_id"]

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from chat import runtime as runtime_module
 from chat.runtime import Runtime
 from factory.settings import Settings
-from factory.worker import wake_key
+from factory.worker import announce_worker, wake_key
 from teams.groupchat import GroupChatOptions, SessionStatus
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ async def test_a_session_no_live_worker_takes_up_is_driven_by_the_chat(
     redis: Any, redis_prefix: str, chat: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(runtime_module, "TAKEOVER_S", 0.5)
-    await redis.set(f"{redis_prefix}worker:silent", "1", ex=60)  # announced, but it drives nothing
+    await announce_worker(redis, redis_prefix, f"{redis_prefix}worker:silent", 60)  # announced, but it drives nothing
     session = await chat.chats.open("Queue or cron?", TEAMS, by="ana", options=GroupChatOptions(max_messages=1))
     assert await chat.nudge_session(session.id) == "worker"
     assert session.id.encode() in await redis.lrange(wake_key(redis_prefix), 0, -1)  # handed over first

@@ -23,6 +23,7 @@ from broker.redis_streams import RedisBroker
 from factory.metrics_snapshot import keep_fresh, metrics_of, snapshot
 from factory.settings import Settings
 from factory.wiring import Factory, open_factory
+from factory.worker import announce_worker, retire_worker
 from hitl.base import Escalation, EscalationKind, Priority
 from observability.metrics import Metrics, serve_metrics
 from routing.scripted import ScriptedModel
@@ -95,7 +96,7 @@ async def test_a_scripted_run_scraped_over_http(factory: Factory) -> None:
     out = await f.engine.start(REQ, "phase1")
     assert out.run.status is RunStatus.COMPLETE
     await _late_escalation(f, out.run.id)
-    await f.redis.set(f"{f.settings.redis_prefix}worker:test-host:1", "1", ex=60)
+    await announce_worker(f.redis, f.settings.redis_prefix, f"{f.settings.redis_prefix}worker:test-host:1", 60)
     await f.redis.xadd(f.broker.stream("qa-engineering"), {"request": "{}"})  # never read: one unanswered
     metrics.apply(await snapshot(f))
     metrics.set_worker_active_runs(1)
@@ -170,7 +171,9 @@ async def test_the_snapshot_reports_what_it_could_when_a_service_fails(factory: 
 async def test_keep_fresh_applies_snapshots_until_stopped(factory: Factory) -> None:
     metrics = metrics_of(factory)
     assert metrics is not None
-    await factory.redis.set(f"{factory.settings.redis_prefix}worker:test-host:2", "1", ex=60)
+    await announce_worker(
+        factory.redis, factory.settings.redis_prefix, f"{factory.settings.redis_prefix}worker:test-host:2", 60
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(keep_fresh(factory, metrics, stop, every_s=0.05))
     try:
@@ -181,7 +184,9 @@ async def test_keep_fresh_applies_snapshots_until_stopped(factory: Factory) -> N
             await asyncio.sleep(0.05)
         else:
             pytest.fail("keep_fresh never applied a snapshot")
-        await factory.redis.delete(f"{factory.settings.redis_prefix}worker:test-host:2")
+        await retire_worker(
+            factory.redis, factory.settings.redis_prefix, f"{factory.settings.redis_prefix}worker:test-host:2"
+        )
         for _ in range(100):
             if parse(metrics.exposition()[0].decode())[("factory_workers_alive", frozenset())] == 0:
                 break
