@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from api.webhooks import DeliveryPolicy, DeliveryStatus, Webhooks, verify_signature
+from api.webhooks import Delivery, DeliveryPolicy, DeliveryStatus, Webhooks, verify_signature
 from factory.migrations import migrate
 from factory.settings import Settings
 from factory.webhooks_pg import PostgresWebhookStore
@@ -34,6 +34,7 @@ from observability.redis_stream import RedisEventStream, StreamGroupReader
 from routing.scripted import ScriptedModel
 from routing.secrets import SecretBox
 from teams.base import RunStatus
+from tests.integration.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.integration
 FAST = DeliveryPolicy(attempts=3, backoff_s=0.05, backoff_cap_s=0.2, timeout_s=2.0, concurrency=8, per_webhook=2,
@@ -133,8 +134,8 @@ def make(pool: AsyncConnectionPool, redis: Redis, redis_prefix: str, box: Secret
     return build
 
 
-def event(kind: str, run_id: str = "run-1", **data: Any) -> Event:
-    return Event(type=kind, run_id=run_id, data=data, at=datetime.now(UTC))
+def event(event_type: str, run_id: str = "run-1", **data: Any) -> Event:
+    return Event(type=event_type, run_id=run_id, data=data, at=datetime.now(UTC))
 
 
 async def emit(redis: Redis, prefix: str, *events: Event) -> None:
@@ -360,3 +361,42 @@ async def test_an_event_postgresql_cannot_store_as_is_does_not_stall_the_dispatc
     first, second = (r.json() for r in receiver.at("/hook"))
     assert (first["run_id"], first["data"]["error"]) == ("run-nul", "bad\ufffdbyte")
     assert second["run_id"] == "run-next"
+
+
+async def test_claims_through_pgbouncer_never_take_a_delivery_twice(
+    pgbouncer: PgBouncer, pg_url: str, box: SecretBox, receiver: Receiver, redis: Redis, redis_prefix: str
+) -> None:
+    """PgBouncer in transaction mode: no session state, no prepared statements; two senders claiming
+    at once split the due deliveries, and two full services deliver each event once."""
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        await migrate(conn)
+    url = pgbouncer.url(pg_url)
+    async with (
+        AsyncConnectionPool(url, min_size=2, max_size=4, kwargs=CONNECTION_KWARGS) as first,
+        AsyncConnectionPool(url, min_size=2, max_size=4, kwargs=CONNECTION_KWARGS) as second,
+    ):
+        a, b = PostgresWebhookStore(first, box), PostgresWebhookStore(second, box)
+        hook = (await Webhooks(a).add(receiver.url("/hook"), ["run.failed"])).webhook
+        rows = [Delivery(id=f"dlv-{n:024x}", webhook_id=hook.id, event_type="run.failed", event_id=f"{n}-0",
+                         payload={"n": n}) for n in range(30)]  # fmt: skip
+        assert await a.enqueue(rows) == 30 and await b.enqueue(rows) == 0
+        claims = await asyncio.gather(*(s.claim(20, per_webhook=30, busy={}, lease_s=30) for s in (a, b, a, b)))
+        taken = [c.delivery.id for claim in claims for c in claim]
+        assert len(taken) == len(set(taken)) == 30
+        for claim in claims:
+            for c in claim:
+                assert await a.finish(c.delivery.id, c.token, DeliveryStatus.DEAD, http_status=500, error="x")
+        assert await b.replay_all() == 30
+
+        def serve_on(store: PostgresWebhookStore, consumer: str) -> Webhooks:
+            source = StreamGroupReader(redis, f"{redis_prefix}events", "webhooks", consumer, block_ms=100)
+            return Webhooks(store, FAST, source=source)
+
+        one, two = serve_on(a, "c1"), serve_on(b, "c2")
+        await one.store.remove(hook.id)
+        await one.add(receiver.url("/live"), ["run.failed"])
+        async with serving(one, two):
+            await emit(redis, redis_prefix, *[event("run.failed", run_id=f"run-{n}") for n in range(20)])
+            await until(lambda: len(receiver.at("/live")) == 20)
+            await asyncio.sleep(0.3)
+        assert len({r.json()["run_id"] for r in receiver.at("/live")}) == len(receiver.at("/live")) == 20

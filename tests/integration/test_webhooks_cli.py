@@ -1,10 +1,12 @@
 """`factory webhooks` and `factory worker` end to end, each a real process: a webhook added from the
-command line (its secret printed once), a signed test ping, a `factory run` that stops for a human
-and whose escalation reaches the receiver through the worker, the delivery log, the dead letter of
-a receiver that is down and its replay, and bad input refused before any service starts."""
+command line (its secret printed once), a signed test ping, an escalation published while no worker
+runs that reaches the receiver once `factory worker` starts, the delivery log, the dead letter of a
+receiver that is down and its replay, and bad input refused before any service starts. (A run's own
+escalation reaching a receiver: test_webhooks.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from api.webhooks import verify_signature
-from tests.conftest import write_script
-from tests.integration.cli import FACTORY, factory, run_json
-from tests.integration.test_webhooks import Receiver, running_receiver
+from observability.base import Event
+from tests.integration.cli import FACTORY, factory
+from tests.integration.test_webhooks import Receiver, emit, event, running_receiver
 from tests.integration.test_worker_groupchat import stop_process
 
 pytestmark = pytest.mark.integration
-REQ = "Build a URL shortener service with an HTTP API: create links, redirect, count clicks."
 
 
 @pytest.fixture
@@ -37,6 +39,14 @@ def env(env: dict[str, str]) -> dict[str, str]:
 def receiver() -> Iterator[Receiver]:
     with running_receiver() as server:
         yield server
+
+
+async def publish(env: dict[str, str], *events: Event) -> None:
+    client = Redis.from_url(env["FACTORY_REDIS_URL"])
+    try:
+        await emit(client, env["FACTORY_REDIS_PREFIX"], *events)
+    finally:
+        await client.aclose()
 
 
 def ok(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -70,7 +80,7 @@ def test_bad_input_is_refused_before_any_service_starts(args: list[str], says: s
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
 
 
-def test_the_worker_delivers_a_runs_escalation_to_a_webhook_added_from_the_cli(
+def test_the_worker_delivers_an_escalation_to_a_webhook_added_from_the_cli(
     env: dict[str, str], receiver: Receiver, tmp_path: Path
 ) -> None:
     added = json.loads(ok("add", receiver.url("/ops"), "--events", "escalation.opened,run.completed", "--json",
@@ -90,12 +100,11 @@ def test_the_worker_delivers_a_runs_escalation_to_a_webhook_added_from_the_cli(
     down = json.loads(ok("add", receiver.url("/down"), "--events", "escalation.opened", "--format", "slack",
                          "--json", env=env).stdout)  # fmt: skip
 
-    blocked = {"status": "BLOCKED", "reasoning": "r", "blockers": ["which datastore?"], "confidence": 0.3}
-    write_script(env, {"teams": {"business-analysis": [blocked]}})
-    started = factory("run", REQ, "--pipeline", "business-analysis,qa-engineering", "--json", env=env)
-    assert started.returncode == 3, started.stderr
-    run_id = run_json(started)["run_id"]
-    # No worker ran meanwhile: the events wait in the stream for the webhooks' group (made by `add`).
+    # A run's escalation, published as the pipeline does, while no worker runs: it waits in the stream
+    # for the webhooks' group (made by `add`) until a worker starts.
+    opened_event = event("escalation.opened", run_id="run-7", id="esc-7", priority="high",
+                         team="backend-engineering", kind="blocked", question="which datastore?")  # fmt: skip
+    asyncio.run(publish(env, opened_event))
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([FACTORY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                               start_new_session=True)  # fmt: skip
@@ -104,8 +113,8 @@ def test_the_worker_delivers_a_runs_escalation_to_a_webhook_added_from_the_cli(
         opened = receiver.at("/ops")[1]
         verify_signature(secret, opened.headers["Factory-Signature"], opened.body)
         body = opened.json()
-        assert (body["type"], body["run_id"], body["data"]["team"]) == ("escalation.opened", run_id,
-                                                                         "business-analysis")  # fmt: skip
+        assert (body["type"], body["run_id"], body["data"]["question"]) == ("escalation.opened", "run-7",
+                                                                            "which datastore?")  # fmt: skip
 
         until(lambda: len(receiver.at("/down")) == 2)  # both attempts failed: dead
         time.sleep(0.3)
