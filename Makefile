@@ -39,7 +39,7 @@ doctor: install
 
 test: install  ## lint, types, then every test: unit, integration (real services), slow (real embedded model)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat api
 	$(VENV)/bin/pytest
 
 test-fast: install
@@ -54,7 +54,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: install
-	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat
+	$(VENV)/bin/mypy factory teams routing memory hitl observability broker chat api
 
 bench: install
 	$(PY) -m bench.pipeline_overhead
@@ -62,6 +62,7 @@ bench: install
 	$(PY) -m bench.chat
 	$(PY) -m bench.scale
 	$(PY) -m bench.groupchat
+	$(PY) -m bench.api
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
