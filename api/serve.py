@@ -1,8 +1,9 @@
 """``factory api``: the REST API (and the MCP server over HTTP) on their own port.
 
-One process, one ``Factory``: the API app is mounted at ``/api``. Runs submitted or decided
-through it are handed to a worker, or driven by this process when none is alive (``Operations``),
-never by a request. ``factory up`` mounts the same app beside the chat instead (``mount``).
+One process, one ``Factory``: the API app is mounted at ``/api``, the MCP server at ``/mcp``
+(``api.mcp.mount_mcp``, whose session manager runs in the app's lifespan). Runs submitted or decided
+through either are handed to a worker, or driven by this process when none is alive (``Operations``),
+never by a request. ``factory up`` mounts the same apps beside the chat instead (``mount``, ``mount_mcp``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from api.mcp.http import mount_mcp
 from api.rest.app import MOUNT, create_app
 from factory.listen import port_free
 from factory.operations import Operations, operating
@@ -33,8 +35,11 @@ def mount(app: Any, ops: Operations, settings: Settings) -> None:
     app.router.routes.insert(0, Mount(MOUNT, app=api_app(ops, settings)))
 
 
-def standalone(ops: Operations, settings: Settings) -> Starlette:
-    return Starlette(routes=[Mount(MOUNT, app=api_app(ops, settings))])
+def standalone(ops: Operations, settings: Settings, *, host: str | None = None) -> Starlette:
+    """The REST API at ``/api`` and the MCP server at ``/mcp``; serve it with ``lifespan="on"``."""
+    app = Starlette(routes=[Mount(MOUNT, app=api_app(ops, settings))])
+    mount_mcp(app, ops, settings, host=host)
+    return app
 
 
 async def serve(
@@ -51,8 +56,9 @@ async def serve(
     port_free(host, port)
     async with _factory(settings, factory) as f, operating(f) as ops:
         # log_config=None: uvicorn's lines go through the factory's handlers (format, redaction)
-        config = uvicorn.Config(standalone(ops, settings), host=host, port=port, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=5, log_config=None)  # fmt: skip
+        # lifespan="on": the MCP session manager runs in the app's lifespan (api.mcp.http)
+        config = uvicorn.Config(standalone(ops, settings, host=host), host=host, port=port, log_level="warning",
+                                lifespan="on", timeout_graceful_shutdown=5, log_config=None)  # fmt: skip
         server = uvicorn.Server(config)
         watcher = asyncio.create_task(_announce(server, host, port, on_ready))
         try:
