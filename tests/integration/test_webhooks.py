@@ -24,7 +24,16 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from api.webhooks import Delivery, DeliveryPolicy, DeliveryStatus, Webhooks, verify_signature
+from api.webhooks import (
+    Delivery,
+    DeliveryPolicy,
+    DeliveryStatus,
+    WebhookFormat,
+    Webhooks,
+    WebhookStore,
+    verify_signature,
+)
+from api.webhooks.in_memory import InMemoryWebhookStore
 from factory.migrations import migrate
 from factory.settings import Settings
 from factory.webhooks_pg import PostgresWebhookStore
@@ -400,3 +409,46 @@ async def test_claims_through_pgbouncer_never_take_a_delivery_twice(
             await until(lambda: len(receiver.at("/live")) == 20)
             await asyncio.sleep(0.3)
         assert len({r.json()["run_id"] for r in receiver.at("/live")}) == len(receiver.at("/live")) == 20
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest, box: SecretBox) -> WebhookStore:
+    """The store contract runs over the in-memory twin and PostgreSQL alike."""
+    if request.param == "memory":
+        return InMemoryWebhookStore(box)
+    return PostgresWebhookStore(request.getfixturevalue("pool"), box)
+
+
+async def test_the_store_contract(store: WebhookStore) -> None:
+    url = "https://hooks.slack.com/services/T1/B2/SECRETPART"
+    hook = await store.add("wh-000000000001", url, ["run.failed"], WebhookFormat.SLACK, "whsec_s", by="ana")
+    other = await store.add("wh-000000000002", "http://127.0.0.1:1/x", ["run.failed"], WebhookFormat.JSON, "whsec_t",
+                            by=None)  # fmt: skip
+    assert (hook.url, hook.active, hook.created_by) == ("https://hooks.slack.com/services/…", True, "ana")
+    assert [h.id for h in await store.list()] == [hook.id, other.id] and await store.get("wh-000000000009") is None
+    target = await store.target(hook.id)
+    assert target is not None and (target.url, target.secret) == (url, "whsec_s")
+    assert "SECRETPART" not in repr(target) and "whsec_s" not in repr(target)
+
+    rows = [Delivery(id=f"dlv-{n:024x}", webhook_id=h.id, event_type="run.failed", event_id=f"{n}-0", run_id="r",
+                     payload={"n": n}) for n in range(3) for h in (hook, other)]  # fmt: skip
+    rows = [r.model_copy(update={"id": f"dlv-{i:024x}"}) for i, r in enumerate(rows)]
+    assert await store.enqueue(rows) == 6 and await store.enqueue(rows[:2]) == 0
+    await store.set_active(other.id, False)
+    claimed = await store.claim(10, per_webhook=2, busy={hook.id: 1}, lease_s=30)
+    assert [c.target.webhook_id for c in claimed] == [hook.id]  # its share, and none of the paused one
+    [one] = claimed
+    assert one.delivery.attempts == 1 and one.target.secret == "whsec_s"
+    assert await store.claim(10, per_webhook=5, busy={}, lease_s=30) != []  # the others; not the one held
+    assert not await store.finish(one.delivery.id, "stale", DeliveryStatus.DEAD, http_status=500, error="x")
+    assert await store.finish(one.delivery.id, one.token, DeliveryStatus.DEAD, http_status=500, error="answered 500")
+    [dead] = await store.deliveries(status=DeliveryStatus.DEAD)
+    assert (dead.id, dead.last_status, dead.last_error) == (one.delivery.id, 500, "answered 500")
+    assert await store.replay("dlv-" + "f" * 24) is None
+    replayed = await store.replay(dead.id)
+    assert replayed is not None and (replayed.status, replayed.attempts, replayed.replays) == ("pending", 0, 1)
+    assert await store.replay(dead.id) is None and await store.replay_all() == 0  # pending, not dead
+    assert len(await store.deliveries(webhook_id=other.id, last=2)) == 2
+    assert await store.prune(older_than_days=0.0) == 0  # nothing delivered yet
+    assert await store.remove(other.id) and not await store.remove(other.id)
+    assert {d.webhook_id for d in await store.deliveries(last=100)} == {hook.id}  # its log went with it
