@@ -47,17 +47,19 @@ def serve_chat(settings: Settings, *, host: str, port: int, worker: bool) -> int
         if worker:
             started.append(start_worker())
         echo(f"chat: {url} · {login}" + (f" · worker pid {started[0].pid}" if started else " · no worker"))
-        echo(f"api: {url}/api/v1 (OpenAPI {url}/api/v1/openapi.json; tokens: factory tokens create)")
+        echo(f"api: {url}/api/v1 (OpenAPI {url}/api/v1/openapi.json) · mcp: {url}/mcp · tokens: factory tokens create")
         echo("stop with Ctrl-C; `factory down` stops the embedded services")
 
     def stopping() -> None:
         for proc in started:
             stop_worker(proc)
 
-    def beside(app: Any, ops: Operations) -> None:  # the REST API under /api, on the chat's services
+    def beside(app: Any, ops: Operations) -> None:  # the REST API under /api and MCP at /mcp, on the chat's services
+        from api.mcp import mount_mcp
         from api.serve import mount
 
         mount(app, ops, settings)
+        mount_mcp(app, ops, settings, host=host)
 
     try:
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):

@@ -32,8 +32,10 @@ from factory.cli_groupchat import groupchat_app
 from factory.cli_hitl import hitl_app, worker
 from factory.cli_routing import routing_app
 from factory.cli_secrets import secrets_app
+from factory.cli_tokens import tokens_app
 from factory.cli_usage import usage
 from factory.cli_users import users_app
+from factory.cli_webhooks import webhooks_app
 from factory.errors import InputError
 
 if TYPE_CHECKING:
@@ -51,7 +53,9 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(routing_app, name="routing", help="Which models serve each alias: show, change, test.")
 app.add_typer(secrets_app, name="secrets", help="Encrypted secrets (API keys) that routing names by reference.")
 app.add_typer(users_app, name="users", help="Operator accounts for the chat's login.")
+app.add_typer(tokens_app, name="tokens", help="API tokens for the REST API and the MCP server.")
 app.add_typer(groupchat_app, name="groupchat")
+app.add_typer(webhooks_app, name="webhooks", help="Signed notifications of escalations and runs.")
 app.command("usage")(usage)
 
 
@@ -200,6 +204,35 @@ def revise(
             )  # fmt: skip
 
     report(run_async(go()), as_json)
+
+
+@app.command()
+def cancel(
+    run_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why the run stops; kept in its audit ('-' reads stdin).")] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who cancels (default: FACTORY_OPERATOR, else your user).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the cancelled run as JSON.")] = False,
+) -> None:
+    """Stop a run for good, even while another process drives it; its waiting escalations are closed."""
+    from factory.cli_common import who_decides, with_factory
+    from factory.errors import DecisionRefused
+    from hitl.desk import MAX_TEXT_BYTES, checked_text
+
+    settings = load_settings()
+    who = who_decides(settings, by)  # refused here, before any service starts
+    if reason == "-":
+        reason = read_stdin("reason", MAX_TEXT_BYTES)
+    try:
+        why = checked_text(reason, "reason", required=False)
+    except DecisionRefused as exc:
+        err(str(exc), exc.exit_code)
+    run = with_factory(lambda f: f.engine.cancel(run_id, by=who, reason=why), settings)
+    if as_json:
+        print_json({"run_id": run.id, "status": run.status.value, "by": who, "reason": why})
+        return
+    echo(f"run {run.id}: cancelled by {who}" + (f": {why}" if why else ""))
 
 
 @app.command()
@@ -461,6 +494,48 @@ def up(
     from factory.chat_up import serve_chat
 
     raise typer.Exit(serve_chat(settings, host=host, port=port, worker=worker))
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default FACTORY_API_HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default FACTORY_API_PORT, 8100; 0: any free one).")
+    ] = None,
+) -> None:
+    """Serve the REST API under /api/v1 (OpenAPI at /api/v1/openapi.json) until Ctrl-C; every request
+    needs a token from `factory tokens create`."""
+    settings = load_settings()
+
+    def ready(url: str) -> None:
+        echo(f"api: {url}/api/v1 · OpenAPI {url}/api/v1/openapi.json · docs {url}/api/v1/docs · mcp: {url}/mcp")
+        echo("every request needs `Authorization: Bearer <token>`:"
+             " factory tokens create NAME --scope viewer|operator|admin")  # fmt: skip
+
+    async def go() -> None:
+        from api.serve import serve
+
+        await serve(settings, host=host or settings.api_host, port=settings.api_port if port is None else port,
+                    on_ready=ready)  # fmt: skip
+
+    run_async(go())
+
+
+@app.command("mcp")
+def mcp_command() -> None:
+    """Serve the MCP server on stdio for an AI assistant (Claude Desktop, Goose, ...) that starts this
+    command; it acts with the API token in FACTORY_TOKEN. Standard output carries only the protocol."""
+    from api.mcp.stdio import serve_stdio, token_from_env
+    from factory.errors import TokenNotFound
+
+    settings = load_settings()
+    try:
+        raw = token_from_env(os.environ)
+    except TokenNotFound as exc:
+        err(str(exc), EXIT_INPUT)
+    run_async(serve_stdio(settings, raw))
 
 
 @app.command()

@@ -242,7 +242,7 @@ def test_with_json_logs_every_log_line_of_the_chat_and_its_worker_is_json(start:
     assert any(line["logger"] == "factory.worker" for line in logged), logged
 
 
-def test_the_rest_api_is_served_beside_the_chat(start: Start, env: dict[str, str]) -> None:
+def test_the_rest_api_and_mcp_are_served_beside_the_chat(start: Start, env: dict[str, str]) -> None:
     from tests.integration.api_server import create_token
 
     token = create_token(env, "dash", "viewer")
@@ -260,5 +260,10 @@ def test_the_rest_api_is_served_beside_the_chat(start: Start, env: dict[str, str
         raise AssertionError("an unauthenticated request was served")
     except urllib.error.HTTPError as refused:
         assert refused.code == 401 and refused.headers["content-type"] == "application/problem+json"
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/mcp", data=b"{}", method="POST"), timeout=HTTP_S)
+        raise AssertionError("an unauthenticated MCP request was served")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401  # the MCP server is there too, behind the same tokens
     status, page = get(f"{base}/")
     assert status == 200 and "<html" in page.lower()  # the chat is still served at the root
