@@ -177,8 +177,10 @@ class Operations:
     # decisions ---------------------------------------------------------------------------------------
 
     async def attention(self) -> Attention:
-        """What waits on a human, most urgent first, with the summary."""
-        return attention(await self.factory.escalations.list_open(), self.factory.desk.policy, datetime.now(UTC))
+        """What waits on a human, most urgent first, with the summary (each without its context: see
+        ``escalation``)."""
+        waiting = await self.factory.escalations.list_open(brief=True)
+        return attention(waiting, self.factory.desk.policy, datetime.now(UTC))
 
     async def escalation(self, escalation_id: str) -> Escalation:
         from factory.errors import EscalationNotFound
@@ -230,7 +232,7 @@ class Operations:
         """Who continues ``decided``'s run, having woken it (or why it keeps waiting)."""
         if decided.waiting:  # deferred
             return "nobody", f"run {decided.run_id} keeps waiting on it"
-        still = await self.factory.escalations.list_open(decided.run_id)
+        still = await self.factory.escalations.list_open(decided.run_id, brief=True)
         if still:
             return "nobody", f"run {decided.run_id} still waits on {', '.join(e.id for e in still)}"
         run = await self.factory.store.get_run(decided.run_id)

@@ -125,8 +125,9 @@ class EscalationQueue(Protocol):
 
     async def get(self, escalation_id: str) -> Escalation | None: ...
 
-    async def list_open(self, run_id: str | None = None) -> list[Escalation]:
-        """Escalations still waiting (open or deferred), by priority then SLA deadline."""
+    async def list_open(self, run_id: str | None = None, *, brief: bool = False) -> list[Escalation]:
+        """Escalations still waiting (open or deferred), by priority then SLA deadline; ``brief``:
+        without their context (an empty dict), for lists and counts."""
         ...
 
     async def for_run(self, run_id: str) -> list[Escalation]:

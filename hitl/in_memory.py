@@ -34,8 +34,10 @@ class InMemoryEscalationQueue:
         found = self._items.get(escalation_id)
         return found.model_copy(deep=True) if found else None
 
-    async def list_open(self, run_id: str | None = None) -> list[Escalation]:
+    async def list_open(self, run_id: str | None = None, *, brief: bool = False) -> list[Escalation]:
         found = [e for e in self._items.values() if e.status in WAITING and (run_id is None or e.run_id == run_id)]
+        if brief:
+            return [e.model_copy(update={"context": {}}, deep=True) for e in ordered(found)]
         return [e.model_copy(deep=True) for e in ordered(found)]
 
     async def for_run(self, run_id: str) -> list[Escalation]:

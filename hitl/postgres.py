@@ -60,6 +60,8 @@ _COLUMNS = (
     "id, run_id, stage_index, team, kind, priority, question, context, status, answer, decided_by,"
     " sla_deadline, escalation_level, created_at, decided_at, sla_started_at, version"
 )
+#: The columns without the context (reasoning, artifact excerpts): what a list needs.
+_BRIEF = _COLUMNS.replace(" context,", " '{}'::jsonb AS context,")
 _WAITING = "status IN ('open', 'deferred')"
 _APPEND = "SELECT 1 FROM audit_append(%s, %s, %s, %s)"  # memory's function (migration 0202)
 _CLOSE_FOR_RUN = (
@@ -124,10 +126,11 @@ class PostgresEscalationQueue:
         rows = await self._select("id = %s", (escalation_id,))
         return rows[0] if rows else None
 
-    async def list_open(self, run_id: str | None = None) -> list[Escalation]:
+    async def list_open(self, run_id: str | None = None, *, brief: bool = False) -> list[Escalation]:
+        columns = _BRIEF if brief else _COLUMNS
         if run_id is None:
-            return await self._select(_WAITING, (), _ORDER)
-        return await self._select(f"{_WAITING} AND run_id = %s", (run_id,), _ORDER)
+            return await self._select(_WAITING, (), _ORDER, columns)
+        return await self._select(f"{_WAITING} AND run_id = %s", (run_id,), _ORDER, columns)
 
     async def for_run(self, run_id: str) -> list[Escalation]:
         return await self._select("run_id = %s", (run_id,), "ORDER BY created_at, id")
@@ -189,9 +192,11 @@ class PostgresEscalationQueue:
                         raise unrecorded(escalation, exc.diag.message_primary or str(exc)) from exc
             return changed
 
-    async def _select(self, where: str, params: tuple[Any, ...], order: str = "") -> list[Escalation]:
+    async def _select(
+        self, where: str, params: tuple[Any, ...], order: str = "", columns: str = _COLUMNS
+    ) -> list[Escalation]:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_COLUMNS} FROM escalations WHERE {where} {order}", params
+                f"SELECT {columns} FROM escalations WHERE {where} {order}", params
             )
             return [Escalation.model_validate(r) for r in await cur.fetchall()]

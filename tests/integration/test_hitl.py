@@ -88,6 +88,17 @@ async def test_queue_changes_only_a_waiting_escalation_at_the_version_read(queue
     assert [e.id for e in await queue.for_run("run-1")] == ["a", "b", "c"]
 
 
+async def test_a_brief_list_leaves_the_context_out_and_nothing_else(queue: Any) -> None:
+    full = esc("a").model_copy(update={"context": {"reasoning": "r" * 5000, "artifacts": {"x.md": "y" * 5000}}})
+    await queue.open(full)
+    await queue.open(esc("b", priority="high"))
+    brief, whole = await queue.list_open(brief=True), await queue.list_open()
+    assert [e.id for e in brief] == [e.id for e in whole] == ["b", "a"]
+    assert [e.context for e in brief] == [{}, {}] and whole[1].context == full.context
+    assert [e.model_dump(exclude={"context"}) for e in brief] == [e.model_dump(exclude={"context"}) for e in whole]
+    assert [e.id for e in await queue.list_open("run-1", brief=True)] == ["b", "a"]
+
+
 async def test_two_operators_in_two_processes_decide_once(pool: AsyncConnectionPool, pg_url: str) -> None:
     await PostgresEscalationQueue(pool).open(esc("a"))
     async with AsyncConnectionPool(pg_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as other:
