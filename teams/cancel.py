@@ -5,7 +5,9 @@ A run that is not finished is cancelled even while another process drives it: it
 nothing more. Under the seized lease the stage in flight (running, or waiting on a human) is marked
 failed and the run cancelled, in one transaction: of two cancels at once, one commits that and the
 other learns the run is cancelled already. Then the run's waiting escalations are closed (a decision
-on one is refused from then on), and the cancel is audited and announced.
+on one is refused from then on), and the cancel is audited, anchored in the bundle's manifest and
+announced. A run cancelled is never driven again: workers claim running and waiting runs only, and
+``PipelineEngine.drive`` leaves a cancelled run as it is.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
-from factory.errors import LeaseLost, RunBusy, RunFinished, RunNotFound
+from factory.errors import FactoryError, LeaseLost, RunBusy, RunFinished, RunNotFound
 from hitl.desk import checked_author, checked_text, decision_audit
 from observability.base import Event
 from observability.logs import log_context
 from teams.base import Run, RunStatus, RunStore, StageRecord, StageStatus
 from teams.records import PipelineDeps
+from teams.snapshot import anchor_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +46,20 @@ async def cancel_run(deps: PipelineDeps, run_id: str, *, by: str, reason: str | 
     author, why = checked_author(by), checked_text(reason, "reason", required=False)
     store = deps.store
     with log_context(run_id=run_id):
-        await _unfinished(store, run_id)  # refused before anything is seized
+        run = await _unfinished(store, run_id)  # refused before anything is seized
         lease = await store.seize(run_id)
         try:
             async with store.holding(lease):
                 await _unfinished(store, run_id)  # again, under the lease: nothing else commits now
-                stopped = _in_flight(await store.stages(run_id))
+                stages = await store.stages(run_id)
+                stopped = _in_flight(stages)
                 await store.set_run_status(run_id, RunStatus.CANCELLED, lease=lease, stages=stopped)
         except LeaseLost as exc:  # another cancel seized the run meanwhile: it commits, not this one
             raise await _cancelled_by_another(store, run_id) from exc
         log.info("run %s cancelled by %s%s", run_id, author, f": {why}" if why else "")
-        stage = stopped[0] if stopped else None
+        stage = next(iter(stopped), None) or next((s for s in stages if s.status is not StageStatus.COMPLETE), None)
         closed = await _close_escalations(deps, run_id, author, why)
-        await _record(deps, run_id, author, why, stage, closed)
+        await _record(deps, run, author, why, stage, closed)
         cancelled = await store.get_run(run_id)
     assert cancelled is not None  # runs are never deleted
     return cancelled
@@ -71,7 +76,8 @@ async def _unfinished(store: RunStore, run_id: str) -> Run:
 
 
 def _in_flight(stages: list[StageRecord]) -> list[StageRecord]:
-    """The stage the run stood at (running or waiting on a human), marked failed now; or none."""
+    """The stage in flight (running, or waiting on a human), marked failed now; none if the run stood
+    between two stages or had not started."""
     return [
         s.model_copy(update={"status": StageStatus.FAILED, "finished_at": datetime.now(UTC)})
         for s in stages
@@ -102,11 +108,18 @@ async def _close_escalations(deps: PipelineDeps, run_id: str, by: str, reason: s
 
 
 async def _record(
-    deps: PipelineDeps, run_id: str, by: str, reason: str | None, stage: StageRecord | None, closed: list[str]
+    deps: PipelineDeps, run: Run, by: str, reason: str | None, stage: StageRecord | None, closed: list[str]
 ) -> None:
-    """The cancel in the run's audit (the kind a budget's rejection cancels with) and on the live stream."""
+    """The cancel in the run's audit (the kind a budget's rejection cancels with), the audit's anchor
+    in the bundle's manifest moved to it (so a chain cut back to before the cancel is noticed), and
+    the live stream. ``stage``: where the run stopped (the stage in flight, else the next to run)."""
     where = {"stage": stage.index, "team": stage.team} if stage is not None else {}
     payload = {"by": by, "reason": reason, "stage": None, "team": None, **where, "escalations": closed}
-    await deps.audit.append(run_id, "run.cancelled", "run.cancelled", payload)
+    entry = await deps.audit.append(run.id, "run.cancelled", "run.cancelled", payload)
+    if run.artifacts_dir:
+        try:
+            await asyncio.to_thread(anchor_manifest, Path(run.artifacts_dir), run.id, entry)
+        except (FactoryError, OSError) as exc:  # the cancel is committed: a bundle that refuses it is reported
+            log.warning("run %s: the audit anchor in the manifest was not moved: %s", run.id, exc)
     data = {"by": by, "reason": reason, **where, "escalations": closed}
-    await deps.events.emit(Event(type="run.cancelled", run_id=run_id, data=data, at=datetime.now(UTC)))
+    await deps.events.emit(Event(type="run.cancelled", run_id=run.id, data=data, at=datetime.now(UTC)))

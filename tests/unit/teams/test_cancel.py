@@ -13,6 +13,7 @@ from hitl.desk import DecisionDesk
 from observability.base import Event
 from routing.scripted import ScriptedModel
 from teams.base import Run, RunStatus, StageStatus
+from teams.snapshot import verify_run
 from tests.unit.teams.test_gate import Harness, result
 
 BLOCKED = {"teams": {"backend-engineering": [result("BLOCKED", 0.2, blockers=["no database chosen"])]}}
@@ -44,6 +45,9 @@ async def test_cancelling_a_waiting_run_closes_its_escalations(tmp_path: Path) -
         "by": "ana", "reason": "wrong requirement", "stage": 2, "team": "backend-engineering",
         "escalations": [escalation.id],
     }  # fmt: skip
+    manifest = json.loads((Path(run.artifacts_dir) / "manifest.json").read_text())
+    assert (manifest["audit_head_sha256"], manifest["audit_entries"]) == (entries[-1].sha256, len(entries))
+    assert (await verify_run(h.audit, run)).intact  # the chain, and the anchor outside the database
     decided = json.loads(entries[-2].payload)
     assert (entries[-2].kind, decided["id"], decided["decision"]) == ("escalation.decided", escalation.id, "expired")
     assert [e.type for e in seen] == ["escalation.decided", "run.cancelled"]
