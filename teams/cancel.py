@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Where a run stops for good.
 FINISHED = frozenset({RunStatus.COMPLETE, RunStatus.FAILED, RunStatus.CANCELLED})
-#: A stage in these is the one the run stood at: a cancel marks it failed.
+#: A stage in these is in flight: a cancel marks it failed.
 IN_FLIGHT = frozenset(
     {StageStatus.RUNNING, StageStatus.WAITING_HUMAN, StageStatus.BLOCKED, StageStatus.NEEDS_CLARIFICATION}
 )
@@ -69,7 +69,7 @@ async def _unfinished(store: RunStore, run_id: str) -> Run:
     """The run, or ``RunNotFound`` / ``RunFinished``."""
     run = await store.get_run(run_id)
     if run is None:
-        raise RunNotFound(f"no run {run_id!r}; see the runs with `factory audit search` or the chat's run list")
+        raise RunNotFound(f"no run {run_id!r}; check the id (`factory audit search` finds past runs)")
     if run.status in FINISHED:
         raise RunFinished(f"run {run_id} is already {run.status.value}; nothing to cancel")
     return run
