@@ -3,7 +3,8 @@
 A webhook's signing secret is sealed with the factory's secret key (AES-GCM, the same box as
 ``factory secrets``, bound to the webhook's id): a row holds its nonce and ciphertext, never the
 secret. Due deliveries are claimed in one statement (``FOR UPDATE SKIP LOCKED``, autocommit), so
-any number of senders share the log without taking a delivery twice, and nothing depends on a
+any number of senders share the log without taking a delivery twice (a sender looks past the rows
+another is taking, within a window of four times what it asks for), and nothing depends on a
 session: it works through PgBouncer in transaction mode, without prepared statements.
 """
 
@@ -83,8 +84,9 @@ _CLAIM = f"""
         WHERE d.status = 'pending' AND d.next_attempt_at <= now()
     ), picked AS (
         SELECT d.id FROM webhook_deliveries d
-        WHERE d.id IN (SELECT id FROM ranked WHERE nth <= %(per)s ORDER BY next_attempt_at, id LIMIT %(limit)s)
+        WHERE d.id IN (SELECT id FROM ranked WHERE nth <= %(per)s ORDER BY next_attempt_at, id LIMIT %(window)s)
           AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at, d.id LIMIT %(limit)s
         FOR UPDATE OF d SKIP LOCKED
     )
     UPDATE webhook_deliveries d
@@ -212,7 +214,7 @@ class PostgresWebhookStore:
         token = secrets.token_hex(8)
         params = {
             "busy_ids": list(busy), "busy_counts": list(busy.values()), "per": per_webhook, "limit": limit,
-            "token": token, "lease": lease_s,
+            "window": limit * 4, "token": token, "lease": lease_s,
         }  # fmt: skip
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
