@@ -127,6 +127,29 @@ class Settings(BaseSettings):
     # Input limits
     max_requirement_bytes: int = Field(default=64 * 1024, ge=1)
 
+    # The REST API and MCP server (`factory api`, mounted under /api by `factory up`)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8100, ge=0, le=65535)
+    #: Requests one token may make per second on average, and in one burst (then 429 with Retry-After).
+    api_rate_per_s: float = Field(default=20.0, gt=0, le=100_000)
+    api_rate_burst: int = Field(default=40, ge=1, le=1_000_000)
+    #: Request bodies over this many bytes are refused (413) before they are read or parsed.
+    api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: How long one live-event stream stays open; the client reconnects with Last-Event-ID and misses nothing.
+    api_sse_max_s: float = Field(default=900.0, gt=0, le=86_400)
+
+    # Webhooks (`factory webhooks`; delivered by `factory worker`)
+    #: Attempts of one delivery before it goes to the dead letter (`factory webhooks dead`, `replay`).
+    webhook_attempts: int = Field(default=5, ge=1, le=50)
+    #: Wait before the second attempt; doubled each attempt (with jitter), at most webhook_backoff_cap_s.
+    webhook_backoff_s: float = Field(default=1.0, gt=0, le=3600)
+    webhook_backoff_cap_s: float = Field(default=60.0, gt=0, le=86_400)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=120)  # one request, redirects included
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)  # requests in flight, per worker
+    webhook_per_receiver: int = Field(default=2, ge=1, le=64)  # of them to one webhook
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=60)  # how often due retries are looked for
+    webhook_log_days: float = Field(default=30.0, gt=0, le=3650)  # delivered rows kept in the log
+
     # Models
     model_timeout_s: float = Field(default=300.0, gt=0)
     local_model_ctx: int = Field(default=8192, ge=512)

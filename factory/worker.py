@@ -7,7 +7,8 @@ them died (a ``running`` run nobody holds); and group-chat sessions (ids ``gc-â€
 front door hands one over (``wake_workers`` with its id) or when one is left running with nobody
 driving it (its driver died). A run or a session is driven by one process at a time (its lease); a
 worker skips what another process holds. The worker announces itself in Redis so front doors can
-tell whether a run, a decision or a session will be picked up on its own.
+tell whether a run, a decision or a session will be picked up on its own. Beside them, ``serve_worker``
+delivers webhooks (api/webhooks): live events become signed deliveries, sent with bounded retries.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,12 +55,37 @@ async def wake_workers(redis: Redis, prefix: str, run_id: str) -> None:
             await pipe.execute()
 
 
+def registry_key(prefix: str) -> str:
+    """A sorted set of the workers' keys, scored by when their heartbeat expires (one read finds the
+    live ones: no SCAN over a keyspace the factory may share with others)."""
+    return f"{prefix}workers"
+
+
+async def announce_worker(redis: Redis, prefix: str, key: str, ttl_s: float) -> None:
+    """Say that the worker ``key`` is alive for the next ``ttl_s`` (its heartbeat)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, "1", ex=max(1, int(ttl_s)))
+        pipe.zadd(registry_key(prefix), {key: time.time() + ttl_s})
+        pipe.zremrangebyscore(registry_key(prefix), "-inf", time.time() - 60)  # long-dead workers
+        pipe.expire(registry_key(prefix), max(60, int(ttl_s * 4)))
+        await pipe.execute()
+
+
+async def retire_worker(redis: Redis, prefix: str, key: str) -> None:
+    """The worker ``key`` stops: it is no longer counted alive."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(key)
+        pipe.zrem(registry_key(prefix), key)
+        await pipe.execute()
+
+
 async def workers_alive(redis: Redis, prefix: str) -> list[str]:
     """The workers that announced themselves within their heartbeat's lifetime."""
     try:
-        return [key.decode() async for key in redis.scan_iter(match=f"{prefix}worker:*", count=100)]
+        keys = await redis.zrangebyscore(registry_key(prefix), time.time(), "+inf")
     except (RedisError, OSError):
         return []
+    return [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
 
 
 @dataclass
@@ -165,7 +192,8 @@ class Worker:
             group.create_task(self.groupchats.serve(stop))
             group.create_task(self._every(stop, self._heartbeat, "heartbeat"))
         with contextlib.suppress(RedisError, OSError):
-            await self._f.redis.delete(worker_key(self._f.settings.redis_prefix))
+            prefix = self._f.settings.redis_prefix
+            await retire_worker(self._f.redis, prefix, worker_key(prefix))
 
     async def _drive_runs(self, stop: asyncio.Event) -> None:
         """The queue loop: claim while a slot is free; wait for a slot, a wake-up or the poll; on
@@ -210,8 +238,8 @@ class Worker:
                      escalation.status.value)  # fmt: skip
 
     async def _heartbeat(self) -> None:
-        ttl = max(5, int(self._poll_s * 3) + 1)
-        await self._f.redis.set(worker_key(self._f.settings.redis_prefix), "1", ex=ttl)
+        prefix = self._f.settings.redis_prefix
+        await announce_worker(self._f.redis, prefix, worker_key(prefix), max(5, int(self._poll_s * 3) + 1))
 
     async def _woken(self, stop: asyncio.Event) -> None:
         """Wait ``poll_s``, or less when a run is submitted (``wake_workers``) or the worker stops. A
@@ -246,7 +274,7 @@ class Worker:
 
 
 async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
-    """``factory worker``: the run queue, the SLA ladder and the heartbeat, and Prometheus ``/metrics``
+    """``factory worker``: the run queue, the SLA ladder, webhooks and the heartbeat, and Prometheus ``/metrics``
     on ``metrics_port`` (when set), its shared gauges refreshed from PostgreSQL and Redis in the
     background (the scrape is answered from a thread, which cannot read them)."""
     from factory.metrics_snapshot import keep_fresh, metrics_of
@@ -275,9 +303,23 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
             group.create_task(work.serve(stop))  # announced at once: front doors leave runs to it
             if factory.router is not None:  # LiteLLM's import takes seconds: now, not in the first run's stage
                 group.create_task(_warm(factory))
+            group.create_task(_deliver_webhooks(factory, stop))
     finally:
         if server is not None:
             server.close()
+
+
+async def _deliver_webhooks(factory: Factory, stop: asyncio.Event) -> None:
+    """Webhooks beside the runs: live events become deliveries, sent with retries. Runs never wait
+    on it (they only append to the event stream), and its trouble never stops the worker."""
+    from factory.wiring import webhook_events, webhooks
+
+    try:
+        with contextlib.suppress(FactoryError):  # consumers of processes long gone: tidied, best effort
+            await webhook_events(factory).prune(idle_s=86_400)
+        await webhooks(factory).serve(stop)
+    except Exception as exc:
+        log.warning("worker stopped delivering webhooks: %s", exc, exc_info=not isinstance(exc, FactoryError))
 
 
 async def _warm(factory: Factory) -> None:
