@@ -88,7 +88,8 @@ def busy(run_id: str) -> RunBusy:
 
 def lost_message(run_id: str, why: str) -> str:
     return (
-        f"this process no longer holds run {run_id} ({why}); another process drives it now, and this one"
+        f"this process no longer holds run {run_id} ({why}); another process drives it, or an operator"
+        f" cancelled it, and this one"
         f" committed nothing more of it (a model call it had made is audited as never committed);"
         f" follow the run with `factory audit show {run_id}`"
     )

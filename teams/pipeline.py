@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import BudgetExceeded, FactoryError, LeaseLost, PipelineError, RunNotFound
+from hitl.base import Change, EscalationStatus
 from hitl.desk import decision_audit, opened_audit
 from memory.base import AuditEntry
 from memory.packing import PackedContext
@@ -557,6 +558,13 @@ class PipelineEngine:
         await self._d.store.save_stage(stage, lease=lease)
         await self._d.store.hold(lease, for_s=FILES_HELD_S)  # the escalation, too, is opened while held
         escalation = await self._d.escalations.open(escalation_for(run.id, stage, result, decision, now(), self._d.sla))
+        try:  # still ours? a cancel (or a takeover) in the last round trip would leave it open on a run nobody drives
+            await self._d.store.renew(lease)
+        except LeaseLost:
+            why = "the run was cancelled or taken over as this opened"
+            change = Change(status=EscalationStatus.EXPIRED, answer=why, decided_by="factory", decided_at=now())
+            await self._d.escalations.apply(escalation.id, escalation.version, change)
+            raise
         kind, priority, question = escalation.kind, escalation.priority, escalation.question
         await self._anchor(run, await self._d.audit.append(run.id, *opened_audit(escalation)))
         await self._emit(
