@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from api.webhooks.base import WebhookNotFound
 from factory import errors
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.RunNotFound, 404, "run-not-found"),
     (errors.EscalationNotFound, 404, "escalation-not-found"),
     (errors.TokenNotFound, 404, "token-not-found"),
+    (WebhookNotFound, 404, "webhook-not-found"),
     (errors.RunFinished, 409, "run-finished"),
     (errors.UnknownTeam, 422, "unknown-team"),
     (errors.DecisionConflict, 409, "decision-conflict"),

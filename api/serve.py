@@ -23,6 +23,7 @@ from factory.operations import Operations, operating
 from factory.settings import Settings
 from factory.tokens_pg import PostgresTokenStore
 from factory.wiring import Factory, open_factory, responders_for_run
+from factory.worker import deliver_webhooks
 
 
 def api_app(ops: Operations, settings: Settings) -> Any:
@@ -61,10 +62,17 @@ async def serve(
                                 lifespan="on", timeout_graceful_shutdown=5, log_config=None)  # fmt: skip
         server = uvicorn.Server(config)
         watcher = asyncio.create_task(_announce(server, host, port, on_ready))
+        # webhooks are delivered here too (as by every worker: a consumer group shares the events), so
+        # `factory api` without a worker still notifies
+        stop = asyncio.Event()
+        notifying = asyncio.create_task(deliver_webhooks(f, stop), name="webhooks")
         try:
             await server.serve()
         finally:
             watcher.cancel()
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(notifying, 10)
 
 
 @contextlib.asynccontextmanager

@@ -303,13 +303,13 @@ async def serve_worker(factory: Factory, stop: asyncio.Event) -> None:
             group.create_task(work.serve(stop))  # announced at once: front doors leave runs to it
             if factory.router is not None:  # LiteLLM's import takes seconds: now, not in the first run's stage
                 group.create_task(_warm(factory))
-            group.create_task(_deliver_webhooks(factory, stop))
+            group.create_task(deliver_webhooks(factory, stop))
     finally:
         if server is not None:
             server.close()
 
 
-async def _deliver_webhooks(factory: Factory, stop: asyncio.Event) -> None:
+async def deliver_webhooks(factory: Factory, stop: asyncio.Event) -> None:
     """Webhooks beside the runs: live events become deliveries, sent with retries. Runs never wait
     on it (they only append to the event stream), and its trouble never stops the worker."""
     from factory.wiring import webhook_events, webhooks

@@ -66,7 +66,7 @@ State = Annotated[ApiState, Depends(state)]
 
 def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> FastAPI:
     """The API app on ``ops``; serve it mounted at ``/api`` (see the module docstring)."""
-    from api.rest import escalations, events, reads, runs
+    from api.rest import escalations, events, reads, runs, webhooks
 
     app = FastAPI(
         title="AI Software Factory API",
@@ -85,6 +85,6 @@ def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> Fa
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (runs, events, escalations, reads):
+    for module in (runs, events, escalations, reads, webhooks):
         app.include_router(module.router, prefix=PREFIX)
     return app

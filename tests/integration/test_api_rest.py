@@ -166,7 +166,9 @@ def test_the_openapi_document_describes_every_operation(server: ApiServer) -> No
         ("/v1/escalations/{escalation_id}/reject", "post"), ("/v1/escalations/{escalation_id}/defer", "post"),
         ("/v1/escalations/batch-approve", "post"), ("/v1/teams", "get"), ("/v1/usage", "get"),
         ("/v1/runs/{run_id}/audit", "get"), ("/v1/runs/{run_id}/audit/verify", "get"), ("/v1/audit/search", "get"),
-        ("/v1/routing", "get"), ("/v1/routing", "put"), ("/v1/ask", "post"),
+        ("/v1/routing", "get"), ("/v1/routing", "put"), ("/v1/ask", "post"), ("/v1/webhooks", "get"),
+        ("/v1/webhooks", "post"), ("/v1/webhooks/{webhook_id}", "delete"), ("/v1/webhooks/deliveries", "get"),
+        ("/v1/webhooks/deliveries/{delivery_id}/replay", "post"), ("/v1/webhooks/{webhook_id}/test", "post"),
     }  # fmt: skip
     assert expected <= {(p, m) for p, ops in paths.items() for m in ops}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
@@ -346,3 +348,53 @@ def test_every_decision_and_a_revision_through_the_api(env: dict[str, str], toke
         [item] = wait_status(viewer, child["run_id"], "waiting_human")["escalations"]
         assert operator.post(f"/escalations/{item['id']}/approve", json={}).status_code == 200
         assert wait_status(viewer, child["run_id"], "complete")["run_id"] == child["run_id"]
+
+
+def test_webhooks_are_managed_by_an_admin_and_notify_from_the_api_process(
+    server: ApiServer, tokens: dict[str, str]
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from api.webhooks import verify_signature
+
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    admin, operator = client(server, tokens["admin"]), client(server, tokens["operator"])
+    try:
+        hook = {"url": url, "events": ["escalation.opened"]}
+        assert problem(operator.post("/webhooks", json=hook), 403)["detail"].startswith("token 'ci-bot'")
+        assert "unknown" in problem(admin.post("/webhooks", json={**hook, "events": ["run.exploded"]}), 422)["detail"]
+        made = admin.post("/webhooks", json=hook)
+        assert made.status_code == 201, made.text
+        secret, webhook_id = made.json()["secret"], made.json()["webhook"]["id"]
+        assert [w["id"] for w in admin.get("/webhooks").json()] == [webhook_id]
+        assert "secret" not in json.dumps(admin.get("/webhooks").json())
+
+        run_id = operator.post("/runs", json={"requirement": REQ, "pipeline": "business-analysis"}).json()["run_id"]
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [(headers, body)] = got
+        assert verify_signature(secret, headers["Factory-Signature"], body) > 0
+        assert headers["Factory-Event"] == "escalation.opened" and json.loads(body)["run_id"] == run_id
+        [delivery] = admin.get("/webhooks/deliveries", params={"webhook": webhook_id}).json()
+        assert delivery["status"] == "delivered" and delivery["id"] == headers["Factory-Delivery"]
+        assert admin.post(f"/webhooks/{webhook_id}/test").json()["ok"] is True
+        assert admin.delete(f"/webhooks/{webhook_id}").status_code == 204
+        assert problem(admin.delete(f"/webhooks/{webhook_id}"), 404)["type"].endswith("webhook-not-found")
+    finally:
+        receiver.shutdown()
