@@ -66,13 +66,14 @@ async def serve(
         # `factory api` without a worker still notifies
         stop = asyncio.Event()
         notifying = asyncio.create_task(deliver_webhooks(f, stop), name="webhooks")
+        sweeping = asyncio.create_task(ops.drivers.sweep(stop), name="sweep")  # while no worker is alive
         try:
             await server.serve()
         finally:
             watcher.cancel()
             stop.set()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(notifying, 10)
+                await asyncio.wait_for(asyncio.gather(notifying, sweeping), 10)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -115,6 +115,8 @@ class Runtime:
         self._opening = asyncio.Lock()
         self.hub: Hub | None = None
         self._ops: Operations | None = None
+        self._stop_sweep = asyncio.Event()
+        self._sweep: asyncio.Task[None] | None = None  # runs no live worker will drive
         self._database_url: str | None = None
         self._chats: GroupChats | None = None
         self._warm: asyncio.Task[object] | None = None
@@ -158,6 +160,8 @@ class Runtime:
                 raise
             self._stack, self._factory = stack, factory
             self._ops = Operations(factory)
+            self._stop_sweep = asyncio.Event()
+            self._sweep = asyncio.create_task(self._ops.drivers.sweep(self._stop_sweep), name="sweep")
             self._database_url = factory.endpoints.database_url
             self.hub = Hub(factory)
             self.hub.start()
@@ -166,6 +170,10 @@ class Runtime:
             return factory
 
     async def close(self) -> None:
+        self._stop_sweep.set()
+        if self._sweep is not None:
+            await asyncio.gather(self._sweep, return_exceptions=True)
+            self._sweep = None
         if self._ops is not None:
             await self._ops.aclose()  # its drivers: runs and sessions this process drives
         if self._warm is not None:
@@ -200,13 +208,13 @@ class Runtime:
         f = self.factory
         if await workers_alive(f.redis, f.settings.redis_prefix):
             await wake_workers(f.redis, f.settings.redis_prefix, session_id)
-            self._spawn(session_id, self._take_over(session_id))
+            self._spawn(session_id, lambda: self._take_over(session_id))
             return "worker"
-        self._spawn(session_id, self._drive_session(session_id))
+        self._spawn(session_id, lambda: self._drive_session(session_id))
         return "chat"
 
-    def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
-        self.ops.drivers.spawn(key, work)
+    def _spawn(self, key: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.ops.drivers.spawn(key, make)
 
     async def _take_over(self, session_id: str) -> None:
         await asyncio.sleep(TAKEOVER_S)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: How long a background driver waits for a process that holds a run only for a moment.
 DRIVE_WAIT_S = 10.0
+#: A run handed to the workers is driven here if, this long after, no worker is alive (heartbeats
+#: last at most 3 polls + 1 s: 7 s by default).
+TAKEOVER_S = 8.0
 #: A question, not a document: its words are embedded and sent to a model.
 MAX_QUESTION_BYTES = 8 * 1024
 Decision = Literal["answer", "approve", "reject", "defer"]
@@ -47,31 +50,43 @@ Continuer = Literal["worker", "here", "nobody"]
 
 
 class Drivers:
-    """Background drivers of runs that no worker picked up, owned by the process (never a socket)."""
+    """Background drivers of runs that no worker picked up, owned by the process (never a socket).
 
-    def __init__(self, factory: Factory) -> None:
+    At most ``limit`` runs are driven at once (``FACTORY_WORKER_RUNS``, as a worker); more wait for a
+    slot. A run asked for while this process still drives it (a decision arriving as its driver lets
+    go) is driven once more after, so no decision is left unseen. A run handed to a worker that is gone
+    by ``TAKEOVER_S`` later (killed after its last heartbeat) is driven here; ``sweep`` drives what no
+    live worker will (runs left by a process that stopped) while none is alive.
+    """
+
+    def __init__(self, factory: Factory, *, limit: int | None = None) -> None:
         self._f = factory
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._slots = asyncio.Semaphore(limit or factory.settings.worker_runs)
 
     async def nudge(self, run_id: str) -> Continuer:
         """Wake a worker for ``run_id``, or drive it here when none is alive."""
         f = self._f
         if await workers_alive(f.redis, f.settings.redis_prefix):
             await wake_workers(f.redis, f.settings.redis_prefix, run_id)
+            self.spawn(f"watch {run_id}", lambda: self._unless_taken(run_id))
             return "worker"
-        self.spawn(run_id, self._drive(run_id))
+        self.spawn(run_id, lambda: self._drive(run_id), again=True)
         return "here"
 
-    def spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in a task of this process unless one for ``key`` already runs."""
+    def spawn(self, key: str, make: Callable[[], Coroutine[Any, Any, None]], *, again: bool = False) -> None:
+        """Run ``make()`` in a task of this process unless one for ``key`` already runs; ``again``: then
+        run it once more when that one ends (the state it acts on changed meanwhile)."""
         running = self._tasks.get(key)
         if running is not None and not running.done():
-            work.close()
+            if again:
+                self._again.add(key)
             return
-        self._tasks[key] = asyncio.create_task(self._owned(key, work), name=f"drive {key}")
+        self._tasks[key] = asyncio.create_task(self._owned(key, make), name=f"drive {key}")
 
     def active(self) -> list[str]:
-        """The runs and sessions this process drives right now."""
+        """The runs and sessions this process drives (or watches) right now."""
         return [key for key, task in self._tasks.items() if not task.done()]
 
     async def aclose(self) -> None:
@@ -81,6 +96,7 @@ class Drivers:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._again.clear()
 
     async def settled(self, timeout_s: float) -> None:
         """Wait (bounded) until no driver of this process runs: for tests and a graceful stop."""
@@ -88,26 +104,70 @@ class Drivers:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
 
-    async def _owned(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+    async def sweep(self, stop: asyncio.Event, every_s: float | None = None) -> None:
+        """Until ``stop``: every ``every_s`` (``FACTORY_SWEEP_S``), while no worker is alive, drive the
+        runs that can move (submitted, decided, or left by a process that stopped), as a worker would."""
+        from factory.worker import Worker
+
+        every_s = every_s or self._f.settings.sweep_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
+            try:
+                if await workers_alive(self._f.redis, self._f.settings.redis_prefix):
+                    continue
+                async with self._slots:
+                    step = await Worker(self._f, poll_s=every_s).resume_pass()
+                for outcome in step.resumed:
+                    log.info("no worker is alive: this process drove %s (%s)", outcome.run.id, outcome.run.status.value)
+            except Exception as exc:  # a database or Redis hiccup: the next sweep tries again
+                log.warning("could not look for runs to drive: %s", exc)
+
+    async def _owned(self, key: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
-            await work
+            while True:
+                await make()
+                if key not in self._again:
+                    return
+                self._again.discard(key)
         except asyncio.CancelledError:
             raise
         except Exception:  # the run keeps its state; a worker or `factory resume` continues it
             log.exception("this process's driver of %s stopped", key)
         finally:
             self._tasks.pop(key, None)
+            self._again.discard(key)
 
     async def _drive(self, run_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + DRIVE_WAIT_S
-        while True:
-            try:
-                await self._f.engine.drive(run_id)
-                return
-            except RunBusy:  # a worker (or a deciding CLI) has it: it drives the run
-                if asyncio.get_running_loop().time() >= deadline:
+        async with self._slots:
+            deadline = asyncio.get_running_loop().time() + DRIVE_WAIT_S
+            while True:
+                try:
+                    await self._f.engine.drive(run_id)
                     return
-                await asyncio.sleep(0.25)
+                except RunBusy:  # a worker (or a deciding CLI) has it: it drives the run
+                    if asyncio.get_running_loop().time() >= deadline:
+                        return
+                    await asyncio.sleep(0.25)
+
+    async def _unless_taken(self, run_id: str) -> None:
+        """``TAKEOVER_S`` after handing ``run_id`` to the workers: drive it here if it still waits to be
+        driven and no worker is alive any more (the one woken died after its last heartbeat)."""
+        await asyncio.sleep(TAKEOVER_S)
+        f = self._f
+        if await workers_alive(f.redis, f.settings.redis_prefix):
+            return  # a live worker takes it from the run queue, however busy it is now
+        run = await f.store.get_run(run_id)
+        if run is None or run.status not in (RunStatus.RUNNING, RunStatus.WAITING_HUMAN):
+            return
+        if run.status is RunStatus.WAITING_HUMAN and await f.escalations.list_open(run_id, brief=True):
+            return
+        log.warning("the worker woken for run %s is gone; this process drives it", run_id)
+        with contextlib.suppress(RunBusy):
+            async with self._slots:
+                await f.engine.drive(run_id)
 
 
 @dataclass(frozen=True)

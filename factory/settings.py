@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     api_rate_burst: int = Field(default=40, ge=1, le=1_000_000)
     #: Request bodies over this many bytes are refused (413) before they are read or parsed.
     api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: How often a front door (`factory api`, the chat) drives what can move while no worker is alive.
+    sweep_s: float = Field(default=15.0, gt=0, le=3600)
     #: How long one live-event stream stays open; the client reconnects with Last-Event-ID and misses nothing.
     api_sse_max_s: float = Field(default=900.0, gt=0, le=86_400)
 

@@ -398,3 +398,63 @@ def test_webhooks_are_managed_by_an_admin_and_notify_from_the_api_process(
         assert problem(admin.delete(f"/webhooks/{webhook_id}"), 404)["type"].endswith("webhook-not-found")
     finally:
         receiver.shutdown()
+
+
+def test_a_decision_made_the_moment_its_escalation_appears_is_never_lost(
+    env: dict[str, str], tokens: dict[str, str]
+) -> None:
+    # The API process drives the run (no worker) and may still be letting go of it when the approval
+    # comes: the run must be driven once more, not left waiting on nothing (nor for the next sweep).
+    with api_server({**env, "FACTORY_SWEEP_S": "600"}) as server:
+        approve_at_first_sight(client(server, tokens["operator"]))
+
+
+def approve_at_first_sight(operator: httpx.Client) -> None:
+    run_ids = []
+    for n in range(6):
+        run_id = operator.post("/runs", json={"requirement": f"{REQ} #{n}", "pipeline": "business-analysis"}).json()
+        run_ids.append(run_id["run_id"])
+        deadline, item = time.monotonic() + 60, None
+        while item is None and time.monotonic() < deadline:  # no sleep: approve at the first sight of it
+            items = operator.get("/escalations").json()["items"]
+            item = next((i for i in items if i["run_id"] == run_ids[-1]), None)
+        assert item is not None
+        assert operator.post(f"/escalations/{item['id']}/approve", json={}).status_code == 200
+    for run_id in run_ids:
+        assert wait_status(operator, run_id, "complete", timeout_s=20)["status"] == "complete"
+
+
+def test_runs_a_dead_worker_would_have_driven_are_driven_by_the_api_process(
+    env: dict[str, str], tokens: dict[str, str]
+) -> None:
+    import signal
+    import subprocess
+
+    from tests.integration.cli import FACTORY
+
+    env = {**env, "FACTORY_CONFIDENCE_FLOOR": "0", "FACTORY_SWEEP_S": "2"}
+    with api_server(env) as server:
+        operator = client(server, tokens["operator"])
+        worker = subprocess.Popen(
+            [FACTORY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert worker.stderr is not None
+            said = []
+            while len(said) < 20 and not any("worker: drives" in line for line in said):  # it announced itself
+                said.append(worker.stderr.readline())
+            assert "worker: drives" in said[-1], said
+            time.sleep(1.0)  # its first heartbeat
+        finally:
+            worker.send_signal(signal.SIGKILL)  # its heartbeat still says it is alive for a few seconds
+            worker.wait(30)
+            worker.stderr.close()  # type: ignore[union-attr]
+        handed = operator.post("/runs", json={"requirement": REQ, "pipeline": "business-analysis"}).json()
+        assert handed["continued_by"] == "worker"
+        assert wait_status(operator, handed["run_id"], "complete", timeout_s=40)["status"] == "complete"
+
+        queued = factory("run", REQ, "--pipeline", "business-analysis", "--detach", "--json", env=env)
+        assert queued.returncode == 0, queued.stderr  # queued with no worker: the API's sweep drives it
+        run_id = json.loads(queued.stdout)["run_id"]
+        assert wait_status(operator, run_id, "complete", timeout_s=40)["status"] == "complete"
+        assert any("is gone; this process drives it" in line for line in server.lines)
