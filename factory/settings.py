@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     sweep_s: float = Field(default=15.0, gt=0, le=3600)
     #: How long one live-event stream stays open; the client reconnects with Last-Event-ID and misses nothing.
     api_sse_max_s: float = Field(default=900.0, gt=0, le=86_400)
+    #: Live-event streams one token may hold open at once, and the API process in all.
+    api_sse_per_token: int = Field(default=16, ge=1, le=10_000)
+    api_sse_total: int = Field(default=1000, ge=1, le=100_000)
 
     # Webhooks (`factory webhooks`; delivered by `factory worker`)
     #: Attempts of one delivery before it goes to the dead letter (`factory webhooks dead`, `replay`).

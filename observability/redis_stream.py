@@ -159,13 +159,21 @@ async def read_after(
 ) -> list[tuple[str, Event | None]]:
     """The events of ``stream`` after entry id ``after`` (``0``: from its start), each with its id,
     waiting up to ``block_ms`` for a first one (0: not at all). For readers that resume where they
-    stopped (an SSE client's Last-Event-ID). Redis errors are raised (the caller retries or reports);
-    a malformed entry comes as (id, None): logged and skipped, its id still moves the reader on."""
-    if block_ms > 0:
-        got = await redis.xread({stream: after}, block=block_ms, count=count)
-        entries = [entry for _, listed in got or () for entry in listed]
-    else:
-        entries = await redis.xrange(stream, min=f"({after}" if after != "0" else "-", count=count)
+    stopped (an SSE client's Last-Event-ID). Redis unreachable: ``ServiceUnavailable`` (the caller
+    retries); Redis refusing the read (an id it cannot take): ``InputError``. A malformed entry comes as
+    (id, None): logged and skipped, its id still moves the reader on."""
+    from factory.errors import InputError, ServiceUnavailable
+
+    try:
+        if block_ms > 0:
+            got = await redis.xread({stream: after}, block=block_ms, count=count)
+            entries = [entry for _, listed in got or () for entry in listed]
+        else:
+            entries = await redis.xrange(stream, min=f"({after}" if after != "0" else "-", count=count)
+    except ResponseError as exc:
+        raise InputError(f"Redis refused reading {stream} after {after[:40]!r}: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"Redis is unreachable for reading {stream} ({exc})") from exc
     out: list[tuple[str, Event | None]] = []
     for entry_id, fields in entries:
         key = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

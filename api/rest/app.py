@@ -67,6 +67,7 @@ State = Annotated[ApiState, Depends(state)]
 def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> FastAPI:
     """The API app on ``ops``; serve it mounted at ``/api`` (see the module docstring)."""
     from api.rest import escalations, events, reads, runs, webhooks
+    from api.rest.events import Streams
 
     app = FastAPI(
         title="AI Software Factory API",
@@ -78,6 +79,7 @@ def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> Fa
     )
     guard = Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
     app.state.api = ApiState(ops=ops, guard=guard, settings=settings)
+    app.state.streams = Streams(settings.api_sse_per_token, settings.api_sse_total)
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
 

@@ -276,10 +276,11 @@ def test_live_events_resume_after_a_dropped_connection_with_nothing_missed_or_re
     assert all(json.loads(f["data"])["run_id"] == run_id for f in seen)
     after = viewer.get(f"/runs/{run_id}/events", params={"after": everything[-2]["id"]})
     assert [f["event"] for f in sse_frames(iter(after.text.splitlines()))] == ["run.completed"]
-    assert (
-        "not an event id"
-        in problem(viewer.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "x"}), 422)["detail"]
-    )
+    for bad in ("x", "99999999999999999999-0"):
+        refused = viewer.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": bad})
+        assert "not an event id" in problem(refused, 422)["detail"]
+    ended = viewer.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": everything[-1]["id"]})
+    assert ended.status_code == 204  # the run ended and nothing follows: an EventSource stops reconnecting
 
 
 def test_every_decision_and_a_revision_through_the_api(env: dict[str, str], tokens: dict[str, str]) -> None:
