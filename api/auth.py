@@ -40,11 +40,34 @@ class Guard:
     rate_per_s: float = 20.0
     burst: int = 40
     cache_s: float = 2.0
+    #: Refused tokens one client address may send per second (and at once) before it is told to wait:
+    #: guessing costs a database lookup each, and the guesser gains nothing by going faster.
+    failures_per_s: float = 2.0
+    failures_burst: int = 20
     _verified: OrderedDict[str, tuple[ApiToken, float]] = field(default_factory=OrderedDict)
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
+    _failures: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
 
-    async def authenticate(self, authorization: str | None) -> ApiToken:
-        """The token of an ``Authorization`` header; 401 if missing, malformed, unknown or revoked."""
+    async def authenticate(self, authorization: str | None, *, client: str | None = None) -> ApiToken:
+        """The token of an ``Authorization`` header; 401 if missing, malformed, unknown or revoked; 429
+        when ``client`` (its address) sent too many refused tokens lately."""
+        if client is not None:
+            self._still_trusted(client)
+        try:
+            return await self._authenticate(authorization)
+        except Problem:
+            if client is not None:
+                _take(self._failures, client, self.failures_per_s, self.failures_burst)
+            raise
+
+    def _still_trusted(self, client: str) -> None:
+        bucket = _refill(self._failures, client, self.failures_per_s, self.failures_burst)
+        if bucket is not None and bucket.tokens < 1.0:
+            wait = math.ceil((1.0 - bucket.tokens) / self.failures_per_s)
+            raise Problem(429, f"too many refused tokens from {client}; retry in {wait}s with a valid one",
+                          kind="rate-limited", headers={"Retry-After": str(wait)})  # fmt: skip
+
+    async def _authenticate(self, authorization: str | None) -> ApiToken:
         if not authorization:
             raise _unauthenticated(
                 "no token: send `Authorization: Bearer <token>` (create one with `factory tokens create`)"
@@ -79,15 +102,9 @@ class Guard:
 
     def admit(self, token: ApiToken) -> None:
         """Take one request from ``token``'s bucket; 429 with ``Retry-After`` when it is empty."""
-        now = time.monotonic()
-        bucket = self._buckets.get(token.id)
-        if bucket is None:
-            bucket = self._buckets[token.id] = _Bucket(float(self.burst), now)
-            _bounded(self._buckets)
-        else:
-            self._buckets.move_to_end(token.id)
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate_per_s)
-            bucket.at = now
+        bucket = _refill(self._buckets, token.id, self.rate_per_s, self.burst) or _new(
+            self._buckets, token.id, self.burst
+        )
         if bucket.tokens < 1.0:
             wait = math.ceil((1.0 - bucket.tokens) / self.rate_per_s)
             raise Problem(
@@ -102,6 +119,29 @@ class Guard:
 
 def _unauthenticated(detail: str) -> Problem:
     return Problem(401, detail, kind="not-authenticated", headers={"WWW-Authenticate": 'Bearer realm="factory"'})
+
+
+def _refill(table: OrderedDict[str, _Bucket], key: str, rate: float, burst: int) -> _Bucket | None:
+    """``key``'s bucket, refilled for the time since it was last used; None if it has none."""
+    bucket = table.get(key)
+    if bucket is None:
+        return None
+    now = time.monotonic()
+    table.move_to_end(key)
+    bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.at) * rate)
+    bucket.at = now
+    return bucket
+
+
+def _new(table: OrderedDict[str, _Bucket], key: str, burst: int) -> _Bucket:
+    bucket = table[key] = _Bucket(float(burst), time.monotonic())
+    _bounded(table)
+    return bucket
+
+
+def _take(table: OrderedDict[str, _Bucket], key: str, rate: float, burst: int) -> None:
+    bucket = _refill(table, key, rate, burst) or _new(table, key, burst)
+    bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
 
 def _bounded(table: OrderedDict[str, Any]) -> None:

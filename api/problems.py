@@ -33,14 +33,15 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.RunFinished, 409, "run-finished"),
     (errors.UnknownTeam, 422, "unknown-team"),
     (errors.DecisionConflict, 409, "decision-conflict"),
-    (errors.DecisionRefused, 409, "decision-refused"),
+    (errors.DecisionRefused, 422, "decision-refused"),
     (errors.RunBusy, 409, "run-busy"),
     (errors.LeaseLost, 409, "run-busy"),
     (errors.BudgetExceeded, 402, "budget-exceeded"),
+    (errors.RoutingError, 502, "model-unavailable"),
     (errors.InputError, 422, "invalid-input"),
     (errors.ConfigError, 422, "invalid-configuration"),
     (errors.ServiceUnavailable, 503, "service-unavailable"),
-    (errors.ServiceRefused, 503, "service-refused"),
+    (errors.ServiceRefused, 500, "service-refused"),
     (errors.AuditTampered, 409, "audit-tampered"),
 ]
 _TITLES = {
@@ -56,6 +57,7 @@ _TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
+    502: "Model unavailable",
     503: "Service unavailable",
 }
 
@@ -128,8 +130,25 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        wrapped = _service_error(request, exc)  # PostgreSQL or Redis went away (503) or refused (500)
+        if wrapped is not None:
+            log.error("%s %s: %s", request.method, request.url.path, wrapped)
+            status, kind = for_factory_error(wrapped)
+            return problem_response(status, str(wrapped), kind=kind)
         log.exception("%s %s failed", request.method, request.url.path)
         return problem_response(500, "the factory hit an unexpected error; it is logged on the server")
+
+
+def _service_error(request: Request, exc: Exception) -> errors.FactoryError | None:
+    from factory.service_errors import service_error
+
+    api = getattr(request.app.state, "api", None)
+    endpoints = api.ops.factory.endpoints if api is not None else None
+    return service_error(
+        exc,
+        database_url=endpoints.database_url if endpoints else None,
+        redis_url=endpoints.redis_url if endpoints else None,
+    )
 
 
 def _field_problem(error: Any) -> dict[str, str]:

@@ -3,7 +3,7 @@
 One process, one ``Factory``: the API app is mounted at ``/api``, the MCP server at ``/mcp``
 (``api.mcp.mount_mcp``, whose session manager runs in the app's lifespan). Runs submitted or decided
 through either are handed to a worker, or driven by this process when none is alive (``Operations``),
-never by a request. ``factory up`` mounts the same apps beside the chat instead (``mount``, ``mount_mcp``).
+never by a request. ``factory up`` mounts the same apps beside the chat instead (``mount``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from api.mcp.http import mount_mcp
-from api.rest.app import MOUNT, create_app
+from api.rest.app import MOUNT, create_app, guard_for
 from factory.listen import port_free
 from factory.operations import Operations, operating
 from factory.settings import Settings
@@ -26,20 +26,19 @@ from factory.wiring import Factory, open_factory, responders_for_run
 from factory.worker import deliver_webhooks
 
 
-def api_app(ops: Operations, settings: Settings) -> Any:
-    """The API app on ``ops``, its tokens in the factory's PostgreSQL."""
-    return create_app(ops, PostgresTokenStore(ops.factory.pool), settings)
-
-
-def mount(app: Any, ops: Operations, settings: Settings) -> None:
-    """Serve the API under ``/api`` of another Starlette app (the chat's), before its own routes."""
-    app.router.routes.insert(0, Mount(MOUNT, app=api_app(ops, settings)))
+def mount(app: Any, ops: Operations, settings: Settings, *, host: str | None = None) -> None:
+    """Serve the REST API under ``/api`` and the MCP server at ``/mcp`` of a Starlette app (``factory
+    api``'s own, or the chat's), before its own routes, behind one set of tokens and rate limits (its
+    tokens in the factory's PostgreSQL). Serve the app with ``lifespan="on"`` (MCP's session manager)."""
+    guard = guard_for(PostgresTokenStore(ops.factory.pool), settings)
+    app.router.routes.insert(0, Mount(MOUNT, app=create_app(ops, guard, settings)))
+    mount_mcp(app, ops, settings, host=host, guard=guard)
 
 
 def standalone(ops: Operations, settings: Settings, *, host: str | None = None) -> Starlette:
-    """The REST API at ``/api`` and the MCP server at ``/mcp``; serve it with ``lifespan="on"``."""
-    app = Starlette(routes=[Mount(MOUNT, app=api_app(ops, settings))])
-    mount_mcp(app, ops, settings, host=host)
+    """The REST API at ``/api`` and the MCP server at ``/mcp``."""
+    app = Starlette()
+    mount(app, ops, settings, host=host)
     return app
 
 

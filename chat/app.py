@@ -375,7 +375,7 @@ async def submit(requirement: str) -> None:
         pipeline = (settings.get("teams") or "").strip()
         if not pipeline:
             raise access.Refused("the custom pipeline has no teams: list them in the settings panel ⚙")
-    run = await runtime.submit(requirement, pipeline)
+    run = await runtime.submit(requirement, pipeline, by=str(user().identifier))
     thread_id = cl.context.session.thread_id
     runs = [*(cl.user_session.get("runs") or []), run.id]
     cl.user_session.set("runs", runs)

@@ -191,9 +191,10 @@ class Runtime:
             raise RuntimeError("the chat runtime is not open yet")
         return self._ops
 
-    async def submit(self, requirement: str, pipeline: str) -> Run:
-        """Store a new run and see that something drives it (a worker, else this process)."""
-        run, _ = await self.ops.submit(requirement, pipeline)
+    async def submit(self, requirement: str, pipeline: str, *, by: str | None = None) -> Run:
+        """Store a new run and see that something drives it (a worker, else this process); ``by``: the
+        operator who submitted it (audited)."""
+        run, _ = await self.ops.submit(requirement, pipeline, by=by)
         return run
 
     async def nudge(self, run_id: str) -> str:

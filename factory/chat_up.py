@@ -55,11 +55,9 @@ def serve_chat(settings: Settings, *, host: str, port: int, worker: bool) -> int
             stop_worker(proc)
 
     def beside(app: Any, ops: Operations) -> None:  # the REST API under /api and MCP at /mcp, on the chat's services
-        from api.mcp import mount_mcp
         from api.serve import mount
 
-        mount(app, ops, settings)
-        mount_mcp(app, ops, settings, host=host)
+        mount(app, ops, settings, host=host)
 
     try:
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):

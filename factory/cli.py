@@ -510,7 +510,7 @@ def api_command(
     settings = load_settings()
 
     def ready(url: str) -> None:
-        echo(f"api: {url}/api/v1 · OpenAPI {url}/api/v1/openapi.json · docs {url}/api/v1/docs · mcp: {url}/mcp")
+        echo(f"api: {url}/api/v1 · OpenAPI {url}/api/v1/openapi.json · mcp: {url}/mcp")
         echo("every request needs `Authorization: Bearer <token>`:"
              " factory tokens create NAME --scope viewer|operator|admin")  # fmt: skip
 

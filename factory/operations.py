@@ -26,6 +26,7 @@ from factory.worker import wake_workers, workers_alive
 from hitl.attention import Attention, attention
 from hitl.base import Escalation
 from hitl.desk import BatchOutcome
+from observability.text import unstorable
 from teams.base import Run, RunStatus, StoredArtifact
 from teams.pipeline import RunOutcome
 
@@ -184,7 +185,24 @@ class RunPage:
     """One page of runs, newest first; ``next_before``: pass it as ``before`` for the next page."""
 
     runs: list[Run]
-    next_before: datetime | None
+    next_before: str | None
+
+
+def page_cursor(run: Run) -> str:
+    """Where the page after ``run`` starts: its creation time and id (runs created in the same instant
+    are told apart by their ids)."""
+    return f"{run.created_at.isoformat()}~{run.id}"
+
+
+def parse_cursor(text: str) -> tuple[datetime, str]:
+    at, _, run_id = text.rpartition("~")
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        when = None
+    if when is None or not run_id or len(text) > 300:
+        raise InputError(f"{text[:60]!r} is not a page cursor; pass the next_before of the previous page")
+    return when if when.tzinfo else when.replace(tzinfo=UTC), run_id
 
 
 class Operations:
@@ -196,36 +214,40 @@ class Operations:
 
     # runs -------------------------------------------------------------------------------------------
 
-    async def submit(self, requirement: str, pipeline: str = "phase1") -> tuple[Run, Continuer]:
-        """Validate and store a new run, then see that something drives it."""
-        run = await self.factory.engine.submit(requirement, pipeline)
+    async def submit(
+        self, requirement: str, pipeline: str = "phase1", *, by: str | None = None
+    ) -> tuple[Run, Continuer]:
+        """Validate and store a new run (``by``: who submitted it, audited), then see that something drives it."""
+        run = await self.factory.engine.submit(requirement, pipeline, by=by)
         return run, await self.drivers.nudge(run.id)
 
     async def run(self, run_id: str) -> RunOutcome:
         """A run with its stages, open escalations and audit state; ``RunNotFound`` if unknown."""
         return await self.factory.engine.outcome(run_id)
 
-    async def runs(
-        self, *, statuses: Sequence[RunStatus] = (), limit: int = 20, before: datetime | None = None
-    ) -> RunPage:
-        """Runs newest first, optionally only in ``statuses``, created before ``before``."""
+    async def runs(self, *, statuses: Sequence[RunStatus] = (), limit: int = 20, before: str | None = None) -> RunPage:
+        """Runs newest first, optionally only in ``statuses``, after the page cursor ``before``."""
         if not 1 <= limit <= 200:
             raise InputError("limit must be between 1 and 200")
-        runs = await self.factory.store.page_runs(statuses=statuses, limit=limit + 1, before=before)
+        after = parse_cursor(before) if before is not None else None
+        runs = await self.factory.store.page_runs(statuses=statuses, limit=limit + 1, before=after)
         more = len(runs) > limit
         runs = runs[:limit]
-        return RunPage(runs, runs[-1].created_at if more and runs else None)
+        return RunPage(runs, page_cursor(runs[-1]) if more and runs else None)
 
     async def cancel(self, run_id: str, *, by: str, reason: str | None = None) -> Run:
         """Cancel a run, even while another process drives it (see ``PipelineEngine.cancel``)."""
         return await self.factory.engine.cancel(run_id, by=by, reason=reason)
 
-    async def revise(self, run_id: str, *, from_team: str, feedback: str) -> tuple[Run, Continuer]:
-        """Create a revision of ``run_id`` from ``from_team`` on with ``feedback``, and see it driven."""
+    async def revise(
+        self, run_id: str, *, from_team: str, feedback: str, by: str | None = None
+    ) -> tuple[Run, Continuer]:
+        """Create a revision of ``run_id`` from ``from_team`` on with ``feedback`` (``by``: who asked, audited),
+        and see it driven."""
         from teams.revision import submit_revision
 
         f = self.factory
-        run = await submit_revision(f.engine, f.store, f.audit, run_id, from_team, feedback)
+        run = await submit_revision(f.engine, f.store, f.audit, run_id, from_team, feedback, by=by)
         return run, await self.drivers.nudge(run.id)
 
     async def artifacts(self, run_id: str) -> list[StoredArtifact]:
@@ -349,6 +371,8 @@ class Operations:
         """Answer a question about a run (or the whole factory) from memory, citing what it used."""
         if not question.strip():
             raise InputError("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'")
+        if problem := unstorable(question):
+            raise InputError(f"the question {problem}")
         if len(question.encode()) > MAX_QUESTION_BYTES:
             raise InputError(f"the question is over {MAX_QUESTION_BYTES} bytes; ask it in a few sentences")
         if run_id is not None and await self.factory.store.get_run(run_id) is None:

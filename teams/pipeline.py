@@ -85,16 +85,18 @@ class PipelineEngine:
             await self.create(run, lease)
             return await self.drive(run.id, lease=lease)
 
-    async def submit(self, requirement: str, pipeline: str, out_dir: Path | None = None) -> Run:
+    async def submit(
+        self, requirement: str, pipeline: str, out_dir: Path | None = None, *, by: str | None = None
+    ) -> Run:
         """Validate everything and create the run, without driving it: a worker (or a driver the
         caller starts) takes it up as a ``running`` run nobody holds. For front doors whose
-        connection must not carry the run (the chat, the API)."""
+        connection must not carry the run (the chat, the API); ``by``: who submitted it (audited)."""
         requirement = validate_requirement(requirement, self._d.max_requirement_bytes)
         name, slugs = resolve_pipeline(pipeline)
         check_bundle_root(out_dir or self._d.runs_dir)
         run = self.new_run(requirement, list(slugs), name, out_dir)
         async with self._d.store.lease(run.id) as lease:  # released on return: the run is free to take
-            await self.create(run, lease)
+            await self.create(run, lease, link={"submitted_by": by} if by is not None else None)
         return run
 
     async def cancel(self, run_id: str, *, by: str, reason: str | None = None) -> Run:

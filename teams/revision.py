@@ -62,10 +62,13 @@ async def submit_revision(
     *,
     out_dir: Path | None = None,
     max_feedback_bytes: int = MAX_FEEDBACK_BYTES,
+    by: str | None = None,
 ) -> Run:
     """Validate as ``revise`` does and create the revision run, without driving it: a worker takes it
     up as a ``running`` run nobody holds (as ``PipelineEngine.submit`` leaves a new run)."""
     revision = await _prepare(engine, store, audit, run_id, from_team, feedback, out_dir, max_feedback_bytes)
+    if by is not None:  # who asked for it (a front door's user or token), kept with the run's creation
+        revision = _Revision(revision.run, revision.reused, {**revision.link, "submitted_by": by})
     async with store.lease(revision.run.id) as lease:  # released on return: the run is free to take
         await _create(engine, store, revision, lease)
     return revision.run

@@ -337,16 +337,17 @@ class PostgresRunStore:
             return [Run.model_validate(r) for r in await cur.fetchall()]
 
     async def page_runs(
-        self, *, statuses: Sequence[RunStatus] = (), limit: int = 20, before: datetime | None = None
+        self, *, statuses: Sequence[RunStatus] = (), limit: int = 20, before: tuple[datetime, str] | None = None
     ) -> list[Run]:
-        """Runs newest first, only in ``statuses`` (all when empty), created before ``before`` (a page's
-        last ``created_at``: the next page)."""
+        """Runs newest first (created_at, then id), only in ``statuses`` (all when empty), after
+        ``before`` in that order (the (created_at, id) of a page's last run: the next page)."""
+        at, last = before if before is not None else (None, "")
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT * FROM runs WHERE (cardinality(%(statuses)s::text[]) = 0 OR status = ANY(%(statuses)s))"
-                " AND (%(before)s::timestamptz IS NULL OR created_at < %(before)s)"
+                " AND (%(at)s::timestamptz IS NULL OR (created_at, id) < (%(at)s, %(last)s))"
                 " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
-                {"statuses": [s.value for s in statuses], "before": before, "limit": limit},
+                {"statuses": [s.value for s in statuses], "at": at, "last": last, "limit": limit},
             )
             return [Run.model_validate(r) for r in await cur.fetchall()]
 

@@ -55,7 +55,10 @@ class Authenticated:
             await self.app(scope, receive, send)
             return
         try:
-            token = await self.guard.authenticate(Headers(scope=scope).get("authorization"))
+            client = scope.get("client")
+            token = await self.guard.authenticate(
+                Headers(scope=scope).get("authorization"), client=client[0] if client else None
+            )
             self.guard.admit(token)
         except Problem as exc:
             refusal = problem_response(exc.status, exc.detail, kind=exc.kind, headers=exc.headers, **exc.extra)
@@ -81,10 +84,11 @@ class _Mounted:
 
 
 def mcp_endpoint(
-    ops: Operations, tokens: TokenVerifier, settings: Settings, *, host: str | None = None
+    ops: Operations, tokens: TokenVerifier, settings: Settings, *, host: str | None = None, guard: Guard | None = None
 ) -> tuple[ASGIApp, StreamableHTTPSessionManager]:
-    """The authenticated ``/mcp`` endpoint on ``ops`` and the session manager whose ``run()`` it needs."""
-    guard = Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
+    """The authenticated ``/mcp`` endpoint on ``ops`` and the session manager whose ``run()`` it needs.
+    ``guard``: the REST API's, so a token's rate is counted once across both."""
+    guard = guard or Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
     loopback = is_loopback(host or settings.api_host)
     server = build_server(
         ops,
@@ -98,11 +102,13 @@ def mcp_endpoint(
     return Authenticated(_Transport(manager), guard), manager
 
 
-def mount_mcp(app: Any, ops: Operations, settings: Settings, *, host: str | None = None) -> None:
+def mount_mcp(
+    app: Any, ops: Operations, settings: Settings, *, host: str | None = None, guard: Guard | None = None
+) -> None:
     """Serve the MCP server at ``/mcp`` of a Starlette app (``factory api``'s, or the chat's), before its
     own routes, and run its session manager in the app's lifespan (serve with ``lifespan="on"``).
     ``host``: the address the app listens on (default ``settings.api_host``)."""
-    endpoint, manager = mcp_endpoint(ops, PostgresTokenStore(ops.factory.pool), settings, host=host)
+    endpoint, manager = mcp_endpoint(ops, PostgresTokenStore(ops.factory.pool), settings, host=host, guard=guard)
     routes = app.router.routes
     routes[:] = [r for r in routes if not getattr(r, "_factory_mcp", False)]
     route = Route(PATH, endpoint=endpoint)

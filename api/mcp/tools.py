@@ -54,7 +54,7 @@ Pipeline = Annotated[
 ]
 Question = Annotated[str, Field(max_length=_TEXT, description="A question about past runs and their decisions.")]
 Limit = Annotated[int, Field(ge=1, le=200, description="How many runs, newest first.")]
-Before = Annotated[datetime | None, Field(description="next_before of the previous page, for the next one.")]
+Before = Annotated[str | None, Field(max_length=300, description="next_before of the previous page, for the next one.")]
 CancelReason = Annotated[str | None, Field(max_length=_TEXT, description="Why the run stops; kept in its audit.")]
 
 READS = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
@@ -160,8 +160,8 @@ def _runs(server: FastMCP[Any], ops: Operations, require: Require) -> None:
         " token. Use it when the operator asks the factory to build something.",
     )
     async def factory_submit(requirement: Requirement, pipeline: Pipeline = "phase1") -> dict[str, Any]:
-        await require(Scope.OPERATOR)
-        run, who = await ops.submit(requirement, pipeline)
+        token = await require(Scope.OPERATOR)
+        run, who = await ops.submit(requirement, pipeline, by=token.actor)
         follow = f"follow it with factory_run_status({run.id!r}); decisions it needs appear in factory_what_needs_me"
         return {**run_json(run), "continued_by": who, "next": follow}
 
@@ -190,7 +190,7 @@ def _runs(server: FastMCP[Any], ops: Operations, require: Require) -> None:
         page = await ops.runs(statuses=[status] if status else [], limit=limit, before=before)
         return {
             "runs": [run_json(r) for r in page.runs],
-            "next_before": page.next_before.isoformat() if page.next_before else None,
+            "next_before": page.next_before,
         }
 
     @server.tool(

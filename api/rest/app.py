@@ -49,7 +49,8 @@ def needs(scope: Scope) -> Callable[..., Awaitable[ApiToken]]:
 
     async def token(request: Request, _: Annotated[Any, Security(_bearer)] = None) -> ApiToken:
         guard = state(request).guard
-        found = await guard.authenticate(request.headers.get("authorization"))
+        client = request.client.host if request.client else None
+        found = await guard.authenticate(request.headers.get("authorization"), client=client)
         guard.admit(found)
         guard.require(found, scope)
         return found
@@ -64,7 +65,12 @@ Admin = Annotated[ApiToken, Depends(needs(Scope.ADMIN))]
 State = Annotated[ApiState, Depends(state)]
 
 
-def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> FastAPI:
+def guard_for(tokens: TokenVerifier, settings: Settings) -> Guard:
+    """One process's authentication and rate limits (share it between the REST API and MCP)."""
+    return Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
+
+
+def create_app(ops: Operations, guard: Guard, settings: Settings) -> FastAPI:
     """The API app on ``ops``; serve it mounted at ``/api`` (see the module docstring)."""
     from api.rest import escalations, events, reads, runs, webhooks
     from api.rest.events import Streams
@@ -74,10 +80,9 @@ def create_app(ops: Operations, tokens: TokenVerifier, settings: Settings) -> Fa
         version="1",
         summary="Submit runs, follow them live, decide what waits on a human, read usage and the audit.",
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        docs_url=None,  # its page loads scripts from a CDN: the OpenAPI document is what is served
         redoc_url=None,
     )
-    guard = Guard(tokens, rate_per_s=settings.api_rate_per_s, burst=settings.api_rate_burst)
     app.state.api = ApiState(ops=ops, guard=guard, settings=settings)
     app.state.streams = Streams(settings.api_sse_per_token, settings.api_sse_total)
     problems.install(app)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -38,7 +37,7 @@ def links(run_id: str) -> dict[str, str]:
 
 @router.post("", status_code=202, summary="Submit a run; a worker (or this process) drives it.")
 async def create_run(body: RunCreate, api: State, token: Operator, response: Response) -> dict[str, Any]:
-    run, who = await api.ops.submit(body.requirement, body.pipeline)
+    run, who = await api.ops.submit(body.requirement, body.pipeline, by=token.actor)
     response.headers["Location"] = links(run.id)["self"]
     return {**run_json(run), "continued_by": who}
 
@@ -49,13 +48,13 @@ async def list_runs(
     _: Viewer,
     status: Annotated[list[str] | None, Query(description="Only runs in these statuses (repeatable).")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    before: Annotated[datetime | None, Query(description="`next_before` of the previous page.")] = None,
+    before: Annotated[str | None, Query(max_length=300, description="`next_before` of the previous page.")] = None,
 ) -> dict[str, Any]:
     statuses = [_status(s) for s in status or ()]
     page = await api.ops.runs(statuses=statuses, limit=limit, before=before)
     return {
         "runs": [run_json(r) for r in page.runs],
-        "next_before": page.next_before.isoformat() if page.next_before else None,
+        "next_before": page.next_before,
     }
 
 
@@ -75,7 +74,7 @@ async def cancel_run(run_id: str, body: RunCancel, api: State, token: Operator) 
 async def revise_run(
     run_id: str, body: RevisionCreate, api: State, token: Operator, response: Response
 ) -> dict[str, Any]:
-    run, who = await api.ops.revise(run_id, from_team=body.from_team, feedback=body.feedback)
+    run, who = await api.ops.revise(run_id, from_team=body.from_team, feedback=body.feedback, by=token.actor)
     response.headers["Location"] = links(run.id)["self"]
     return {**run_json(run), "continued_by": who}
 

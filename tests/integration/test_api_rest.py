@@ -306,7 +306,7 @@ def test_every_decision_and_a_revision_through_the_api(env: dict[str, str], toke
 
         first = waiting_on()
         assert first["kind"] == "blocked"
-        assert "answer it" in problem(operator.post(f"/escalations/{first['id']}/approve", json={}), 409)["detail"]
+        assert "answer it" in problem(operator.post(f"/escalations/{first['id']}/approve", json={}), 422)["detail"]
         answered = operator.post(f"/escalations/{first['id']}/answer", json={"text": "PostgreSQL"}).json()
         assert answered["escalation"]["status"] == "answered" and answered["continued_by"] == "here"
 
@@ -314,7 +314,7 @@ def test_every_decision_and_a_revision_through_the_api(env: dict[str, str], toke
         assert second["kind"] == "approval"
         assert (
             "reason is empty"
-            in problem(operator.post(f"/escalations/{second['id']}/reject", json={"reason": " "}), 409)["detail"]
+            in problem(operator.post(f"/escalations/{second['id']}/reject", json={"reason": " "}), 422)["detail"]
         )
         rejected = operator.post(f"/escalations/{second['id']}/reject", json={"reason": "name the tables"}).json()
         assert rejected["escalation"]["status"] == "rejected"

@@ -235,9 +235,10 @@ def test_with_json_logs_every_log_line_of_the_chat_and_its_worker_is_json(start:
     assert get(f"http://127.0.0.1:{port}/auth/config")[0] == 200
     up.stop()
     said = [line for line in up.output.splitlines() if line.strip()]
-    human = [line for line in said if line.startswith(("postgres: ", "chat: http://", "stop with Ctrl-C"))]  # stdout
+    stdout = ("postgres: ", "chat: http://", "api: http://", "stop with Ctrl-C")
+    human = [line for line in said if line.startswith(stdout)]
     logged = [json.loads(line) for line in said if line not in human]  # anything else not JSON fails here
-    assert len(human) == 3 and logged, said
+    assert len(human) == 4 and logged, said
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in logged)
     assert any(line["logger"] == "factory.worker" for line in logged), logged
 
