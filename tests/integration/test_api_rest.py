@@ -103,6 +103,8 @@ def test_a_run_submitted_and_approved_through_the_api_goes_all_the_way(
     verified = viewer.get(f"/runs/{run_id}/audit/verify").json()
     assert verified["intact"] is True
     entries = viewer.get(f"/runs/{run_id}/audit").json()["entries"]
+    [created] = [e["payload"] for e in entries if e["kind"] == "run.created"]
+    assert created["submitted_by"] == "ana (token ci-bot)"
     [decision] = [e["payload"] for e in entries if e["kind"] == "escalation.decided"]
     assert (decision["decided_by"], decision["decision"]) == ("ana (token ci-bot)", "approved")
     hits = viewer.get("/audit/search", params={"q": "shortener"}).json()["hits"]
