@@ -8,9 +8,12 @@ embedded PostgreSQL with pgvector, Redis under a prefix of its own, and the scri
 think time. ``--runs`` runs are submitted through the API and each waits on an approval (confidence
 floor 0.95). Then:
 
-- attention: every client (its own token and connection) reads ``GET /escalations`` ``--requests``
-  times back to back (closed loop, zero think time), then again paced at 5 requests/s per client;
-- decisions: the clients approve the waiting escalations, each one once, back to back;
+- attention: every client (its own token and connection) reads ``GET /escalations`` (the summary
+  and the 50 most urgent of the ``--runs`` open escalations) ``--requests`` times back to back (closed
+  loop, zero think time), then again paced at 5 requests/s per client (at random moments);
+- decisions: the clients approve half the waiting escalations, each one once, back to back, then the
+  other half at random moments a second apart on average per client (while the worker drives the
+  runs approved before);
 - SSE: one client follows a run's events while this process emits ``--events`` events through the
   factory's own event stream (``RedisEventStream``) every 10 ms; latency is receipt minus the event's
   ``at`` (one clock);
@@ -29,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import re
 import signal
 import subprocess
@@ -43,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from redis import Redis
 
@@ -129,35 +134,44 @@ def process(env: dict[str, str], *args: str, ready: str, log: Path) -> Iterator[
         out.close()
 
 
-async def closed_loop(clients: list[httpx.AsyncClient], path: str, requests: int, think_s: float) -> list[float]:
+async def closed_loop(clients: list[aiohttp.ClientSession], path: str, requests: int, think_s: float) -> list[float]:
+    """Each client GETs ``path`` ``requests`` times, one after the other (``think_s`` between)."""
     samples: list[float] = []
 
-    async def one(client: httpx.AsyncClient) -> None:
+    async def one(client: aiohttp.ClientSession) -> None:
         for _ in range(requests):
             started = time.perf_counter()
-            got = await client.get(path)
-            samples.append((time.perf_counter() - started) * 1000)
-            if got.status_code != 200:
-                raise RuntimeError(f"GET {path}: {got.status_code} {got.text[:200]}")
-            if think_s:
-                await asyncio.sleep(think_s)
+            async with client.get(path) as got:
+                await got.read()
+                samples.append((time.perf_counter() - started) * 1000)
+                if got.status != 200:
+                    raise RuntimeError(f"GET {path}: {got.status} {(await got.text())[:200]}")
+            if think_s:  # clients act at random moments, ``think_s`` apart on average
+                await asyncio.sleep(random.uniform(0, 2 * think_s))
 
     await asyncio.gather(*(one(c) for c in clients))
     return samples
 
 
-async def decisions(clients: list[httpx.AsyncClient], ids: list[str]) -> list[float]:
+async def decisions(clients: list[aiohttp.ClientSession], ids: list[str], think_s: float = 0.0) -> list[float]:
+    """The clients approve ``ids`` between them, each client one decision after the other (``think_s``
+    between)."""
     samples: list[float] = []
     queue = list(ids)
 
-    async def one(client: httpx.AsyncClient) -> None:
+    async def one(client: aiohttp.ClientSession) -> None:
         while queue:
+            if think_s:  # clients act at random moments, ``think_s`` apart on average
+                await asyncio.sleep(random.uniform(0, 2 * think_s))
+                if not queue:
+                    return
             escalation_id = queue.pop()
             started = time.perf_counter()
-            got = await client.post(f"/escalations/{escalation_id}/approve", json={})
-            samples.append((time.perf_counter() - started) * 1000)
-            if got.status_code != 200:
-                raise RuntimeError(f"approve {escalation_id}: {got.status_code} {got.text[:200]}")
+            async with client.post(f"escalations/{escalation_id}/approve", json={}) as got:
+                await got.read()
+                samples.append((time.perf_counter() - started) * 1000)
+                if got.status != 200:
+                    raise RuntimeError(f"approve {escalation_id}: {got.status} {(await got.text())[:200]}")
 
     await asyncio.gather(*(one(c) for c in clients))
     return samples
@@ -166,7 +180,7 @@ async def decisions(clients: list[httpx.AsyncClient], ids: list[str]) -> list[fl
 async def waiting_escalations(client: httpx.AsyncClient, runs: int, timeout_s: float = 600) -> list[str]:
     deadline = time.monotonic() + timeout_s
     while True:
-        items = (await client.get("/escalations")).json()["items"]
+        items = (await client.get("/escalations", params={"limit": 500})).json()["items"]
         if len(items) >= runs:
             return [i["id"] for i in items]
         if time.monotonic() > deadline:
@@ -270,6 +284,13 @@ async def measure(env: dict[str, str], api: str, args: argparse.Namespace) -> di
     clients = [
         httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {raw}"}, timeout=60) for _, raw in made
     ]
+    # the load itself goes through aiohttp, whose client costs far less CPU per request than httpx's: on
+    # two cores the client shares the machine with the server it measures
+    loaders = [
+        aiohttp.ClientSession(base_url=f"{api}/", headers={"Authorization": f"Bearer {raw}"},
+                              connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=60))
+        for _, raw in made
+    ]  # fmt: skip
     try:
         body = {"pipeline": "business-analysis"}
         submitted = await asyncio.gather(
@@ -283,22 +304,26 @@ async def measure(env: dict[str, str], api: str, args: argparse.Namespace) -> di
             raise RuntimeError(f"submissions refused: {bad[:2]}")
         run_ids = [r.json()["run_id"] for r in submitted]
         ids = await waiting_escalations(clients[0], args.runs)
-        await closed_loop(clients[:5], "/escalations", 5, 0)  # warm-up: connections, caches
-        attention = await closed_loop(clients, "/escalations", args.requests, 0)
-        paced = await closed_loop(clients, "/escalations", max(5, args.requests // 4), 0.2)
-        decided = await decisions(clients, ids[: args.runs // 2])
+        await closed_loop(loaders, "escalations", 2, 0)  # warm-up: every connection made
+        attention = await closed_loop(loaders, "escalations", args.requests, 0)
+        paced = await closed_loop(loaders, "escalations", max(5, args.requests // 4), 0.2)
+        half = args.runs // 2
+        decided = await decisions(loaders, ids[:half])
+        decided_paced = await decisions(loaders, ids[half:], think_s=1.0)
         sse = await sse_latency(env, api, made[0][1], run_ids[-1], args.events)
         hooks = await webhook_throughput(env, args.webhooks) if args.webhooks else None
     finally:
         for client in clients:
             await client.aclose()
+        for loader in loaders:
+            await loader.close()
     result: dict[str, Any] = {
         "attention_list": {
             "open_escalations": len(ids),
             "closed_loop": figures(attention),
             "paced_5_per_s": figures(paced),
         },
-        "decision": figures(decided),
+        "decision": {"closed_loop": figures(decided), "paced_1_per_s": figures(decided_paced)},
         "sse_event_latency": figures(sse),
         "webhooks": hooks,
     }
@@ -330,7 +355,9 @@ def main(argv: list[str] | None = None) -> None:
         **figures_,
         "goals": {
             "attention_p99_le_50ms": attention.get("p99_ms", 1e9) <= 50,
-            "decision_p99_le_50ms": figures_["decision"].get("p99_ms", 1e9) <= 50,
+            "decision_p99_le_50ms": figures_["decision"]["closed_loop"].get("p99_ms", 1e9) <= 50,
+            "paced_attention_p99_le_50ms": figures_["attention_list"]["paced_5_per_s"].get("p99_ms", 1e9) <= 50,
+            "paced_decision_p99_le_50ms": figures_["decision"]["paced_1_per_s"].get("p99_ms", 1e9) <= 50,
             "sse_p50_le_20ms": figures_["sse_event_latency"].get("p50_ms", 1e9) <= 20,
         },
     }

@@ -520,7 +520,9 @@ def api_command(
         await serve(settings, host=host or settings.api_host, port=settings.api_port if port is None else port,
                     on_ready=ready)  # fmt: skip
 
-    run_async(go())
+    from api.serve import fast_loop
+
+    run_async(go(), loop_factory=fast_loop())
 
 
 @app.command("mcp")

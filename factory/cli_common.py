@@ -137,13 +137,15 @@ class _SafeFormatter(logging.Formatter):
 _DRIVEN: list[str] = []
 
 
-def run_async(coro: Any) -> Any:
-    """Run a command's coroutine; a factory error, or a PostgreSQL or Redis failure that escaped it,
-    becomes one ``factory: ...`` line and its exit code, never a traceback."""
+def run_async(coro: Any, *, loop_factory: Callable[[], Any] | None = None) -> Any:
+    """Run a command's coroutine (on a loop from ``loop_factory``, if given); a factory error, or a
+    PostgreSQL or Redis failure that escaped it, becomes one ``factory: ...`` line and its exit code,
+    never a traceback."""
     try:
         import asyncio  # here, not at the top: commands that run nothing start faster
 
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
     except FactoryError as exc:
         err(_with_way_back(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -211,6 +211,9 @@ class Operations:
     def __init__(self, factory: Factory, drivers: Drivers | None = None) -> None:
         self.factory = factory
         self.drivers = drivers or Drivers(factory)
+        self._attention: tuple[float, Attention] | None = None  # (read at, the list) for ``recent``
+        self._reading: asyncio.Task[Attention] | None = None
+        self._generation = 0  # counts the changes made here (a read from before one is not kept)
 
     # runs -------------------------------------------------------------------------------------------
 
@@ -237,7 +240,10 @@ class Operations:
 
     async def cancel(self, run_id: str, *, by: str, reason: str | None = None) -> Run:
         """Cancel a run, even while another process drives it (see ``PipelineEngine.cancel``)."""
-        return await self.factory.engine.cancel(run_id, by=by, reason=reason)
+        try:
+            return await self.factory.engine.cancel(run_id, by=by, reason=reason)
+        finally:
+            self._changed()
 
     async def revise(
         self, run_id: str, *, from_team: str, feedback: str, by: str | None = None
@@ -258,11 +264,36 @@ class Operations:
 
     # decisions ---------------------------------------------------------------------------------------
 
-    async def attention(self) -> Attention:
+    async def attention(self, *, recent_s: float = 0.0) -> Attention:
         """What waits on a human, most urgent first, with the summary (each without its context: see
-        ``escalation``)."""
+        ``escalation``). ``recent_s``: a list read at most that long ago will do; an older one is
+        answered while a fresh read runs (one for all callers), so many dashboards polling cost one
+        query now and then and none waits on it; a decision made through these operations is seen at
+        once (the next call reads afresh)."""
+        loop = asyncio.get_running_loop()
+        cached, reading = self._attention, self._reading
+        if recent_s > 0 and cached is not None:
+            if loop.time() - cached[0] > recent_s and (reading is None or reading.done()):
+                self._reading = asyncio.create_task(self._read_attention())
+                self._reading.add_done_callback(_logged)  # nobody awaits it: its failure is logged here
+            return cached[1]
+        if reading is None or reading.done():
+            reading = self._reading = asyncio.create_task(self._read_attention())
+        return await asyncio.shield(reading)
+
+    async def _read_attention(self) -> Attention:
+        started, generation = asyncio.get_running_loop().time(), self._generation
         waiting = await self.factory.escalations.list_open(brief=True)
-        return attention(waiting, self.factory.desk.policy, datetime.now(UTC))
+        summary = attention(waiting, self.factory.desk.policy, datetime.now(UTC))
+        if generation == self._generation:  # read before a change made here: not kept as current
+            self._attention = (started, summary)
+        return summary
+
+    def _changed(self) -> None:
+        """The attention list changed here: the next read is fresh."""
+        self._generation += 1
+        self._attention = None
+        self._reading = None
 
     async def escalation(self, escalation_id: str) -> Escalation:
         from factory.errors import EscalationNotFound
@@ -295,6 +326,7 @@ class Operations:
             decided = await desk.defer(escalation_id, until=until, by=by, version=version)
         else:
             raise InputError(f"unknown decision {kind!r}; the decisions are {', '.join(DECISIONS)}")
+        self._changed()
         continued_by, next_step = await self.continue_after(decided)
         return Decided(decided, continued_by, next_step)
 
@@ -305,6 +337,7 @@ class Operations:
         outcome = await self.factory.desk.batch_approve(
             None if escalation_ids is None else list(escalation_ids), by=by, notes=notes
         )
+        self._changed()
         for run_id in dict.fromkeys(e.run_id for e in outcome.approved):
             if not await self.factory.escalations.list_open(run_id):
                 await self.drivers.nudge(run_id)
@@ -388,6 +421,11 @@ class Operations:
 
     async def aclose(self) -> None:
         await self.drivers.aclose()
+
+
+def _logged(task: asyncio.Task[Attention]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("the attention list could not be read afresh: %s", exc)
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ bearer token (``api.auth``); bodies over the limit are refused before they are r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -37,6 +37,8 @@ class ApiState:
     ops: Operations
     guard: Guard
     settings: Settings
+    #: The attention list last rendered, per limit: (the list it was made from, its JSON).
+    rendered: dict[int, tuple[Any, bytes]] = field(default_factory=dict)
 
 
 def state(request: Request) -> ApiState:

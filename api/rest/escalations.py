@@ -7,17 +7,19 @@ worker is woken, or this process drives the run when no worker is alive.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from api.rest.app import Operator, State, Viewer
 from api.rest.schemas import AnswerBody, ApproveBody, BatchApprove, DeferBody, RejectBody
 from factory.errors import InputError
 from factory.operations import Decided
+from hitl.attention import Attention
 
 router = APIRouter(prefix="/escalations", tags=["escalations"])
 
@@ -32,6 +34,9 @@ def decided_json(decided: Decided) -> dict[str, Any]:
 
 #: What a list shows of an escalation; its context (reasoning, artifact excerpts) is in GET /escalations/{id}.
 LISTED = {"context"}
+#: A list read this long ago still serves (many clients polling share one read and one rendering);
+#: decisions made through this process are seen at once, others' within this time.
+RECENT_S = 0.5
 
 
 @router.get(
@@ -41,8 +46,18 @@ LISTED = {"context"}
 )
 async def attention(
     api: State, _: Viewer, limit: Annotated[int, Query(ge=1, le=500, description="Items listed at most.")] = 50
-) -> JSONResponse:
-    summary = await api.ops.attention()
+) -> Response:
+    summary = await api.ops.attention(recent_s=RECENT_S)
+    rendered = api.rendered.get(limit)
+    if rendered is None or rendered[0] is not summary:
+        rendered = (summary, _render(summary, limit))
+        if len(api.rendered) > 8:  # a few limits in use at once: kept bounded
+            api.rendered.clear()
+        api.rendered[limit] = rendered
+    return Response(rendered[1], media_type="application/json")
+
+
+def _render(summary: Attention, limit: int) -> bytes:
     items = [
         w.escalation.model_dump(mode="json", exclude=LISTED) | {"sla_level": int(w.sla_level)}
         for w in summary.items[:limit]
@@ -52,7 +67,7 @@ async def attention(
         **summary.model_dump(mode="json", exclude={"items": True, "oldest": {"__all__": {"escalation": LISTED}}}),
         "items": items,
     }
-    return JSONResponse(body)  # already JSON types: no second pass through FastAPI's encoder
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 @router.get("/{escalation_id}", summary="Everything needed to decide one escalation.")
