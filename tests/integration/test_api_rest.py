@@ -403,7 +403,7 @@ def test_webhooks_are_managed_by_an_admin_and_notify_from_the_api_process(
         receiver.shutdown()
 
 
-def test_a_decision_made_the_moment_its_escalation_appears_is_never_lost(
+def test_decisions_made_as_their_escalations_are_announced_all_resume_their_runs(
     env: dict[str, str], tokens: dict[str, str]
 ) -> None:
     # The API process drives the run (no worker) and may still be letting go of it when the approval
@@ -417,12 +417,12 @@ def approve_at_first_sight(operator: httpx.Client) -> None:
     for n in range(6):
         run_id = operator.post("/runs", json={"requirement": f"{REQ} #{n}", "pipeline": "business-analysis"}).json()
         run_ids.append(run_id["run_id"])
-        deadline, item = time.monotonic() + 60, None
-        while item is None and time.monotonic() < deadline:  # no sleep: approve at the first sight of it
-            items = operator.get("/escalations").json()["items"]
-            item = next((i for i in items if i["run_id"] == run_ids[-1]), None)
-        assert item is not None
-        assert operator.post(f"/escalations/{item['id']}/approve", json={}).status_code == 200
+        with operator.stream("GET", f"/runs/{run_ids[-1]}/events") as live:  # approved as its opening is announced
+            for frame in sse_frames(live.iter_lines()):
+                if frame["event"] == "escalation.opened":
+                    opened = json.loads(frame["data"])["data"]["id"]
+                    assert operator.post(f"/escalations/{opened}/approve", json={}).status_code == 200
+                    break
     for run_id in run_ids:
         assert wait_status(operator, run_id, "complete", timeout_s=20)["status"] == "complete"
 
