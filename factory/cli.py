@@ -270,36 +270,17 @@ def responders(
     run_async(go())
 
 
-async def _is_group_chat(factory: Any, chain_id: str) -> bool:
-    """Whether ``chain_id`` names a group-chat session (its audit chain is keyed by its id)."""
-    if not chain_id.startswith("gc-"):
-        return False
-    from factory.errors import RunNotFound
-    from factory.wiring import group_chats
-
-    try:
-        await group_chats(factory).get(chain_id)
-    except RunNotFound as exc:
-        raise InputError(str(exc)) from exc
-    return True
-
-
 @audit_app.command("verify")
 def audit_verify(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check a run's (or a group chat's) audit chain: exit 0 intact, 1 tampered."""
     from memory.base import AuditReport
 
     async def go() -> AuditReport:
+        from factory.operations import Operations
         from factory.wiring import open_factory
-        from teams.snapshot import verify_run
 
-        async with open_factory(settings) as factory:
-            if await _is_group_chat(factory, run_id):
-                return await factory.audit.verify(run_id)  # the chain and its head (a session has no bundle)
-            run = await factory.store.get_run(run_id)
-            if run is None:
-                raise InputError(f"no run {run_id!r}")
-            return await verify_run(factory.audit, run)  # the chain, its head, the bundle's manifest anchor
+        async with open_factory(settings) as factory:  # the chain, its head, the bundle's manifest anchor
+            return await Operations(factory).audit_verify(run_id)
 
     settings = load_settings()
     report: AuditReport = run_async(go())
@@ -318,19 +299,15 @@ def audit_show(run_id: str) -> None:
     """Print a run's (or a group chat's) audit entries as JSON lines."""
 
     async def go() -> list[Any]:
+        from factory.operations import Operations
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
-            if not await _is_group_chat(factory, run_id) and await factory.store.get_run(run_id) is None:
-                raise InputError(f"no run {run_id!r}")
-            return await factory.audit.entries(run_id)
+            return await Operations(factory).audit_entries(run_id)
 
     settings = load_settings()
     for entry in run_async(go()):
         echo(json.dumps({**entry.model_dump(mode="json"), "payload": json.loads(entry.payload)}))
-
-
-MAX_QUESTION_BYTES = 8 * 1024  # a question, not a document: its words are embedded and sent to a model
 
 
 @app.command("ask")
@@ -340,18 +317,19 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Answer a question about a run or the whole factory from memory, citing the items used."""
-    if not question.strip():
-        err("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'", EXIT_INPUT)
-    if len(question.encode()) > MAX_QUESTION_BYTES:
-        err(f"the question is over {MAX_QUESTION_BYTES} bytes; ask it in a few sentences", EXIT_INPUT)
+    from factory.operations import check_question
+
+    try:
+        check_question(question)  # refused here, before any service starts
+    except InputError as exc:
+        err(str(exc), EXIT_INPUT)
 
     async def go() -> Any:
+        from factory.operations import Operations
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
-            if run is not None and await factory.store.get_run(run) is None:
-                raise InputError(f"no run {run!r}; see the run ids in 'factory audit search'")
-            return await factory.qa.ask(question, run_id=run)
+            return await Operations(factory).ask(question, run_id=run)
 
     settings = load_settings()
     answer = run_async(go())
@@ -370,20 +348,19 @@ def audit_search(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Search the audit of every past run (all words must match), best first."""
-    from memory.search_bounds import bounded_query
+    from factory.operations import check_query
 
-    if not query.strip():
-        err("the query is empty; give words to look for, e.g. 'postgres schema'", EXIT_INPUT)
     try:
-        bounded_query(query)
+        check_query(query)  # refused here, before any service starts
     except InputError as exc:
         err(str(exc), EXIT_INPUT)
 
     async def go() -> list[Any]:
+        from factory.operations import Operations
         from factory.wiring import open_factory
 
         async with open_factory(settings) as factory:
-            return await factory.audit.search(query, limit=limit)
+            return await Operations(factory).audit_search(query, limit=limit)
 
     settings = load_settings()
     hits = run_async(go())

@@ -171,6 +171,27 @@ class Drivers:
                 await f.engine.drive(run_id)
 
 
+def check_question(question: str) -> str:
+    """``question`` if it can be asked of memory, else ``InputError`` saying why."""
+    if not question.strip():
+        raise InputError("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'")
+    if problem := unstorable(question):
+        raise InputError(f"the question {problem}")
+    if len(question.encode()) > MAX_QUESTION_BYTES:
+        raise InputError(f"the question is over {MAX_QUESTION_BYTES} bytes; ask it in a few sentences")
+    return question
+
+
+def check_query(query: str) -> str:
+    """``query`` if the audit can be searched for it, else ``InputError`` saying why."""
+    from memory.search_bounds import bounded_query
+
+    if not query.strip():
+        raise InputError("the query is empty; give words to look for, e.g. 'postgres schema'")
+    bounded_query(query)
+    return query
+
+
 @dataclass(frozen=True)
 class Decided:
     """A decision and what happens to its run next, in words a person reads."""
@@ -361,15 +382,13 @@ class Operations:
     # reads ------------------------------------------------------------------------------------------
 
     async def is_group_chat(self, chain_id: str) -> bool:
-        """Whether ``chain_id`` names a group-chat session (its audit chain is keyed by its id)."""
+        """Whether ``chain_id`` names a group-chat session (its audit chain is keyed by its id);
+        ``RunNotFound`` for a session id no session has."""
         if not chain_id.startswith("gc-"):
             return False
         from factory.wiring import group_chats
 
-        try:
-            await group_chats(self.factory).get(chain_id)
-        except RunNotFound:
-            return False
+        await group_chats(self.factory).get(chain_id)
         return True
 
     async def audit_entries(self, chain_id: str) -> list[AuditEntry]:
@@ -391,25 +410,16 @@ class Operations:
 
     async def audit_search(self, query: str, *, limit: int = 20) -> list[AuditHit]:
         """Every past run's audit entries matching all words of ``query``, best first."""
-        from memory.search_bounds import bounded_query
-
-        if not query.strip():
-            raise InputError("the query is empty; give words to look for, e.g. 'postgres schema'")
+        check_query(query)
         if not 1 <= limit <= 500:
             raise InputError("limit must be between 1 and 500")
-        bounded_query(query)
         return await self.factory.audit.search(query, limit=limit)
 
     async def ask(self, question: str, *, run_id: str | None = None) -> Answer:
         """Answer a question about a run (or the whole factory) from memory, citing what it used."""
-        if not question.strip():
-            raise InputError("the question is empty; ask e.g. 'which database did we choose for the URL shortener?'")
-        if problem := unstorable(question):
-            raise InputError(f"the question {problem}")
-        if len(question.encode()) > MAX_QUESTION_BYTES:
-            raise InputError(f"the question is over {MAX_QUESTION_BYTES} bytes; ask it in a few sentences")
+        check_question(question)
         if run_id is not None and await self.factory.store.get_run(run_id) is None:
-            raise RunNotFound(f"no run {run_id!r}; see the run ids in the audit search")
+            raise RunNotFound(f"no run {run_id!r}; see the run ids in 'factory audit search'")
         return await self.factory.qa.ask(question, run_id=run_id)
 
     async def usage(self, *, run_id: str | None = None, last: int | None = None, by: str = "team") -> UsageReport:
