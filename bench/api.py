@@ -11,9 +11,9 @@ floor 0.95). Then:
 - attention: every client (its own token and connection) reads ``GET /escalations`` (the summary
   and the 50 most urgent of the ``--runs`` open escalations) ``--requests`` times back to back (closed
   loop, zero think time), then again paced at 5 requests/s per client (at random moments);
-- decisions: the clients approve half the waiting escalations, each one once, back to back, then the
-  other half at random moments a second apart on average per client (while the worker drives the
-  runs approved before);
+- decisions: the clients approve half the waiting escalations, each one once, back to back; once the
+  worker has driven those runs, the other half at random moments a second apart on average per
+  client (the worker driving each run as it is approved);
 - SSE: one client follows a run's events while this process emits ``--events`` events through the
   factory's own event stream (``RedisEventStream``) every 10 ms; latency is receipt minus the event's
   ``at`` (one clock);
@@ -188,6 +188,17 @@ async def waiting_escalations(client: httpx.AsyncClient, runs: int, timeout_s: f
         await asyncio.sleep(0.5)
 
 
+async def settled(client: httpx.AsyncClient, run_ids: list[str], timeout_s: float = 600) -> None:
+    """Wait until no run of ``run_ids`` is still being driven (each complete or waiting on a human)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        page = (await client.get("/runs", params={"status": "running", "limit": 200})).json()["runs"]
+        if not {r["run_id"] for r in page} & set(run_ids):
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the worker did not drive the approved runs in time")
+
+
 async def sse_latency(env: dict[str, str], api: str, token: str, run_id: str, n: int) -> list[float]:
     from redis.asyncio import Redis as AsyncRedis
 
@@ -309,6 +320,7 @@ async def measure(env: dict[str, str], api: str, args: argparse.Namespace) -> di
         paced = await closed_loop(loaders, "escalations", max(5, args.requests // 4), 0.2)
         half = args.runs // 2
         decided = await decisions(loaders, ids[:half])
+        await settled(clients[0], run_ids)  # the worker has driven the runs approved so far
         decided_paced = await decisions(loaders, ids[half:], think_s=1.0)
         sse = await sse_latency(env, api, made[0][1], run_ids[-1], args.events)
         hooks = await webhook_throughput(env, args.webhooks) if args.webhooks else None

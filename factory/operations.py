@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from factory.errors import InputError, RunBusy, RunNotFound
 from factory.wiring import Factory
-from factory.worker import wake_workers, workers_alive
+from factory.worker import wake_if_alive, workers_alive
 from hitl.attention import Attention, attention
 from hitl.base import Escalation
 from hitl.desk import BatchOutcome
@@ -69,8 +69,7 @@ class Drivers:
     async def nudge(self, run_id: str) -> Continuer:
         """Wake a worker for ``run_id``, or drive it here when none is alive."""
         f = self._f
-        if await workers_alive(f.redis, f.settings.redis_prefix):
-            await wake_workers(f.redis, f.settings.redis_prefix, run_id)
+        if await wake_if_alive(f.redis, f.settings.redis_prefix, run_id):
             self.spawn(f"watch {run_id}", lambda: self._unless_taken(run_id))
             return "worker"
         self.spawn(run_id, lambda: self._drive(run_id), again=True)
@@ -371,13 +370,10 @@ class Operations:
         still = await self.factory.escalations.list_open(decided.run_id, brief=True)
         if still:
             return "nobody", f"run {decided.run_id} still waits on {', '.join(e.id for e in still)}"
-        run = await self.factory.store.get_run(decided.run_id)
-        if run is None:
-            raise RunNotFound(f"no run {decided.run_id!r}")
-        if run.status in (RunStatus.COMPLETE, RunStatus.CANCELLED, RunStatus.FAILED):
-            return "nobody", f"run {run.id} is {run.status.value}"
+        # (a run that ended meanwhile, e.g. cancelled, is left alone by whoever is woken: drive() sees it)
         who = await self.drivers.nudge(decided.run_id)
-        return who, f"a factory worker continues run {run.id}" if who == "worker" else f"run {run.id} continues"
+        run_id = decided.run_id
+        return who, f"a factory worker continues run {run_id}" if who == "worker" else f"run {run_id} continues"
 
     # reads ------------------------------------------------------------------------------------------
 

@@ -55,6 +55,21 @@ async def wake_workers(redis: Redis, prefix: str, run_id: str) -> None:
             await pipe.execute()
 
 
+async def wake_if_alive(redis: Redis, prefix: str, run_id: str) -> bool:
+    """``wake_workers`` and ``workers_alive`` in one round trip: whether a worker is alive to take
+    ``run_id`` (a wake-up nobody reads expires with its list)."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(registry_key(prefix), time.time(), "+inf", start=0, num=1)
+            pipe.lpush(wake_key(prefix), run_id)
+            pipe.ltrim(wake_key(prefix), 0, 999)
+            pipe.expire(wake_key(prefix), 60)
+            alive, *_ = await pipe.execute()
+    except (RedisError, OSError):
+        return False
+    return bool(alive)
+
+
 def registry_key(prefix: str) -> str:
     """A sorted set of the workers' keys, scored by when their heartbeat expires (one read finds the
     live ones: no SCAN over a keyspace the factory may share with others)."""
