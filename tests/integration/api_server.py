@@ -85,3 +85,27 @@ def create_token(env: dict[str, str], name: str, scope: str, *extra: str) -> str
     assert made.returncode == 0, made.stderr
     token: str = json.loads(made.stdout)["token"]
     return token
+
+
+def stored_tokens(env: dict[str, str], specs: dict[str, tuple[str, str, str | None]]) -> dict[str, str]:
+    """Tokens made through the token store itself (one connection, no `factory` process per token):
+    ``specs`` maps a key to (name, scope, user). The database is migrated first, as a start would."""
+    import asyncio
+
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    from factory.migrations import migrate
+    from factory.tokens_pg import PostgresTokenStore
+    from factory.wiring import CONNECTION_KWARGS
+
+    url = env["FACTORY_DATABASE_URL"]
+
+    async def make() -> dict[str, str]:
+        async with await AsyncConnection.connect(url) as conn:
+            await migrate(conn)
+        async with AsyncConnectionPool(url, min_size=1, max_size=1, kwargs=CONNECTION_KWARGS) as pool:
+            store = PostgresTokenStore(pool)
+            return {key: (await store.create(name, scope, user=user))[1] for key, (name, scope, user) in specs.items()}
+
+    return asyncio.run(make())

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.integration.api_server import ApiServer, api_server, create_token
+from tests.integration.api_server import ApiServer, api_server, create_token, stored_tokens
 from tests.integration.cli import factory
 
 pytestmark = pytest.mark.integration
@@ -28,11 +28,13 @@ def env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def tokens(env: dict[str, str]) -> dict[str, str]:
-    return {
-        "viewer": create_token(env, "dash", "viewer"),
-        "operator": create_token(env, "ci-bot", "operator", "--user", "ana"),
-        "admin": create_token(env, "root", "admin"),
+    # through the store: `factory tokens create` itself is tested in test_tokens_cli (and below, once)
+    specs = {
+        "viewer": ("dash", "viewer", None),
+        "operator": ("ci-bot", "operator", "ana"),
+        "admin": ("root", "admin", None),
     }
+    return stored_tokens(env, specs)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 from mcp.types import CallToolResult, TextContent, TextResourceContents
 
-from tests.integration.api_server import api_server, create_token
+from tests.integration.api_server import api_server, stored_tokens
 from tests.integration.cli import FACTORY, factory
 
 pytestmark = pytest.mark.integration
@@ -44,10 +44,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def tokens(env: dict[str, str]) -> dict[str, str]:
-    return {
-        "viewer": create_token(env, "dash", "viewer"),
-        "operator": create_token(env, "ci-bot", "operator", "--user", "ana"),
-    }
+    return stored_tokens(env, {"viewer": ("dash", "viewer", None), "operator": ("ci-bot", "operator", "ana")})
 
 
 @asynccontextmanager
