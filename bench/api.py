@@ -95,6 +95,7 @@ def environment(tmp: Path) -> Iterator[dict[str, str]]:
             "FACTORY_API_RATE_BURST": "100000",
             "FACTORY_WORKER_POLL_S": "0.5",
             "FACTORY_WEBHOOK_BACKOFF_S": "0.2",
+            "FACTORY_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on loopback
         }
         yield env
     finally:

@@ -24,12 +24,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")
 OfWebhook = Annotated[str | None, typer.Option("--webhook", help="Only this webhook's deliveries.")]
 
 
-def _checked(check: Any, *args: Any) -> Any:
-    """``check(*args)``, its ``InputError`` a one-line exit 2 before any service starts."""
+def _checked(check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, its ``InputError`` a one-line exit 2 before any service starts."""
     from factory.errors import InputError
 
     try:
-        return check(*args)
+        return check(*args, **kwargs)
     except InputError as exc:
         err(str(exc), exc.exit_code)
 
@@ -50,10 +50,10 @@ def webhooks_add(
 
     if events is None:
         err(f"name the event types to deliver with --events, e.g. --events {','.join(EVENT_TYPES[:2])}", EXIT_INPUT)
-    checked_url = _checked(check_url, url)
+    settings = load_settings()  # FACTORY_WEBHOOK_ALLOW_PRIVATE decides whether a local URL is taken
+    checked_url = _checked(check_url, url, allow_private=settings.webhook_allow_private)
     named = _checked(check_events, events.split(","))
     checked_format = _checked(check_format, fmt)
-    settings = load_settings()
     who = who_decides(settings, by)
 
     async def go(factory: Factory) -> Registered:

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     webhook_per_receiver: int = Field(default=2, ge=1, le=64)  # of them to one webhook
     webhook_poll_s: float = Field(default=1.0, gt=0, le=60)  # how often due retries are looked for
     webhook_log_days: float = Field(default=30.0, gt=0, le=3650)  # delivered rows kept in the log
+    #: Let webhooks reach the factory's own network: loopback, private ranges, link-local (the cloud
+    #: metadata service), CGNAT, `localhost`, `*.internal` …; off, such a URL is refused when added and
+    #: a host resolving there is refused at each delivery (a receiver on this host or the LAN needs it on).
+    webhook_allow_private: bool = False
 
     # Models
     model_timeout_s: float = Field(default=300.0, gt=0)

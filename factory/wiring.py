@@ -524,4 +524,4 @@ def webhooks(factory: Factory, *, consumer: str | None = None, claim_idle_s: flo
         poll_s=s.webhook_poll_s,
     )
     source = webhook_events(factory, consumer=consumer, claim_idle_s=claim_idle_s)
-    return Webhooks(store, policy, source=source, log_days=s.webhook_log_days)
+    return Webhooks(store, policy, source=source, log_days=s.webhook_log_days, allow_private=s.webhook_allow_private)

@@ -6,7 +6,9 @@ never ends: the answer's body is never read). A 2xx answer delivers; any other s
 a connection error is retried after an exponential backoff with jitter (or the receiver's
 Retry-After, capped) until the attempts are spent, then the delivery is dead. A redirect is followed
 only to the same origin and only when it keeps the method (307/308): a receiver cannot bounce a
-signed request to another host.
+signed request to another host. Unless private addresses are allowed (FACTORY_WEBHOOK_ALLOW_PRIVATE),
+each connection goes only to a public address its host resolves to then (``guarded.py``); a host that
+resolves into the factory's own network is a failed attempt ("refused: …"), retried like any other.
 
 Concurrency is bounded in all (``concurrency`` requests in flight) and per webhook
 (``per_webhook``), so a receiver that is down holds at most its own share of the senders for at
@@ -28,6 +30,7 @@ import httpx
 
 from api.webhooks.base import Attempt, Claimed, DeliveryPolicy, DeliveryStatus, Target, WebhookStore
 from api.webhooks.formats import body_bytes
+from api.webhooks.guarded import AddressRefused, GuardedBackend, GuardedTransport, Resolver, system_resolver
 from api.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,26 @@ MAX_REDIRECTS = 3
 _PRUNE_EVERY_S = 600.0
 
 
-def http_client(policy: DeliveryPolicy, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def http_client(
+    policy: DeliveryPolicy,
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    allow_private: bool = False,
+    resolver: Resolver = system_resolver,
+) -> httpx.AsyncClient:
     """The client deliveries are sent with: the policy's timeout, no redirects followed on its own,
-    connections bounded by the policy's concurrency."""
+    connections bounded by the policy's concurrency, and made only to public addresses (resolved by
+    ``resolver`` when connecting, bounded by the timeout: ``api/webhooks/guarded.py``) unless
+    ``allow_private``, when httpx connects as it does by itself. A ``transport`` (tests) replaces
+    the network, and the address check with it."""
+    limits = httpx.Limits(max_connections=policy.concurrency * 2, max_keepalive_connections=policy.concurrency)
+    if transport is None and not allow_private:
+        backend = GuardedBackend(resolver=resolver, resolve_timeout_s=policy.timeout_s)
+        transport = GuardedTransport(backend, limits=limits)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(policy.timeout_s),
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=policy.concurrency * 2, max_keepalive_connections=policy.concurrency),
+        limits=limits,
         headers={"User-Agent": USER_AGENT},
         transport=transport,
     )
@@ -223,6 +239,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _short(exc: Exception, url: str) -> str:
     """A transport error in a few words, never the URL (it may carry a token)."""
     text = str(exc).replace(url, "<url>").strip() or type(exc).__name__
+    if isinstance(exc.__cause__, AddressRefused):
+        return f"refused: {text}"[:300]
     kind = {
         httpx.ConnectError: "cannot connect",
         httpx.TimeoutException: "timed out",

@@ -28,6 +28,7 @@ from api.webhooks.base import (
 from api.webhooks.delivery import DeliveryLoop, Sender, http_client
 from api.webhooks.dispatch import Dispatcher
 from api.webhooks.formats import render
+from api.webhooks.guarded import Resolver, system_resolver
 from api.webhooks.signing import new_secret
 from api.webhooks.validation import check_events, check_format, check_id, check_url, new_delivery_id, new_webhook_id
 from factory.errors import ConfigError, InputError
@@ -39,7 +40,9 @@ MAX_LAST = 1000
 
 class Webhooks:
     """Webhooks on a store; ``source`` (a consumer of the live event stream) is needed by ``serve``
-    only. ``transport`` replaces the network (tests)."""
+    only. Receivers in the factory's own network (loopback, private, link-local, …) are refused at
+    registration and at each delivery unless ``allow_private`` (``api/webhooks/addresses.py``).
+    ``transport`` replaces the network (tests), ``resolver`` the DNS lookups a delivery makes."""
 
     def __init__(
         self,
@@ -49,18 +52,23 @@ class Webhooks:
         source: EventSource | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         log_days: float | None = 30.0,
+        allow_private: bool = False,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.store = store
         self.policy = policy or DeliveryPolicy()
         self._source = source
         self._transport = transport
         self._log_days = log_days
+        self._allow_private = allow_private
+        self._resolver = resolver
 
     async def add(
         self, url: str, events: Sequence[str], *, fmt: str | WebhookFormat = "json", by: str | None = None
     ) -> Registered:
         """Register a receiver of ``events``; its signing secret is in the result, and never again."""
-        checked_url, checked_events, checked_format = check_url(url), check_events(events), check_format(fmt)
+        checked_url = check_url(url, allow_private=self._allow_private)
+        checked_events, checked_format = check_events(events), check_format(fmt)
         if self._source is not None:  # events from now on are kept for the dispatcher, even before it runs
             await self._source.prepare()
         secret = new_secret()
@@ -133,7 +141,7 @@ class Webhooks:
             raise _no_webhook(webhook_id)
         event = Event(type=PING, run_id="-", data={"webhook_id": target.webhook_id}, at=datetime.now(UTC))
         delivery_id = new_delivery_id()
-        async with http_client(self.policy, self._transport) as client:
+        async with self._client() as client:
             sender = Sender(client, timeout_s=self.policy.timeout_s)
             return await sender.send(target, delivery_id, PING, render(target.format, delivery_id, event))
 
@@ -145,13 +153,16 @@ class Webhooks:
             raise ConfigError("webhooks were built without a source of live events; build them with wiring.webhooks")
         wake = asyncio.Event()
         dispatcher = Dispatcher(self._source, self.store, on_stored=wake.set)
-        async with http_client(self.policy, self._transport) as client:
+        async with self._client() as client:
             loop = DeliveryLoop(
                 self.store, Sender(client, timeout_s=self.policy.timeout_s), self.policy, log_days=self._log_days
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(dispatcher.serve(stop))
                 group.create_task(loop.serve(stop, wake))
+
+    def _client(self) -> httpx.AsyncClient:
+        return http_client(self.policy, self._transport, allow_private=self._allow_private, resolver=self._resolver)
 
 
 def _no_webhook(webhook_id: str) -> WebhookNotFound:

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from api.webhooks.addresses import host_refusal, refusal_advice
 from api.webhooks.base import EVENT_TYPES, WebhookFormat
 from factory.errors import InputError
 
@@ -25,9 +26,10 @@ def new_delivery_id() -> str:
     return f"dlv-{secrets.token_hex(12)}"
 
 
-def check_url(url: str) -> str:
-    """``url`` stripped, if an http(s) URL with a host (and a valid port); else ``InputError``. The
-    message never quotes it (it may carry a token)."""
+def check_url(url: str, *, allow_private: bool = False) -> str:
+    """``url`` stripped, if an http(s) URL with a host (and a valid port) that is not in the
+    factory's own network (unless ``allow_private``: see ``api/webhooks/addresses.py``); else
+    ``InputError``. The message never quotes it (it may carry a token), only its host."""
     url = url.strip()
     if not url:
         raise InputError("the webhook URL is empty; give the receiver's http(s) URL, e.g. https://example.com/hooks")
@@ -47,6 +49,9 @@ def check_url(url: str) -> str:
         raise InputError("the webhook URL has a bad port; a port is a number from 1 to 65535") from exc
     if parts.fragment:
         raise InputError("the webhook URL has a #fragment, which is never sent; remove it")
+    refused = None if allow_private else host_refusal(parts.hostname)
+    if refused:
+        raise InputError(f"the webhook URL points into the factory's own network ({refused}): {refusal_advice()}")
     return url
 
 

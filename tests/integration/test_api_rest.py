@@ -22,8 +22,10 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
-    # every stage of the scripted model answers below the floor: each asks for an approval
-    return {**env, "FACTORY_CONFIDENCE_FLOOR": "0.95", "FACTORY_API_RATE_PER_S": "200", "FACTORY_API_RATE_BURST": "400"}
+    # every stage of the scripted model answers below the floor: each asks for an approval; the webhook
+    # test's receiver is on loopback, which FACTORY_WEBHOOK_ALLOW_PRIVATE must allow
+    return {**env, "FACTORY_CONFIDENCE_FLOOR": "0.95", "FACTORY_API_RATE_PER_S": "200", "FACTORY_API_RATE_BURST": "400",
+            "FACTORY_WEBHOOK_ALLOW_PRIVATE": "true"}  # fmt: skip
 
 
 @pytest.fixture

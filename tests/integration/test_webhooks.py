@@ -1,7 +1,9 @@
 """Webhooks on the real services (issue 18, part 4): live events through Redis, deliveries in
 PostgreSQL, and a real HTTP receiver on loopback that checks every signature. Retries on 500, the
 dead letter and replay, Slack and Discord bodies, two dispatchers sharing the stream, a dead receiver
-that slows no other webhook, and a run's escalation reaching the receiver."""
+that slows no other webhook, and a run's escalation reaching the receiver. (Loopback is the factory's
+own network: every service here allows it, as FACTORY_WEBHOOK_ALLOW_PRIVATE=true does; refusing it by
+default is tested in tests/unit/api/test_webhook_addresses.py.)"""
 
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ def make(pool: AsyncConnectionPool, redis: Redis, redis_prefix: str, box: Secret
     def build(consumer: str = "c1", policy: DeliveryPolicy = FAST, claim_idle_s: float = 30.0) -> Webhooks:
         source = StreamGroupReader(redis, f"{redis_prefix}events", "webhooks", consumer, block_ms=100,
                                    claim_idle_s=claim_idle_s)  # fmt: skip
-        return Webhooks(PostgresWebhookStore(pool, box), policy, source=source)
+        # the receiver is on loopback, which FACTORY_WEBHOOK_ALLOW_PRIVATE must allow
+        return Webhooks(PostgresWebhookStore(pool, box), policy, source=source, allow_private=True)
 
     return build
 
@@ -332,7 +335,7 @@ async def test_a_runs_escalation_and_its_decision_reach_the_receiver(
     settings = Settings(
         data_dir=tmp_path / "data", database_url=SecretStr(pg_url), redis_url=SecretStr(redis_base_url),
         redis_prefix=redis_prefix, scripted_model=None, memory_extraction="structured", webhook_backoff_s=0.05,
-        webhook_poll_s=0.05,
+        webhook_poll_s=0.05, webhook_allow_private=True,  # the receiver is on loopback
     )  # fmt: skip
     blocked = {"status": "BLOCKED", "reasoning": "r", "blockers": ["which datastore?"], "confidence": 0.3}
     model = ScriptedModel({"teams": {"business-analysis": [blocked]}})
@@ -384,7 +387,7 @@ async def test_claims_through_pgbouncer_never_take_a_delivery_twice(
         AsyncConnectionPool(url, min_size=2, max_size=4, kwargs=CONNECTION_KWARGS) as second,
     ):
         a, b = PostgresWebhookStore(first, box), PostgresWebhookStore(second, box)
-        hook = (await Webhooks(a).add(receiver.url("/hook"), ["run.failed"])).webhook
+        hook = (await Webhooks(a, allow_private=True).add(receiver.url("/hook"), ["run.failed"])).webhook
         rows = [Delivery(id=f"dlv-{n:024x}", webhook_id=hook.id, event_type="run.failed", event_id=f"{n}-0",
                          payload={"n": n}) for n in range(30)]  # fmt: skip
         assert await a.enqueue(rows) == 30 and await b.enqueue(rows) == 0
@@ -398,7 +401,7 @@ async def test_claims_through_pgbouncer_never_take_a_delivery_twice(
 
         def serve_on(store: PostgresWebhookStore, consumer: str) -> Webhooks:
             source = StreamGroupReader(redis, f"{redis_prefix}events", "webhooks", consumer, block_ms=100)
-            return Webhooks(store, FAST, source=source)
+            return Webhooks(store, FAST, source=source, allow_private=True)
 
         one, two = serve_on(a, "c1"), serve_on(b, "c2")
         await one.store.remove(hook.id)

@@ -25,13 +25,14 @@ from tests.integration.test_webhooks import Receiver, emit, event, running_recei
 from tests.integration.test_worker_groupchat import stop_process
 
 pytestmark = pytest.mark.integration
+ALLOW_LOOPBACK = {"FACTORY_WEBHOOK_ALLOW_PRIVATE": "true"}  # the receivers here are on 127.0.0.1
 
 
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
     fast = {"FACTORY_WEBHOOK_BACKOFF_S": "0.05", "FACTORY_WEBHOOK_BACKOFF_CAP_S": "0.2",
             "FACTORY_WEBHOOK_ATTEMPTS": "2", "FACTORY_WEBHOOK_POLL_S": "0.1", "FACTORY_WORKER_POLL_S": "0.5",
-            "FACTORY_OPERATOR": "ana"}  # fmt: skip
+            "FACTORY_OPERATOR": "ana", **ALLOW_LOOPBACK}  # fmt: skip
     return {**env, **fast}
 
 
@@ -76,8 +77,25 @@ def until(check: Callable[[], Any], timeout_s: float = 30.0) -> None:
     ],
 )
 def test_bad_input_is_refused_before_any_service_starts(args: list[str], says: str, cli_env: dict[str, str]) -> None:
-    proc = factory("webhooks", *args, env=cli_env, timeout=60)  # no database, no Redis configured: never reached
+    env = {**cli_env, **ALLOW_LOOPBACK}  # no database, no Redis configured: never reached
+    proc = factory("webhooks", *args, env=env, timeout=60)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:9/x?token=s3cret", "127.0.0.1 is a loopback address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal is a local name"),
+    ],
+)
+def test_a_url_into_the_factorys_own_network_is_refused_unless_allowed(
+    url: str, says: str, cli_env: dict[str, str]
+) -> None:
+    proc = factory("webhooks", "add", url, "--events", "run.failed", env=cli_env, timeout=60)  # nothing configured
+    assert proc.returncode == 2 and says in proc.stderr and "FACTORY_WEBHOOK_ALLOW_PRIVATE=true" in proc.stderr
+    assert "s3cret" not in proc.stderr and "meta-data" not in proc.stderr
 
 
 def test_the_worker_delivers_an_escalation_to_a_webhook_added_from_the_cli(
