@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.debian import find_or_install
+
 
 @dataclass(frozen=True)
 class PgBouncer:
@@ -33,23 +35,13 @@ class PgBouncer:
         return f"postgresql://postgres@{self.host}:{self.port}{urlsplit(database_url).path}"
 
 
-def _find() -> str | None:
-    sbin = "/usr/sbin/pgbouncer"  # Debian installs it there, off a non-root PATH
-    return shutil.which("pgbouncer") or (sbin if os.access(sbin, os.X_OK) else None)
-
-
 class NoPgBouncer(RuntimeError):
     pass
 
 
 def pgbouncer_binary() -> str:
     """Debian's pgbouncer, installed with apt-get when missing (as root); else ``NoPgBouncer``."""
-    found = _find()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "pgbouncer"]):
-            subprocess.run(step, env=env, check=False, capture_output=True, timeout=600)
-        found = _find()
+    found = find_or_install("pgbouncer", "pgbouncer")
     if found is None:
         raise NoPgBouncer("PgBouncer is not installed and could not be: install the Debian package `pgbouncer`")
     return found
