@@ -51,13 +51,14 @@ def line_of(text: str, path: Iterable[object]) -> int | None:
     line = node.start_mark.line + 1 if node is not None else None
     for step in path:
         child: yaml.Node | None = None
+        at: yaml.Node | None = None  # where the step is written: a mapping's key, a sequence's item
         if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if getattr(k, "value", None) == str(step)), None)
+            at, child = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(step)), (None, None))
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-            child = node.value[step]
-        if child is None:
+            at = child = node.value[step]
+        if child is None or at is None:
             break
-        node, line = child, child.start_mark.line + 1
+        node, line = child, at.start_mark.line + 1
     return line
 
 

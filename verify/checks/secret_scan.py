@@ -59,7 +59,7 @@ PLACEHOLDER_WORDS = (
 )  # fmt: skip
 TOKEN_PLACEHOLDERS = ("example", "xxxx", "...")  # a token's shape alone says it is meant to be one
 NOT_VALUES = frozenset({"password", "secret", "token", "none", "null", "true", "false", "string", "required", "str"})
-LOCAL_HOSTS = ("localhost", "127.", "::1", "0.0.0.0", "db", "postgres", "redis", "mysql", "mariadb", "database")
+LOCAL_HOSTS = frozenset({"localhost", "::1", "0.0.0.0", "db", "postgres", "redis", "mysql", "mariadb", "database"})
 
 
 def is_placeholder(value: str) -> bool:
@@ -72,6 +72,12 @@ def is_placeholder(value: str) -> bool:
         or len(set(lowered)) <= 2
         or any(c.isspace() for c in lowered)
     )
+
+
+def looks_random(value: str) -> bool:
+    """A literal that could be a credential: a digit or a symbol in it, or long; a plain word such as
+    ``"Bearer"`` or ``"csrftoken"`` (a header or cookie name) is not one."""
+    return len(value) >= 16 or any(not c.isalpha() for c in value)
 
 
 def redact(value: str) -> str:
@@ -107,7 +113,7 @@ def scan(name: str, text: str) -> list[tuple[int, str, Severity]]:
         for pattern in () if tokens else (_QUOTED, _UNQUOTED) if config else (_QUOTED,):
             for hit in pattern.finditer(line):
                 value = hit.group("value")
-                if is_placeholder(value):
+                if is_placeholder(value) or not looks_random(value):
                     continue
                 severity = Severity.LOW if test else Severity.HIGH
                 message = f"{hit.group('name')!r} is assigned a literal secret {redact(value)}"
@@ -115,7 +121,8 @@ def scan(name: str, text: str) -> list[tuple[int, str, Severity]]:
         for hit in _URL_CREDENTIALS.finditer(line):
             if is_placeholder(hit.group("value")):
                 continue
-            local = hit.group("host").lower().startswith(LOCAL_HOSTS)
+            host = hit.group("host").lower()
+            local = host in LOCAL_HOSTS or host.startswith("127.")  # a development or CI service
             severity = Severity.LOW if local or test else Severity.HIGH
             message = f"a URL carries the password of {hit.group('user')!r} {redact(hit.group('value'))}"
             found.setdefault((number, "url"), (number, message, severity))

@@ -36,12 +36,14 @@ class Case:
 
 def test_id(classname: str, name: str, tests: Sequence[str]) -> str:
     """``qa.test_app.TestX`` + ``test_y`` → ``qa/test_app.py::TestX::test_y`` (by the test files)."""
+    if not classname:  # a collection error is reported as the module itself: name = "qa.test_app"
+        classname, name = name, ""
     for path in sorted(tests, key=len, reverse=True):
         dotted = path[:-3].replace("/", ".")
         if classname == dotted or classname.startswith(dotted + "."):
             rest = classname[len(dotted) + 1 :]
-            return "::".join([path, *rest.split(".")] if rest else [path]) + f"::{name}"
-    return f"{classname}::{name}" if classname else name
+            return "::".join([path, *(rest.split(".") if rest else []), *([name] if name else [])])
+    return "::".join(p for p in (classname, name) if p)
 
 
 def parse_junit(xml_text: str, tests: Sequence[str]) -> list[Case]:
@@ -113,9 +115,7 @@ class PytestCheck(CatalogCheck):
 
     def _finding(self, case: Case, files: Sequence[str]) -> Finding:
         test_file = case.test_id.split("::", 1)[0]
-        first = next((line.strip() for line in case.message.splitlines() if line.strip()), "")
-        if not first:
-            first = next((line.strip() for line in reversed(case.text.splitlines()) if line.strip()), "")
+        first = _first_error(case)
         where = last_frame(case.text, files)
         kind = "FAILED" if case.outcome == "failed" else "ERROR"
         message = f"{case.test_id} {kind}: {first[:500]}"
@@ -125,3 +125,14 @@ class PytestCheck(CatalogCheck):
             message += f" (failed in {where[0]} line {where[1]})"
             owner, line = where
         return self.finding(owner, message, line=line)
+
+
+def _first_error(case: Case) -> str:
+    """What went wrong, in a line: the first ``E`` line of pytest's report (the exception and its
+    message), else the report's message attribute, else the report's last line."""
+    lines = case.text.splitlines()
+    for line in lines:
+        if line.startswith("E ") and line[1:].strip():
+            return line[1:].strip()
+    message = next((line.strip() for line in case.message.splitlines() if line.strip()), "")
+    return message or next((line.strip() for line in reversed(lines) if line.strip()), "")
