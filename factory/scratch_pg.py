@@ -11,8 +11,9 @@ What keeps hostile SQL inside its schema is PostgreSQL's own privilege system, n
   is refused (:class:`~factory.errors.ConfigError`), nothing applied;
 - the scratch schema ``verify_<hex>`` belongs to the connecting (admin) user, the role only has
   USAGE and CREATE on it: the SQL cannot drop, rename or give away the schema it runs in;
-- a client-side deadline stops SQL that lifts its own ``statement_timeout``: the role's backend is
-  terminated, then the schema dropped (CASCADE) — always, in a ``finally``.
+- a client-side deadline stops SQL that lifts its own ``statement_timeout``: its statement is
+  cancelled and its backend terminated (the admin must be a superuser or a member of
+  pg_signal_backend for that), then the schema dropped (CASCADE) — always, in a ``finally``.
 
 When the admin URL carries a password, the role's is derived from it (HMAC), set on each use.
 """
@@ -115,9 +116,14 @@ class PostgresScratchDatabase:
             await self._end(admin, conn, pid)
 
     async def _end(self, admin: psycopg.AsyncConnection[Any], conn: psycopg.AsyncConnection[Any], pid: int) -> None:
-        """Close the role's session; one still busy (a deadline passed) is terminated by the admin."""
+        """Close the role's session; one still busy (a deadline passed) is cancelled by itself (always
+        allowed) and terminated by the admin (a superuser, or a member of pg_signal_backend)."""
         idle = (psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INERROR)
         if not conn.closed and conn.info.transaction_status not in idle:
+            try:
+                await conn.cancel_safe(timeout=5.0)
+            except (psycopg.Error, TimeoutError) as exc:
+                log.warning("could not cancel the scratch role's statement (backend %s): %s", pid, exc)
             try:
                 await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
             except psycopg.Error as exc:
@@ -150,7 +156,7 @@ class PostgresScratchDatabase:
                         "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT"
                     ).format(role)
                 )
-            except psycopg.errors.DuplicateObject:
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
                 pass  # another process created it meanwhile
             attributes = await self._attributes(admin)
             if attributes is None:

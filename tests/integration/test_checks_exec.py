@@ -448,3 +448,11 @@ async def test_a_role_with_more_rights_than_a_scratch_role_is_refused(pg: Scratc
     (report,) = await run_checks(checks_for(["sql-apply"]), ws)
     assert report.outcome is Outcome.PASSED, report
     untouched(pg)
+
+
+async def test_a_check_cancelled_by_the_runner_still_drops_its_schema(pg: Scratch, tmp_path: Path) -> None:
+    files = {"database/slow.sql": "CREATE TABLE t (x int); SET statement_timeout = 0; SELECT pg_sleep(120);"}
+    ws = sql_stage(tmp_path, files, pg.database(), wall_s=60.0)
+    (report,) = await run_checks(checks_for(["sql-apply"]), ws, timeout_s=1.5)
+    assert report.outcome is Outcome.ERROR and report.detail == "the check did not finish in 1.5 s"
+    untouched(pg)
