@@ -26,9 +26,10 @@ RUN uv pip install --python /opt/venv/bin/python --no-deps -e . \
  && /opt/venv/bin/python -m routing.embedded
 
 FROM python:3.11.13-slim-bookworm AS app
-# libgomp1: llama.cpp's OpenMP runtime, which the slim image lacks.
+# libgomp1: llama.cpp's OpenMP runtime, which the slim image lacks; bubblewrap: the sandbox in which the
+# verification gate runs produced code (issue 19; the container must allow unprivileged user namespaces).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get install -y --no-install-recommends libgomp1 bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin factory \
  && mkdir -p /data /srv/litellm \

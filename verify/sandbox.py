@@ -18,33 +18,32 @@ workdir: its parent directories must be searchable by others (``tempfile.mkdtemp
 ``/tmp`` is; pytest's ``tmp_path`` under a 0700 directory is not). Not as root, it runs as the
 current user.
 
-When ``run`` returns, nothing of the sandbox is left running: the command's end ends the sandbox's
-PID namespace, and a kill (wall time, output) kills bubblewrap and the namespace's init, then waits
-for that init to be gone. Without bubblewrap (or ``prlimit``) nothing runs:
-:class:`~verify.base.SandboxUnavailable` says what to install.
+When ``run`` returns, nothing of the sandbox is left running (:mod:`verify.sandbox_process`): the
+command's end ends the sandbox's PID namespace, a kill (wall time, output, cancellation) kills the
+namespace's init, and ``run`` waits for that init to be gone. bubblewrap leaves its init to the
+machine's init to reap (a zombie until then): run the factory under an init that reaps (systemd,
+``docker run --init``, compose ``init: true``); as PID 1 itself, the factory reaps it. Without
+bubblewrap (or ``prlimit``) nothing runs: :class:`~verify.base.SandboxUnavailable` says what to install.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
-import logging
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from verify.base import SandboxPolicy, SandboxRun, SandboxUnavailable
+from verify.sandbox_process import SandboxProcess, classify
 
-logger = logging.getLogger(__name__)
+__all__ = ["BubblewrapSandbox", "ExecutionRefused", "classify", "default_sandbox", "sandbox_available"]
 
 INSTALL = "install Debian's `bubblewrap` package (apt-get install bubblewrap)"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -52,15 +51,11 @@ UIDS = range(200_000, 265_000)
 LOCK_DIR = Path("/run/factory-sandbox")
 SHM_BYTES = 64 * 1024 * 1024
 NOFILE = 1024
-KILL_GRACE_S = 5.0  # for a killed sandbox's processes to be gone
 PROBE_TIMEOUT_S = 10.0
 MAX_ENTRIES = 100_000  # files of a workdir handed over to the sandbox's uid
-OUTPUT_KILL_FACTOR = 2  # a stream that goes on past this many caps gets the sandbox killed
 DEFAULT_HIDDEN = (Path("/root"), Path("/tmp"), Path("/run"), Path("/var/tmp"))
 NAMESPACES = ("--unshare-all", "--unshare-user", "--disable-userns", "--hostname", "sandbox")
 LIFETIME = ("--die-with-parent", "--new-session")
-_MEMORY = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
-_PROCESSES = ("Cannot fork", "fork: retry", "Resource temporarily unavailable", "can't start new thread")
 
 
 class ExecutionRefused(Exception):
@@ -82,29 +77,6 @@ def default_sandbox(hidden: Sequence[Path] = ()) -> BubblewrapSandbox:
     hidden home, so a check can run this Python inside when the sandbox's user may reach it."""
     prefixes = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     return BubblewrapSandbox(hidden=hidden, expose=sorted(prefixes))
-
-
-def classify(exit_code: int, stderr: str) -> tuple[int | None, str | None]:
-    """Which limit stopped a command that ended by itself: (exit code or None if a signal ended it, limit).
-
-    bubblewrap reports a command killed by signal N as exit code 128 + N. The rest is read from the
-    end of stderr (a heuristic: what Python, the shells and libc say when a limit bites)."""
-    if exit_code == 0:
-        return 0, None
-    if exit_code == 128 + signal.SIGXCPU:
-        return None, "cpu time"
-    if exit_code == 128 + signal.SIGKILL:  # the hard CPU limit: the only SIGKILL the limits send
-        return None, "cpu time"
-    if exit_code == 128 + signal.SIGXFSZ:
-        return None, "file size"
-    tail = stderr[-4096:]
-    if any(mark in tail for mark in _MEMORY):
-        return exit_code, "memory"
-    if any(mark in tail for mark in _PROCESSES):
-        return exit_code, "processes"
-    if "File too large" in tail:
-        return exit_code, "file size"
-    return exit_code, None
 
 
 def _check_policy(policy: SandboxPolicy) -> None:
@@ -273,7 +245,9 @@ class BubblewrapSandbox:
             if not os.access(program, os.X_OK):
                 name = Path(program).name
                 raise SandboxUnavailable(f"the sandbox needs {name}: install Debian's `{package}` package")
-        command = [self.bwrap, "--ro-bind", "/", "/", "--proc", "/proc", *NAMESPACES, *LIFETIME, "--", self.prlimit]
+        # --as-pid-1: no init in the sandbox, so bubblewrap waits for its child and leaves no orphan
+        command = [self.bwrap, "--ro-bind", "/", "/", "--proc", "/proc", *NAMESPACES, *LIFETIME, "--as-pid-1"]
+        command += ["--", self.prlimit]
         user: dict[str, Any] = {"user": self.uids[0], "group": self.uids[0], "extra_groups": []} if self.as_root else {}
         try:
             done = subprocess.run(
@@ -362,116 +336,4 @@ class BubblewrapSandbox:
             raise
         finally:
             os.close(info_w)
-        return await _Execution(proc, os.fdopen(info_r, "rb", 0), policy).finish()
-
-
-class _Execution:
-    """One started sandbox: its output read as it comes, its end or its kill, and its cleanup."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, info: BinaryIO, policy: SandboxPolicy) -> None:
-        self.proc = proc
-        self.policy = policy
-        self.started = time.monotonic()
-        self.cap = policy.output_kib * 1024
-        self.killed: str | None = None
-        self.truncated = False
-        self.pidfd: int | None = None  # the sandbox's init (bubblewrap's child, PID 1 inside)
-        self.info_pipe = info
-        self.info = asyncio.create_task(self._read_info())
-
-    async def finish(self) -> SandboxRun:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        out, err = bytearray(), bytearray()
-        tasks = [
-            asyncio.create_task(self._drain(self.proc.stdout, out)),
-            asyncio.create_task(self._drain(self.proc.stderr, err)),
-            asyncio.create_task(self.proc.wait()),
-        ]
-        try:
-            _, pending = await asyncio.wait(tasks, timeout=self.policy.wall_s)
-            if pending:
-                self.kill("wall time")
-                _, pending = await asyncio.wait(pending, timeout=KILL_GRACE_S)
-            if pending:
-                logger.error("a killed sandbox (pid %s) did not end within %ss", self.proc.pid, KILL_GRACE_S)
-        finally:
-            if self.proc.returncode is None:  # cancelled, or it would not die
-                self.kill(self.killed or "cancelled")
-            for task in tasks:
-                task.cancel()
-            await self._gone()
-        duration = time.monotonic() - self.started
-        stderr = err.decode(errors="replace")
-        exit_code, killed = None, self.killed
-        if killed is None and self.proc.returncode is not None:
-            exit_code, killed = classify(self.proc.returncode, stderr)
-        stdout = out.decode(errors="replace")
-        return SandboxRun(exit_code, stdout, stderr, duration, killed=killed, truncated=self.truncated)
-
-    def kill(self, reason: str) -> None:
-        """SIGKILL to the sandbox's init (its whole PID namespace goes with it) and to bubblewrap."""
-        if self.killed is None:
-            self.killed = reason
-            logger.debug("sandbox %s killed: %s", self.proc.pid, reason)
-        if self.pidfd is not None:
-            with suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        if self.proc.returncode is None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-    async def _drain(self, stream: asyncio.StreamReader, kept: bytearray) -> None:
-        total = 0
-        while chunk := await stream.read(65536):
-            total += len(chunk)
-            kept += chunk[: max(0, self.cap - len(kept))]
-            if total > self.cap:
-                self.truncated = True
-            if total > self.cap * OUTPUT_KILL_FACTOR:
-                self.kill("output")
-
-    async def _read_info(self) -> None:
-        """bubblewrap's JSON about the sandbox (written at start, then the pipe closes): its init's pid."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), self.info_pipe)
-        try:
-            data = await reader.read(65536)
-            while chunk := await reader.read(65536):
-                data += chunk
-        finally:
-            transport.close()
-        with suppress(ValueError, KeyError, TypeError):
-            pid = int(json.loads(data)["child-pid"])
-            try:
-                self.pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                return  # already gone
-            if self.killed is not None:
-                self.kill(self.killed)
-
-    async def _gone(self) -> None:
-        """Wait until the sandbox's init has ended: only then is every process of its namespace gone."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self.info), KILL_GRACE_S)
-        except (TimeoutError, OSError):
-            self.info.cancel()
-        self.info_pipe.close()
-        if self.pidfd is None:
-            return
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        loop.add_reader(self.pidfd, readable)
-        try:
-            await asyncio.wait_for(ended, KILL_GRACE_S)
-        except TimeoutError:
-            logger.error("the sandbox's init (pidfd %s) did not end within %ss", self.pidfd, KILL_GRACE_S)
-        finally:
-            loop.remove_reader(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = None
+        return await SandboxProcess(proc, os.fdopen(info_r, "rb", 0), policy).finish()

@@ -6,6 +6,7 @@ bubblewrap comes from Debian (installed here when missing, as root)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from bench import verify as bench_verify
 from tests.debian import ensure_debian
 from verify.base import SandboxPolicy, SandboxRun
 from verify.sandbox import BubblewrapSandbox, ExecutionRefused, default_sandbox, sandbox_available
 
 REPO = Path(__file__).resolve().parents[2]
+TEST_UIDS = range(264_000, 265_000)
 POLICY = SandboxPolicy(cpu_s=5, memory_mb=256, max_procs=16, output_kib=64, wall_s=20.0)
 
 
@@ -55,7 +58,9 @@ def secrets() -> Iterator[tuple[Path, Path]]:
 
 @pytest.fixture
 def sandbox(bwrap: str, secrets: tuple[Path, Path]) -> BubblewrapSandbox:
-    return default_sandbox(hidden=list(secrets))
+    sandbox = default_sandbox(hidden=list(secrets))
+    sandbox.uids = TEST_UIDS  # no other sandbox of this machine runs as these: what runs as them is ours
+    return sandbox
 
 
 @pytest.fixture
@@ -83,6 +88,19 @@ def processes_with(marker: str) -> list[str]:
         except OSError:
             continue
         if marker.encode() in cmdline and pid != str(os.getpid()):
+            found.append(pid)
+    return found
+
+
+def live_processes_of(uid: int) -> list[str]:
+    """Processes running as ``uid`` (zombies aside: they have ended; the machine's init reaps them)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
             found.append(pid)
     return found
 
@@ -231,9 +249,9 @@ async def test_the_hosts_environment_is_not_visible(
 
 async def test_a_fork_bomb_is_bounded_and_the_host_forks_afterwards(sandbox: BubblewrapSandbox, workdir: Path) -> None:
     marker = f"forkbomb-{uuid.uuid4().hex[:8]}"
-    code = f"""
-        import os, sys, time
-        sys.argv.append({marker!r})
+    code = """
+        import os, time
+        print(os.getuid(), flush=True)
         children = 0
         try:
             while children < 10_000:
@@ -248,8 +266,11 @@ async def test_a_fork_bomb_is_bounded_and_the_host_forks_afterwards(sandbox: Bub
     script.write_text(textwrap.dedent(code))
     run = await sandbox.run([sandbox.python(), script.name, marker], workdir=workdir, policy=POLICY)
     assert run.killed == "processes", (run.exit_code, run.stderr)
-    assert 0 < int(run.stdout) < POLICY.max_procs
+    uid, children = map(int, run.stdout.split())
+    assert 0 < children < POLICY.max_procs
     assert processes_with(marker) == []  # every child went with the sandbox
+    if os.geteuid() == 0:
+        assert uid in TEST_UIDS and live_processes_of(uid) == []
     assert host_forks()
 
 
@@ -318,22 +339,22 @@ async def test_a_daemon_does_not_outlive_the_run(sandbox: BubblewrapSandbox, wor
                 os.execvp("sleep", ["sleep", "300", {marker!r}])
             os._exit(0)
         time.sleep(0.5)
-        print("parent done", flush=True)
+        print("parent done", os.getuid(), flush=True)
         if {then == "hangs"}:
             time.sleep(300)
     """
     policy = SandboxPolicy(cpu_s=5, memory_mb=256, max_procs=16, output_kib=64, wall_s=3.0)
     run = await run_python(sandbox, workdir, code, policy)
-    assert "parent done" in run.stdout, run.stderr
+    assert run.stdout.startswith("parent done"), run.stderr
     assert run.killed == (None if then == "exits" else "wall time")
     assert processes_with(marker) == []
+    if os.geteuid() == 0:
+        assert live_processes_of(int(run.stdout.split()[-1])) == []
 
 
 async def test_concurrent_sandboxes_run_as_different_users(sandbox: BubblewrapSandbox, bwrap: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("the per-execution users are root's: not as root, every sandbox runs as the current user")
-    import asyncio
-
     dirs = [Path(tempfile.mkdtemp(prefix="factory-sandbox-work-")) for _ in range(3)]
     try:
         runs = await asyncio.gather(
@@ -350,3 +371,30 @@ async def test_nothing_runs_when_the_policy_forbids_execution(sandbox: Bubblewra
     with pytest.raises(ExecutionRefused):
         await sandbox.run(["touch", "ran"], workdir=workdir, policy=SandboxPolicy(execute=False))
     assert not (workdir / "ran").exists()
+
+
+async def test_a_cancelled_run_leaves_nothing_running_and_hands_the_workdir_back(
+    sandbox: BubblewrapSandbox, workdir: Path
+) -> None:
+    marker = f"{2000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000:03d}"
+    task = asyncio.create_task(sandbox.run(["sh", "-c", f"touch made; sleep {marker}"], workdir=workdir, policy=POLICY))
+    for _ in range(100):  # until the sandbox has started its command
+        if processes_with(f"sleep\0{marker}"):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert processes_with(f"sleep\0{marker}") == []
+    assert owners(workdir) == {os.getuid()}
+
+
+async def test_the_benchmark_reports_the_start_up_figures(bwrap: str) -> None:
+    report = await bench_verify.bench(bench_verify.Options(runs=2, warmup=1))
+    json.dumps(report)
+    assert set(report) == {"machine", "options", "sandbox_startup", "goals", "pass", "seconds"}
+    startup = report["sandbox_startup"]
+    for kind in ("sandbox", "bare"):
+        assert set(startup[kind]) == {"true", "python"}
+        assert all(startup[kind][name]["n"] == 2 for name in ("true", "python"))
+    assert set(report["pass"]) == set(report["goals"])
