@@ -151,7 +151,7 @@ async def main() -> None:
     args = parser.parse_args()
     report: dict[str, Any] = {"machine_reference_loop_s": machine_reference()}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None)
+        settings = Settings(data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, verify=False)
         model = TimedModel()
         try:
             async with open_factory(settings, model=model, embedder=ZeroLatencyEmbedder()) as factory:

@@ -488,6 +488,7 @@ async def tokens_bench(admin_url: str, data_dir: Path, artifact_chars: int) -> d
             redis_url=None,
             scripted_model=None,
             confidence_floor=0.0,
+            verify=False,
             memory_extraction="structured",
         )
         report[name] = await pipeline_tokens(settings, model)

@@ -263,7 +263,12 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
-            data_dir=Path(tmp), database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0
+            data_dir=Path(tmp),
+            database_url=None,
+            redis_url=None,
+            scripted_model=None,
+            confidence_floor=0.0,
+            verify=False,
         )
         report: dict[str, object] = {"machine_reference_loop_s": machine_reference()}
         try:

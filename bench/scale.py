@@ -56,6 +56,7 @@ def _env(base: dict[str, str], database_url: str, redis_url: str, prefix: str, s
     return {
         **env,
         **base,
+        "FACTORY_VERIFY": "false",  # orchestration is measured; the scripted placeholders are not code
         "FACTORY_DATABASE_URL": database_url,
         "FACTORY_REDIS_URL": redis_url,
         "FACTORY_REDIS_PREFIX": prefix,
@@ -306,7 +307,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         endpoints = services.ensure(data, None, None, timeout_s=120)
-        settings = Settings(data_dir=data, database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0)
+        settings = Settings(
+            data_dir=data, database_url=None, redis_url=None, scripted_model=None, confidence_floor=0.0, verify=False
+        )
         try:
             if not args.tracing_only:
                 pair = functools.partial(_pair, settings, redis_url=endpoints.redis_url, runs=args.runs,

@@ -24,6 +24,7 @@ from chat import render
 from chat.runtime import runtime
 from hitl.base import Escalation
 from teams.base import Run, RunStatus, StageRecord, StageStatus
+from teams.records import checks_total
 from teams.snapshot import verify_run
 
 _NS = uuid.UUID("6f1d3c52-7a0e-4d0b-9a55-1f3e5c2b9d10")
@@ -171,6 +172,10 @@ class RunView:
             f"**Run {words}.** {len(files)} artifact{'s' * (len(files) != 1)} in {render.code(run.artifacts_dir)}"
             f"\n\nAudit: {entries} entries, head {render.code(head)}"
         )
+        checked = checks_total(s.checks for s in stages)
+        if checked:
+            share = f"{checked['artifacts_checked']}/{checked['artifacts_total']} of the checked stages' files"
+            text += f"\n\nVerification: {render.checks_figures(checked)} · {share} checked"
         verify = cl.Action(name="verify_audit", payload={"run_id": self.run_id}, label="Verify audit")
         msg = cl.Message(content=text, id=self.ident("end"), elements=elements, actions=[verify])
         await _show(msg, self.known)

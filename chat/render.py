@@ -113,7 +113,30 @@ def stage_figures(stage: StageRecord, now: datetime | None = None) -> str:
         parts.append(f"{stage.attempts} executions")
     if stage.clarifications:
         parts.append(f"{stage.clarifications} clarification{'s' * (stage.clarifications != 1)}")
+    if stage.checks:
+        parts.append(checks_figures(stage.checks))
     return " · ".join(parts)
+
+
+def checks_figures(checks: dict[str, Any]) -> str:
+    """The verification gate's figures of a stage, or a run's, in a few words."""
+    run, passed, failed = int(checks.get("run", 0)), int(checks.get("passed", 0)), int(checks.get("failed", 0))
+    text = f"checks {passed}/{run} passed"
+    if failed:
+        text += (
+            f", {failed} failed ({inert(', '.join(checks.get('failing') or []), 200)})"
+            if checks.get("failing")
+            else f", {failed} failed"
+        )
+    if checks.get("errored"):
+        text += f", {checks['errored']} could not run"
+    tests = (int(checks.get("tests_passed", 0)), int(checks.get("tests_failed", 0)))
+    if any(tests):
+        text += f" · tests {tests[0]} passed, {tests[1]} failed"
+    security = {k: v for k, v in (checks.get("security") or {}).items() if v}
+    if security:
+        text += " · security " + ", ".join(f"{v} {inert(k, 20)}" for k, v in security.items())
+    return text
 
 
 def stage_body(stage: StageRecord, now: datetime | None = None) -> str:

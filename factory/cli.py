@@ -61,15 +61,42 @@ app.command("usage")(usage)
 
 @teams_app.command("list")
 def teams_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """List the teams on the roster, in pipeline order."""
+    """List the teams on the roster, in pipeline order, with the checks run over their files and the
+    sandbox their code runs in (as this environment's FACTORY_VERIFY and FACTORY_SANDBOX_EXECUTE set it)."""
+    from dataclasses import replace
+
     from teams.roster import roster
 
+    settings = load_settings()
     teams = roster()
+    policies = {
+        slug: t.sandbox if settings.sandbox_execute else replace(t.sandbox, execute=False) for slug, t in teams.items()
+    }
     if as_json:
-        print_json([t.summary() for t in teams.values()])
+        print_json([{**t.summary(), "sandbox": policies[t.slug].summary(), "verify": settings.verify}
+                    for t in teams.values()])  # fmt: skip
         return
     for t in teams.values():
         echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
+        checks = (
+            ", ".join(t.checks)
+            if settings.verify and t.checks
+            else "none"
+            if settings.verify
+            else "off (FACTORY_VERIFY)"
+        )
+        echo(f"{'':24} checks: {checks}; sandbox: {sandbox_line(policies[t.slug])}")
+
+
+def sandbox_line(policy: Any) -> str:
+    """A sandbox policy in a few words, as `factory teams list` shows it."""
+    if not policy.execute:
+        return "never runs code"
+    network = "network" if policy.network else "no network"
+    return (
+        f"runs code: {policy.cpu_s} s CPU, {policy.memory_mb} MiB, {policy.max_procs} processes,"
+        f" {policy.output_kib} KiB output, {policy.wall_s:g} s wall, {network}, read-only but its folder"
+    )
 
 
 def bundle_root(settings: Any, out: Path | None) -> None:

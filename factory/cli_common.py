@@ -194,12 +194,33 @@ def progress(total: int) -> Any:
             )
             for name, whose in (d.get("replaced") or {}).items():
                 echo(f"      {label} replaced {name}, written by {whose}", err=True)
+        elif event.type == "stage.checked":
+            echo(f"  ..  {label} {checks_line(d)}", err=True)
         elif event.type == "escalation.opened":
             echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
         elif event.type == "run.failed":
             echo(f"  xx  {label} failed: {d['error']}", err=True)
 
     return show
+
+
+def checks_line(d: dict[str, Any]) -> str:
+    """A stage's verification figures in one line (``stage.checked`` event data or a stage's checks)."""
+    if d.get("error"):
+        return f"checks could not run: {d['error']}"
+    line = f"checks: {d.get('run', 0)} run, {d.get('passed', 0)} passed, {d.get('failed', 0)} failed"
+    if d.get("errored"):
+        line += f", {d['errored']} errored"
+    if d.get("skipped"):
+        line += f", {d['skipped']} skipped"
+    if d.get("tests_passed") or d.get("tests_failed"):
+        line += f"; tests {d.get('tests_passed', 0)} passed, {d.get('tests_failed', 0)} failed"
+    security = {k: v for k, v in (d.get("security") or {}).items() if v}
+    if security:
+        line += "; security " + ", ".join(f"{v} {k}" for k, v in security.items())
+    if d.get("failing"):
+        line += f" (failing: {', '.join(d['failing'])})"
+    return line
 
 
 def _remember_run(event: Any) -> None:

@@ -57,6 +57,12 @@ def usage(
     echo(report.describe())
     for line in report.table():
         echo(line)
+    if report.checks:
+        from factory.cli_common import checks_line
+
+        c = report.checks
+        echo(f"verification of {c['stages_checked']} checked stages: {checks_line(c)};"
+             f" {c['artifacts_checked']} of their {c['artifacts_total']} files checked")  # fmt: skip
     if report.scope.run is None and report.runs:
         more = len(report.runs) - SHOWN_RUNS
         echo("runs, newest first: " + ", ".join(report.runs[:SHOWN_RUNS]) + (f" and {more} more" if more > 0 else ""))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from teams.records import checks_total
+
 if TYPE_CHECKING:
     from teams.pipeline import RunOutcome
 
@@ -23,6 +25,7 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
                 "cost_usd": round(s.cost_usd, 6),
                 "model": s.model,
                 "duration_ms": round(duration, 1) if duration is not None else None,
+                "checks": s.checks,  # the verification gate's figures (None: no checks ran)
             }
         )
     return {
@@ -33,6 +36,7 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
             {"id": e.id, "kind": e.kind.value, "priority": e.priority.value, "team": e.team, "question": e.question}
             for e in outcome.escalations
         ],
+        "checks": checks_total(s.checks for s in outcome.stages),
         "audit": {"entries": outcome.audit.entries, "head_sha256": outcome.audit.head_sha256},
         "artifacts_dir": outcome.run.artifacts_dir,
         "error": outcome.error,

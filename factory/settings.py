@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     #: The embedded 135M model's tool rounds: it spent them on junk calls (a write_artifact named after
     #: the requirement, repeated recalls) at a model call each; memory packing gives it recall anyway.
     local_tool_rounds: int = Field(default=0, ge=0, le=10)
+    # Verification gate (issue 19): each result's files checked by its team's tools before it commits.
+    verify: bool = True  # FACTORY_VERIFY=false: no checks (results are taken on the model's word)
+    #: FACTORY_SANDBOX_EXECUTE=false (e.g. in production): no team's code runs, even in the sandbox;
+    #: static checks still run. True: each team's [sandbox] policy decides.
+    sandbox_execute: bool = True
+    check_revisions: int = Field(default=2, ge=0, le=10)  # revisions after failed checks, then the operator
+    verify_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # one check, then it is reported as hung
     # Clarification broker (DESIGN §6)
     clarify_max_per_objective: int = Field(default=3, ge=0, le=20)
     clarify_max_depth: int = Field(default=2, ge=1, le=5)

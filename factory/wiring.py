@@ -29,6 +29,7 @@ from factory.routing_store_pg import PostgresRoutingStore
 from factory.secrets_pg import PostgresSecretStore
 from factory.service_errors import safe_url, service_error
 from factory.settings import Settings
+from factory.verification import verifier
 from hitl.base import EscalationKind, EscalationStatus, Priority
 from hitl.desk import DecisionDesk, LowRisk
 from hitl.postgres import PostgresEscalationQueue
@@ -423,6 +424,7 @@ async def _wired(
                         confidence_floor=settings.confidence_floor,
                         retry_budget=settings.retry_budget,
                         iteration_cap=settings.iteration_cap,
+                        check_revisions=settings.check_revisions,
                     ),
                     runs_dir=settings.runs_dir,
                     max_requirement_bytes=settings.max_requirement_bytes,
@@ -431,6 +433,7 @@ async def _wired(
                     sla=sla,
                     routing=routing.public,
                     policy=policy.current,
+                    verifier=verifier(settings, endpoints.database_url),
                 )
             )
             answerer = TeamAnswerer(runner, store, broker)

@@ -73,6 +73,9 @@ class StageRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: TaskResult | None = None
+    #: The verification gate's figures for its latest result (checks run/passed/failed, tests,
+    #: security findings by severity); None when no checks ran.
+    checks: dict[str, Any] | None = None
 
 
 class Run(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -17,11 +18,13 @@ class GateLimits:
     confidence_floor: float = 0.6
     retry_budget: int = 2
     iteration_cap: int = 6
+    check_revisions: int = 2  # revisions after failed checks, before the findings go to the operator
 
 
 class Verdict(StrEnum):
     ADVANCE = "advance"
     RETRY = "retry"
+    REVISE = "revise"  # the factory's checks failed: the same team revises its result
     CLARIFY = "clarify"
     ESCALATE = "escalate"
 
@@ -75,6 +78,43 @@ def decide(
     return GateDecision(Verdict.ADVANCE, f"complete with confidence {result.confidence:.2f}")
 
 
+def after_checks(
+    failing: Sequence[str],
+    *,
+    revisions: int,
+    executions: int,
+    limits: GateLimits,
+    others: Sequence[str] = (),
+    findings: Sequence[dict[str, Any]] = (),
+) -> GateDecision:
+    """The verdict on a complete result whose checks ``failing`` failed (``revisions`` counts the
+    revisions asked so far, this one included). ``others``: the teams owning every file the failures
+    point at, when none is this team's (a revision of this team cannot fix them)."""
+    names = ", ".join(failing)
+    context = {"failing_checks": list(failing), "findings": list(findings)}
+    if others:
+        owners = ", ".join(others)
+        return GateDecision(
+            Verdict.ESCALATE,
+            f"checks {names} fail in files of {owners}: approve to accept the result as it stands, reject"
+            f" with a reason to run this team again, or revise the run from {others[0]} with the findings",
+            kind="approval",
+            priority="high",
+            context={**context, "owners": list(others)},
+        )
+    if revisions <= limits.check_revisions and executions < limits.iteration_cap:
+        return GateDecision(Verdict.REVISE, f"checks {names} failed, revision {revisions} of {limits.check_revisions}")
+    spent = min(revisions - 1, limits.check_revisions)
+    return GateDecision(
+        Verdict.ESCALATE,
+        f"checks {names} still fail after {spent} revision{'s' if spent != 1 else ''}: approve to accept the"
+        " result as it stands, or reject with guidance to run the team again",
+        kind="approval",
+        priority="high",
+        context=context,
+    )
+
+
 def limits_of(run: Run, default: GateLimits) -> GateLimits:
     """The gate limits of ``run``: its recorded policy's, else the process's."""
     policy = run.policy or {}
@@ -82,4 +122,5 @@ def limits_of(run: Run, default: GateLimits) -> GateLimits:
         confidence_floor=float(policy.get("confidence_floor", default.confidence_floor)),
         retry_budget=int(policy.get("retry_budget", default.retry_budget)),
         iteration_cap=int(policy.get("iteration_cap", default.iteration_cap)),
+        check_revisions=int(policy.get("check_revisions", default.check_revisions)),
     )

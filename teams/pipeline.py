@@ -28,7 +28,7 @@ from teams.cancel import cancel_run
 from teams.decisions import Resumption, StageDecision, stage_decision
 from teams.earlier_files import refuse_clashing_files, replaced_by
 from teams.escalation import escalation_for
-from teams.gate import GateDecision, Verdict, decide, limits_of
+from teams.gate import GateDecision, Verdict, after_checks, decide, limits_of
 from teams.lease import Lease
 from teams.places import check_bundle_root
 from teams.records import (
@@ -379,6 +379,8 @@ class PipelineEngine:
         feedback = list(anchored)
         answers: list[str] = []  # clarifications answered so far, kept across re-executions
         failures = 0
+        revisions = 0  # revisions asked because the factory's checks failed
+        feedback_checks = ""
         model_s = 0.0
         while True:
             lease.check()  # the heartbeat found the run taken over: no more paid calls for it
@@ -411,6 +413,14 @@ class PipelineEngine:
                 limits=limits_of(run, self._d.limits),
                 system_blocked=execution.system_blocked,
             )
+            if decision.verdict is Verdict.ADVANCE and self._d.verifier is not None:
+                executions = stage.attempts - first_attempt + 1
+                decision, checked = await self._check(
+                    run, stage, member, execution, context, decision, revision=revisions + 1, executions=executions
+                )
+                revisions += decision.verdict is Verdict.REVISE
+                if checked is not None:
+                    feedback_checks = checked
             execution.audit = execution_entry(stage, execution, decision)
             if decision.verdict is not Verdict.ADVANCE:  # an advancing one is recorded with its commit
                 await self._d.audit.append(run.id, *execution.audit)
@@ -420,6 +430,8 @@ class PipelineEngine:
                     *answers,
                     f"Your previous answer was unusable ({execution.problem}). Follow the schema exactly.",
                 ]
+            elif decision.verdict is Verdict.REVISE:
+                feedback = [*anchored, *answers, feedback_checks]
             elif decision.verdict is Verdict.CLARIFY:
                 outcome = await ask_team(
                     self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, lease, member,
@@ -436,6 +448,55 @@ class PipelineEngine:
                 return execution, decision, model_s
             stage.attempts += 1
             await self._d.store.save_stage(stage, lease=lease)
+
+    async def _check(
+        self,
+        run: Run,
+        stage: StageRecord,
+        member: Team,
+        execution: Execution,
+        context: Sequence[PriorArtifact],
+        decision: GateDecision,
+        *,
+        revision: int,
+        executions: int,
+    ) -> tuple[GateDecision, str | None]:
+        """The verification gate over a result the confidence gate would advance: its verdict and,
+        for a revision, the findings to send back. The checks' reports go into the execution's audit
+        entry, their figures into the stage record; a verifier that fails is reported, never fatal."""
+        assert self._d.verifier is not None
+        await self._emit("stage.checking", run.id, stage=stage.index, team=stage.team)
+        try:
+            verification = await self._d.verifier.verify(run, stage, member, execution.result, context)
+        except Exception as exc:  # the checks' own failure never fails the stage: it is recorded
+            log.warning("checks of %s could not run: %s", stage.team, exc)
+            execution.checks = {"error": f"the checks could not run: {exc}"}
+            await self._emit("stage.checked", run.id, stage=stage.index, team=stage.team, error=str(exc))
+            return decision, None
+        if verification is None:
+            return decision, None
+        execution.checks = verification.audit()
+        stage.checks = verification.brief()
+        await self._emit("stage.checked", run.id, stage=stage.index, team=stage.team, **stage.checks)
+        failed = verification.failed
+        if not failed:
+            return decision, None
+        # Failures in files of earlier teams cannot be fixed by this team's revision: the operator decides.
+        others = sorted(verification.failing_owners() - {member.slug})
+        findings = [
+            {"check": f.check, "artifact": f.artifact, "line": f.line, "message": f.message[:300]}
+            for r in failed
+            for f in r.findings[:5]
+        ][:20]
+        verdict = after_checks(
+            [r.check for r in failed],
+            revisions=revision,
+            executions=executions,
+            limits=limits_of(run, self._d.limits),
+            others=others,
+            findings=findings,
+        )
+        return verdict, verification.feedback() if verdict.verdict is Verdict.REVISE else None
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.base import ClarificationBroker
 from factory.errors import InputError
@@ -20,6 +20,9 @@ from teams.gate import GateDecision, GateLimits
 from teams.results import Artifact
 from teams.runner import Execution, TeamRunner
 from teams.stage_memory import StageMemory
+
+if TYPE_CHECKING:
+    from teams.verification import StageVerifier
 
 
 def validate_requirement(text: str, max_bytes: int) -> str:
@@ -62,6 +65,8 @@ class PipelineDeps:
     #: The current run policy, as a new run records and keeps it (``GateLimits`` fields, budgets,
     #: clarification limits); without it a run follows ``limits`` and the broker's own limits.
     policy: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
+    #: Checks each result a stage would commit (the verification gate); without it, none are run.
+    verifier: StageVerifier | None = None
 
 
 @dataclass
@@ -98,6 +103,8 @@ def execution_entry(
         "calls": [r.model_dump(exclude={"text"}) for r in execution.responses],
         "gate": {"verdict": decision.verdict.value, "reason": decision.reason},
     }
+    if execution.checks is not None:
+        payload["checks"] = execution.checks
     return f"stage.{stage.index}.execution.{stage.attempts}", "stage.execution", payload
 
 
@@ -140,3 +147,19 @@ def replaced_artifacts(
         if old is not None:
             replaced[name] = {"name": old.name, "stage": old.stage_index, "team": old.team, "sha256": old.sha256}
     return replaced
+
+
+def checks_total(figures: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stages' verification figures (``StageRecord.checks``) added up: a run's, or the runs' of a
+    usage report (None when no stage was checked)."""
+    checked = [c for c in figures if c]
+    if not checked:
+        return None
+    total: dict[str, Any] = {"stages_checked": len(checked), "security": {}}
+    for key in ("run", "passed", "failed", "errored", "skipped", "artifacts_checked", "artifacts_total",
+                "tests_passed", "tests_failed"):  # fmt: skip
+        total[key] = sum(int(c.get(key, 0)) for c in checked)
+    for c in checked:
+        for severity, count in (c.get("security") or {}).items():
+            total["security"][severity] = total["security"].get(severity, 0) + int(count)
+    return total

@@ -2,18 +2,20 @@
 
 Each team folder holds ``SOUL.md`` (purpose and values), ``AGENTS.md`` (its operatives),
 ``TOOLS.md`` (its tools) and ``objective.toml`` (alias, goal template, acceptance criteria,
-artifacts it produces and teams whose artifacts it reads).
+artifacts it produces, teams whose artifacts it reads, the checks of ``verify/catalog.toml`` that
+run over its files, and the ``[sandbox]`` policy those checks run its code under).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
 from factory.errors import InputError, UnknownTeam
 from teams.slugs import ALL_TEAMS, PIPELINES, TeamSlug
+from verify.base import SandboxPolicy
 
 ROSTER_DIR = Path(__file__).with_name("roster")
 
@@ -41,6 +43,8 @@ class Team:
     acceptance_criteria: tuple[str, ...]
     produces: tuple[Deliverable, ...]
     reads: tuple[TeamSlug, ...]
+    checks: tuple[str, ...] = ()  # tool ids of verify/catalog.toml run over its files
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
 
     def summary(self) -> dict[str, object]:
         """A JSON-ready description for ``factory teams list --json``."""
@@ -52,6 +56,8 @@ class Team:
             "reads": list(self.reads),
             "goal": self.goal,
             "acceptance_criteria": list(self.acceptance_criteria),
+            "checks": list(self.checks),
+            "sandbox": self.sandbox.summary(),
             "identity": {"SOUL.md": self.soul, "AGENTS.md": self.agents, "TOOLS.md": self.tools},
         }
 
@@ -70,7 +76,26 @@ def _load(slug: TeamSlug) -> Team:
         acceptance_criteria=tuple(spec["acceptance_criteria"]),
         produces=tuple(Deliverable(**d) for d in spec["produces"]),
         reads=tuple(spec.get("reads", [])),
+        checks=tuple(spec.get("tools", [])),
+        sandbox=sandbox_policy(spec.get("sandbox", {}), where=f"{slug}'s objective.toml"),
     )
+
+
+def sandbox_policy(table: dict[str, object], *, where: str) -> SandboxPolicy:
+    """A ``[sandbox]`` table as a policy; an unknown key or a wrong type is an ``InputError``."""
+    known = {f.name: f for f in fields(SandboxPolicy)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown [sandbox] keys {', '.join(unknown)}; known: {', '.join(known)}")
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        default = getattr(SandboxPolicy(), key)
+        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, (bool, int, float)):
+            raise InputError(f"{where}: [sandbox] {key} must be {type(default).__name__}, not {value!r}")
+        if not isinstance(value, bool) and value <= 0:
+            raise InputError(f"{where}: [sandbox] {key} must be above 0, not {value!r}")
+        values[key] = type(default)(value)
+    return SandboxPolicy(**values)  # type: ignore[arg-type]
 
 
 @cache

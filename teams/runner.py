@@ -41,6 +41,7 @@ class Execution:
     model_s: float = 0.0
     compactions: int = 0  # times the growing buffer was retained to memory and truncated
     audit: tuple[str, str, dict[str, Any]] | None = None  # its audit entry (key, kind, payload)
+    checks: dict[str, Any] | None = None  # the verification gate's reports and figures, for its audit entry
 
 
 #: Called when an objective's messages pass the threshold of the context window: retains the batch

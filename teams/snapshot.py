@@ -18,6 +18,7 @@ from memory.base import AuditAnchor, AuditEntry, AuditLog, AuditReport
 from teams.base import Run, RunStatus, RunStore
 from teams.bundle import MANIFEST_NAME as MANIFEST
 from teams.bundle import write_manifest
+from teams.records import checks_total
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any bundle's list of artifacts; a bound on what is read
 _ANCHOR = "manifest anchor"
@@ -43,6 +44,9 @@ async def snapshot_run(store: RunStore, audit: AuditLog, run: Run) -> int:
         "artifacts": {a.name: a.sha256 for a in artifacts},
         "clarifications": payloads("clarification"),
         "escalations": payloads("escalation.opened", "escalation.decided", "escalation.deferred"),
+        # The verification gate's figures: per team, and for the run (share checked, tests, security).
+        "checks": {s.team: s.checks for s in stages if s.checks},
+        "checks_total": checks_total(s.checks for s in stages),
         "parent_run_id": run.parent_run_id,
     }
     entry = await audit.append(run.id, "run.snapshot", "run.snapshot", snapshot)

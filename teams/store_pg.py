@@ -146,6 +146,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN IF NOT EXISTS policy jsonb;
         """,
     ),
+    (
+        "0007_stage_checks",
+        """
+        -- The verification gate's figures for a stage's latest result (issue 19).
+        ALTER TABLE stages ADD COLUMN IF NOT EXISTS checks jsonb;
+        """,
+    ),
 ]
 
 LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
@@ -183,21 +190,21 @@ _RELEASE = "UPDATE run_leases SET expires_at = now() WHERE run_id = %s AND owner
 
 _STAGE_COLUMNS = (
     "run_id, idx, team, status, attempts, clarifications, tokens_in, tokens_out, cost_usd, model,"
-    " started_at, finished_at, result"
+    " started_at, finished_at, result, checks"
 )
 
 _SAVE_STAGE = (
-    f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT (run_id, idx) DO UPDATE SET "
+    f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 14)}) ON CONFLICT (run_id, idx) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
 )
 # The same, in one statement with the lease's check: it runs first, and a refusal fails the statement.
 _SAVE_STAGE_HELD = (
-    f"INSERT INTO stages ({_STAGE_COLUMNS}) SELECT {', '.join(['%s'] * 13)} FROM run_lease_held(%s, %s, %s)"
+    f"INSERT INTO stages ({_STAGE_COLUMNS}) SELECT {', '.join(['%s'] * 14)} FROM run_lease_held(%s, %s, %s)"
     " ON CONFLICT (run_id, idx) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STAGE_COLUMNS.split(", ")[2:])
 )
 _SET_STATUS_HELD = "UPDATE runs SET status = %s, updated_at = now() FROM run_lease_held(%s, %s, %s) WHERE id = %s"
-_INSERT_STAGE = f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) ON CONFLICT DO NOTHING"
+_INSERT_STAGE = f"INSERT INTO stages ({_STAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 14)}) ON CONFLICT DO NOTHING"
 _SAVE_ARTIFACT = (
     "INSERT INTO artifacts (run_id, stage_index, team, name, kind, sha256, bytes)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name) DO UPDATE SET"
@@ -221,6 +228,7 @@ def _stage_row(stage: StageRecord) -> tuple[object, ...]:
         stage.started_at,
         stage.finished_at,
         Jsonb(stage.result.model_dump(mode="json")) if stage.result else None,
+        Jsonb(stage.checks) if stage.checks is not None else None,
     )
 
 

@@ -24,6 +24,7 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from factory.errors import InputError, RunNotFound
+from teams.records import checks_total
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -101,6 +102,8 @@ class UsageReport(BaseModel):
     runless_since: datetime | None = None
     groups: list[UsageGroup]
     total: UsageTotals
+    #: The verification gate's figures of the runs covered, added up (None: none was checked).
+    checks: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """One line saying which calls the figures cover."""
@@ -178,6 +181,8 @@ async def usage_report(pool: AsyncConnectionPool, scope: UsageScope, by: UsageBy
         params = {"runs": runs, "runless": scope.with_runless, "since": since}
         cur = await conn.execute(_AGGREGATE.format(key=_KEYS[by]), params)
         rows = await cur.fetchall()
+        cur = await conn.execute("SELECT checks FROM stages WHERE run_id = ANY(%s) AND checks IS NOT NULL", (runs,))
+        checked = [r[0] for r in await cur.fetchall()]
     groups = [UsageGroup(group=row[1], **_totals(row)) for row in rows if not row[0]]
     [total] = [UsageTotals(**_totals(row)) for row in rows if row[0]]
     return UsageReport(
@@ -187,6 +192,7 @@ async def usage_report(pool: AsyncConnectionPool, scope: UsageScope, by: UsageBy
         runless_since=since if scope.with_runless else None,
         groups=groups,
         total=total,
+        checks=checks_total(checked),
     )
 
 

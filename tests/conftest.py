@@ -25,6 +25,10 @@ REDIS_TEST_DB = 13
 # Importing chainlit writes .chainlit/ and .files/ into its app root (default: the working directory):
 # tests that import the chat's modules get a throwaway root, never the repository.
 os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="chainlit-tests-"))
+# The verification gate (issue 19) checks every result's files, running code in a sandbox: the tests
+# of the verification gate turn it on (tests/integration/test_verification.py, test_cli_run's checked
+# run); everywhere else the scripted model's placeholder files are not what a test is about.
+os.environ.setdefault("FACTORY_VERIFY", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -106,6 +110,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a `factory` subprocess: isolated data dir, no configured services or keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_", "OPENAI_", "ANTHROPIC_", "OLLAMA_"))}
     env["FACTORY_DATA_DIR"] = str(tmp_path / "data")
+    env["FACTORY_VERIFY"] = os.environ["FACTORY_VERIFY"]  # off unless a test turns it on (see above)
     return env
 
 

@@ -100,7 +100,7 @@ def test_describe_says_which_calls_are_covered() -> None:
 
 def test_json_has_groups_and_a_total_and_never_a_null_cost() -> None:
     dumped = json.loads(json.dumps(_report().model_dump(mode="json")))
-    assert set(dumped) == {"by", "scope", "runs", "runless_since", "groups", "total"}
+    assert set(dumped) == {"by", "scope", "runs", "runless_since", "groups", "total", "checks"}
     assert [g["group"] for g in dumped["groups"]] == ["solution-architecture", "business-analysis", None]
     assert all(isinstance(g["cost_usd"], float) for g in [*dumped["groups"], dumped["total"]])
     assert dumped["total"]["cost_usd"] == 1.23456 and dumped["runless_since"] == "2026-03-01T12:00:00Z"
