@@ -62,29 +62,24 @@ app.command("usage")(usage)
 @teams_app.command("list")
 def teams_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the teams on the roster, in pipeline order, with the checks run over their files and the
-    sandbox their code runs in (as this environment's FACTORY_VERIFY and FACTORY_SANDBOX_EXECUTE set it)."""
-    from dataclasses import replace
-
+    sandbox their code runs in (as FACTORY_VERIFY, FACTORY_SANDBOX_EXECUTE and FACTORY_SANDBOX_POLICY
+    set them here)."""
+    from factory.verification import sandbox_policies
     from teams.roster import roster
 
     settings = load_settings()
     teams = roster()
-    policies = {
-        slug: t.sandbox if settings.sandbox_execute else replace(t.sandbox, execute=False) for slug, t in teams.items()
-    }
+    try:
+        policies = sandbox_policies(settings)
+    except InputError as exc:
+        err(str(exc), EXIT_INPUT)
     if as_json:
         print_json([{**t.summary(), "sandbox": policies[t.slug].summary(), "verify": settings.verify}
                     for t in teams.values()])  # fmt: skip
         return
     for t in teams.values():
         echo(f"{t.slug:24} {t.alias:18} {', '.join(d.name for d in t.produces)}")
-        checks = (
-            ", ".join(t.checks)
-            if settings.verify and t.checks
-            else "none"
-            if settings.verify
-            else "off (FACTORY_VERIFY)"
-        )
+        checks = (", ".join(t.checks) or "none") if settings.verify else "off (FACTORY_VERIFY)"
         echo(f"{'':24} checks: {checks}; sandbox: {sandbox_line(policies[t.slug])}")
 
 

@@ -61,7 +61,7 @@ def usage(
         from factory.cli_common import checks_line
 
         c = report.checks
-        echo(f"verification of {c['stages_checked']} checked stages: {checks_line(c)};"
+        echo(f"verification of {c['stages_checked']} checked stages: {checks_line(c).removeprefix("checks: ")};"
              f" {c['artifacts_checked']} of their {c['artifacts_total']} files checked")  # fmt: skip
     if report.scope.run is None and report.runs:
         more = len(report.runs) - SHOWN_RUNS

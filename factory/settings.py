@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     #: FACTORY_SANDBOX_EXECUTE=false (e.g. in production): no team's code runs, even in the sandbox;
     #: static checks still run. True: each team's [sandbox] policy decides.
     sandbox_execute: bool = True
+    #: A TOML file of sandbox policy overrides: a [default] table and tables named after teams, with
+    #: the keys of a team's [sandbox] (execute, cpu_s, memory_mb, max_procs, output_kib, wall_s).
+    sandbox_policy: Path | None = None
     check_revisions: int = Field(default=2, ge=0, le=10)  # revisions after failed checks, then the operator
     verify_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # one check, then it is reported as hung
     # Clarification broker (DESIGN §6)

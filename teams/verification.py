@@ -22,7 +22,7 @@ from teams.base import Run, StageRecord
 from teams.results import TaskResult
 from teams.roster import Team
 from teams.runner import PriorArtifact
-from verify.base import CheckReport, Outcome, Sandbox, ScratchDatabase, Workspace
+from verify.base import CheckReport, Outcome, Sandbox, SandboxPolicy, ScratchDatabase, Workspace
 from verify.registry import checks_for
 from verify.runner import run_checks, write_workspace
 from verify.summary import Figures, feedback, figures
@@ -93,15 +93,18 @@ class Verifier:
         database: ScratchDatabase | None = None,
         execute: bool = True,
         timeout_s: float = 60.0,
+        policies: Mapping[str, SandboxPolicy] | None = None,
     ) -> None:
         self._root = scratch_root
         self._sandbox = sandbox
         self._database = database
         self._execute = execute  # the environment's word: False and no team's code runs anywhere
         self._timeout_s = timeout_s
+        self._policies = dict(policies or {})  # a team's policy as this environment sets it
 
-    def policy_of(self, member: Team) -> Any:
-        return member.sandbox if self._execute else replace(member.sandbox, execute=False)
+    def policy_of(self, member: Team) -> SandboxPolicy:
+        policy = self._policies.get(member.slug, member.sandbox)
+        return policy if self._execute else replace(policy, execute=False)
 
     async def verify(
         self, run: Run, stage: StageRecord, member: Team, result: TaskResult, context: Sequence[PriorArtifact]

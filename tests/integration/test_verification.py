@@ -190,9 +190,22 @@ def test_tests_failing_in_another_teams_code_go_to_the_operator_naming_that_team
     assert "qa-engineering" in needs and "fail in files of backend-engineering" in needs, needs
 
 
-def test_teams_list_shows_checks_and_sandbox_policy(checked: dict[str, str]) -> None:
+def test_teams_list_shows_checks_and_sandbox_policy(checked: dict[str, str], tmp_path: Path) -> None:
     proc = factory("teams", "list", env=checked)
     assert proc.returncode == 0, proc.stderr
     assert "checks: python-syntax" in proc.stdout and "never runs code" in proc.stdout
     off = factory("teams", "list", "--json", env={**checked, "FACTORY_SANDBOX_EXECUTE": "false"})
-    assert all(not t["sandbox"]["execute"] for t in run_json(off))  # type: ignore[attr-defined]
+    assert all(not t["sandbox"]["execute"] for t in json.loads(off.stdout))
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text("[default]\nwall_s = 12\n\n[qa-engineering]\nexecute = false\n")
+    shown = json.loads(
+        factory("teams", "list", "--json", env={**checked, "FACTORY_SANDBOX_POLICY": str(policy)}).stdout
+    )
+    by_slug = {t["slug"]: t["sandbox"] for t in shown}
+    assert by_slug["backend-engineering"]["wall_s"] == 12 and by_slug["backend-engineering"]["execute"]
+    assert not by_slug["qa-engineering"]["execute"] and by_slug["qa-engineering"]["wall_s"] == 12
+    for bad, said in [("[nobody]\nwall_s = 1\n", "is not a team"), ("[default]\nnetwork = true\n", "network"),
+                      ("[default]\nwall_s = -1\n", "above 0"), ("[default\n", "not valid TOML")]:  # fmt: skip
+        policy.write_text(bad)
+        refused = factory("teams", "list", env={**checked, "FACTORY_SANDBOX_POLICY": str(policy)})
+        assert refused.returncode == 2 and said in refused.stderr, (bad, refused.stderr)
