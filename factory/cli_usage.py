@@ -61,7 +61,8 @@ def usage(
         from factory.cli_common import checks_line
 
         c = report.checks
-        echo(f"verification of {c['stages_checked']} checked stages: {checks_line(c).removeprefix("checks: ")};"
+        figures = checks_line(c).removeprefix("checks: ")
+        echo(f"verification of {c['stages_checked']} checked stages: {figures};"
              f" {c['artifacts_checked']} of their {c['artifacts_total']} files checked")  # fmt: skip
     if report.scope.run is None and report.runs:
         more = len(report.runs) - SHOWN_RUNS
