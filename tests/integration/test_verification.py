@@ -104,6 +104,10 @@ def test_a_correct_delivery_passes_every_check(checked: dict[str, str], pg_url: 
         assert checks["passed"] >= 1 and checks["artifacts_checked"] >= 1, (slug, checks)
     assert by_team["qa-engineering"]["checks"]["tests_passed"] == 3
     assert out["checks"]["failed"] == 0 and out["checks"]["tests_passed"] == 3 and out["checks"]["stages_checked"] == 4
+    (snapshot,) = entries(pg_url, out["run_id"], "run.snapshot")  # the figures an operator trusts, kept
+    assert snapshot["checks_total"] == out["checks"] and snapshot["checks"]["qa-engineering"]["tests_passed"] == 3
+    usage = factory("usage", "--run", out["run_id"], env=checked)
+    assert "verification of 4 checked stages:" in usage.stdout and "tests 3 passed, 0 failed" in usage.stdout
     executions = entries(pg_url, out["run_id"], "stage.execution")
     ran = {r["check"]: r["outcome"] for e in executions for r in e["checks"]["reports"]}
     for check in ("openapi", "sql-apply", "python-syntax", "python-import", "ruff", "bandit", "secrets", "pytest"):
