@@ -55,7 +55,7 @@ def sandbox_policies(settings: Settings) -> dict[str, SandboxPolicy]:
 
     overrides = _policy_file(settings.sandbox_policy) if settings.sandbox_policy else {}
     where = f"FACTORY_SANDBOX_POLICY ({settings.sandbox_policy})"
-    policies = {}
+    policies: dict[str, SandboxPolicy] = {}
     for slug, member in roster().items():
         table = {**member.sandbox.summary(), **overrides.get("default", {}), **overrides.get(slug, {})}
         policy = sandbox_policy(table, where=where)

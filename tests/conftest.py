@@ -30,6 +30,7 @@ os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="chainlit-tes
 # run); everywhere else the scripted model's placeholder files are not what a test is about.
 os.environ.setdefault("FACTORY_VERIFY", "false")
 REPO = Path(__file__).resolve().parents[1]
+collect_ignore_glob = ["data/*"]  # test data (a delivery's own tests), run only by the checks under test
 
 
 def _tcp_open(host: str, port: int) -> bool:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from bench import verify as bench_verify
 from tests.debian import ensure_debian
 from verify.base import SandboxPolicy, SandboxRun
 from verify.sandbox import BubblewrapSandbox, ExecutionRefused, default_sandbox, sandbox_available
@@ -387,14 +386,3 @@ async def test_a_cancelled_run_leaves_nothing_running_and_hands_the_workdir_back
         await task
     assert processes_with(f"sleep\0{marker}") == []
     assert owners(workdir) == {os.getuid()}
-
-
-async def test_the_benchmark_reports_the_start_up_figures(bwrap: str) -> None:
-    report = await bench_verify.bench(bench_verify.Options(runs=2, warmup=1))
-    json.dumps(report)
-    assert set(report) == {"machine", "options", "sandbox_startup", "goals", "pass", "seconds"}
-    startup = report["sandbox_startup"]
-    for kind in ("sandbox", "bare"):
-        assert set(startup[kind]) == {"true", "python"}
-        assert all(startup[kind][name]["n"] == 2 for name in ("true", "python"))
-    assert set(report["pass"]) == set(report["goals"])

@@ -11,7 +11,7 @@ from backend.app import serve, shorten
 @pytest.fixture
 def server():
     httpd = serve()
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield httpd.server_address[1]
     httpd.shutdown()
 
