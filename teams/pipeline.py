@@ -41,12 +41,13 @@ from teams.records import (
     stored_artifact,
     validate_requirement,
 )
-from teams.results import TaskResult, blocked
+from teams.results import Artifact, TaskResult, TaskStatus, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
 from teams.slugs import TeamSlug
 from teams.snapshot import anchor_manifest, snapshot_run
-from teams.tools import ArtifactRecall, Recall
+from teams.tools import ArtifactRecall, FileChecker, Recall
+from verify.base import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +402,7 @@ class PipelineEngine:
                 recall,
                 packed=packed,
                 compact=self._compactor(member),
+                checker=self._checker(run, stage, member, context),
             )
             model_s += execution.model_s
             self._account(stage, execution)
@@ -515,6 +517,23 @@ class PipelineEngine:
             return await memory.compact(member, run_id, batch)
 
         return compact
+
+    def _checker(
+        self, run: Run, stage: StageRecord, member: Team, context: Sequence[PriorArtifact]
+    ) -> FileChecker | None:
+        """The team's ``check_files`` tool: its checks over files it wrote, beside the earlier files
+        it reads (and its other written files), as the verification gate runs them; None without."""
+        verifier = self._d.verifier
+        if verifier is None or not member.checks:
+            return None
+
+        async def check(files: Sequence[Artifact], beside: Sequence[Artifact]) -> list[CheckReport] | None:
+            draft = TaskResult(status=TaskStatus.COMPLETE, reasoning="check_files", artifacts=list(files), confidence=0)
+            around = [*context, *(PriorArtifact(member.slug, a) for a in beside)]
+            verification = await verifier.verify(run, stage, member, draft, around)
+            return None if verification is None else verification.reports
+
+        return check
 
     async def _retain(self, run: Run, stage: StageRecord, result: TaskResult, packed: PackedContext | None) -> None:
         """What the stage learned goes to memory; a memory failure is reported, never fatal."""

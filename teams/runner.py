@@ -16,7 +16,7 @@ from teams.results import Artifact, TaskResult, blocked
 from teams.roster import Team
 from teams.schema import SchemaBounds, response_schema
 from teams.slugs import TeamSlug
-from teams.tools import AnyToolCall, ArtifactRecall, Recall, Toolbox, ToolProblem, ToolRecord
+from teams.tools import AnyToolCall, ArtifactRecall, FileChecker, Recall, Toolbox, ToolProblem, ToolRecord
 
 _BAD_OUTPUT_ECHO_CHARS = 2000
 
@@ -54,15 +54,18 @@ _TOOL_HELP = {
     "recall": "recall(query) searches earlier artifacts",
     "write_artifact": "write_artifact(name, content) writes an extra file",
     "request_clarification": "request_clarification(target_team, question) asks another team and ends your turn",
+    "check_files": "check_files(names?) runs your team's checks ({checks}) over the files you wrote with"
+    " write_artifact (all of them, or the names listed) and says what failed",
 }
 
 
-def _tools_prompt(tools: Sequence[str], rounds: int) -> str:
+def _tools_prompt(team: Team, tools: Sequence[str], rounds: int) -> str:
     if rounds <= 0 or not tools:
         return ""
+    helps = (_TOOL_HELP[t].replace("{checks}", ", ".join(team.checks)) for t in tools)
     return (
         f"\nBefore your result you may make up to {rounds} tool calls, one per answer, as"
-        ' {"tool": NAME, "arguments": {...}}: ' + "; ".join(_TOOL_HELP[t] for t in tools) + "."
+        ' {"tool": NAME, "arguments": {...}}: ' + "; ".join(helps) + "."
     )
 
 
@@ -75,7 +78,7 @@ def _system_prompt(team: Team, tools: Sequence[str], tool_rounds: int) -> str:
         " reasoning, blockers, assumptions_made, verified_facts, clarification_needed (or null),"
         " artifacts (each with name, kind and its full content) and confidence: how sure you are,"
         " from 0.0 to 1.0, that the artifacts meet the acceptance criteria (e.g. 0.85)."
-    ) + _tools_prompt(tools, tool_rounds)
+    ) + _tools_prompt(team, tools, tool_rounds)
 
 
 def _context_block(prior: Sequence[PriorArtifact], budget_chars: int) -> str:
@@ -163,10 +166,13 @@ class TeamRunner:
         *,
         packed: str | None = None,
         compact: Compactor | None = None,
+        checker: FileChecker | None = None,
     ) -> Execution:
         """One execution of the objective; ``recall`` defaults to searching ``prior``; ``packed`` is
-        the memory context (see ``build_messages``); ``compact`` bounds the growing buffer."""
-        toolbox = Toolbox(team, recall or ArtifactRecall([(p.team, p.artifact) for p in prior]))
+        the memory context (see ``build_messages``); ``compact`` bounds the growing buffer;
+        ``checker`` runs the team's checks for ``check_files`` (not offered without one)."""
+        recall_source = recall or ArtifactRecall([(p.team, p.artifact) for p in prior])
+        toolbox = Toolbox(team, recall_source, checker=checker)
         messages = build_messages(
             team,
             objective,
@@ -210,9 +216,15 @@ class TeamRunner:
             if isinstance(answer, TaskResult):
                 execution.result = toolbox.merge(answer)
                 return execution
-            told, final = await toolbox.run(answer)
+            arguments = answer.arguments.model_dump()
+            try:
+                told, final = await toolbox.run(answer)
+                record = ToolRecord(answer.tool, arguments, told, ok=True)
+            except ToolProblem as problem:  # the tool could not do its work (e.g. the checks could not run)
+                told, final = f"Tool call failed: {problem}.", None
+                record = ToolRecord(answer.tool, arguments, str(problem), ok=False)
             rounds_left -= 1
-            execution.tool_calls.append(ToolRecord(answer.tool, answer.arguments.model_dump(), told, ok=True))
+            execution.tool_calls.append(record)
             if final is not None:
                 execution.result = final
                 return execution

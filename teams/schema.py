@@ -13,6 +13,7 @@ from typing import Any
 
 from teams.roster import Team
 from teams.slugs import ALL_TEAMS
+from teams.tools import MAX_WRITTEN
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def _list(bounds: SchemaBounds) -> dict[str, Any]:
     return {"type": "array", "items": _text(bounds.item_chars), "maxItems": bounds.list_items}
 
 
-def _call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+def _call(tool: str, arguments: dict[str, Any], *, optional: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
@@ -48,7 +49,7 @@ def _call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
             "arguments": {
                 "type": "object",
                 "properties": arguments,
-                "required": list(arguments),
+                "required": [name for name in arguments if name not in optional],
                 "additionalProperties": False,
             },
         },
@@ -65,6 +66,18 @@ def tool_call_schemas(team: Team, bounds: SchemaBounds, tools: Sequence[str]) ->
         _call(
             "write_artifact",
             {"name": {**_text(120), "minLength": 1}, "content": _text(bounds.content_chars)},
+        ),
+        _call(
+            "check_files",
+            {
+                "names": {
+                    "type": "array",
+                    "items": {**_text(120), "minLength": 1},
+                    "minItems": 1,
+                    "maxItems": MAX_WRITTEN,
+                }
+            },
+            optional=["names"],
         ),
         _call(
             "request_clarification",

@@ -8,15 +8,20 @@ A model answers either with its ``TaskResult`` or with one tool call
 - ``write_artifact(name, content)`` writes a file into the objective's workspace; it joins the
   result's artifacts unless the result itself carries a file of that name;
 - ``request_clarification(target_team, question)`` ends the objective as ``NEEDS_CLARIFICATION``,
-  which the gate hands on (to the broker, or to the human until it lands).
+  which the gate hands on (to the broker, or to the human until it lands);
+- ``check_files(names?)`` (issue 19) runs the team's own checks over the files it has written so
+  far, beside the earlier stages' files it reads, and answers with what passed and failed. Offered
+  only when the team has checks and the factory checks results (the pipeline passes a ``FileChecker``).
 
 Every call is validated; a rejected call is answered with the reason, never executed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Protocol
@@ -40,8 +45,17 @@ from teams.results import (
 )
 from teams.roster import Team
 from teams.slugs import TeamSlug
+from verify.base import CheckReport, Outcome
+from verify.summary import feedback
 
+log = logging.getLogger(__name__)
+
+#: The tools every team has.
 TOOL_NAMES = ("recall", "write_artifact", "request_clarification")
+#: The tool of a team with checks, when the factory checks results (``FileChecker``).
+CHECK_FILES = "check_files"
+_ORDER = ("recall", "write_artifact", CHECK_FILES, "request_clarification")
+DETAIL_CHARS = 200
 RECALL_LIMIT = 3
 MAX_WRITTEN = 8
 _WORD = re.compile(r"[a-z0-9]{3,}")
@@ -84,6 +98,14 @@ class ClarificationArgs(_Strict):
     question: Question
 
 
+class CheckFilesArgs(_Strict):
+    #: Files written with write_artifact to check; omitted: every one written so far.
+    names: (
+        Annotated[list[Annotated[str, AfterValidator(canonical_name)]], Field(min_length=1, max_length=MAX_WRITTEN)]
+        | None
+    ) = None
+
+
 class RecallCall(_Strict):
     tool: Literal["recall"]
     arguments: RecallArgs
@@ -99,7 +121,12 @@ class ClarificationCall(_Strict):
     arguments: ClarificationArgs
 
 
-AnyToolCall = RecallCall | WriteArtifactCall | ClarificationCall
+class CheckFilesCall(_Strict):
+    tool: Literal["check_files"]
+    arguments: CheckFilesArgs
+
+
+AnyToolCall = RecallCall | WriteArtifactCall | ClarificationCall | CheckFilesCall
 _TOOL_CALL: TypeAdapter[AnyToolCall] = TypeAdapter(Annotated[AnyToolCall, Field(discriminator="tool")])
 
 
@@ -124,7 +151,7 @@ def validate_tool_call(data: dict[str, Any], team: Team) -> AnyToolCall:
     except ValidationError as exc:
         tool = str(data.get("tool"))[:40]
         raise ToolProblem(
-            f"invalid call of {tool!r} (tools: {', '.join(TOOL_NAMES)}): {describe_errors(exc, 6)}", tool=tool
+            f"invalid call of {tool!r} (tools: {', '.join(_ORDER)}): {describe_errors(exc, 6)}", tool=tool
         ) from exc
     if isinstance(call, ClarificationCall) and call.arguments.target_team == team.slug:
         raise ToolProblem(
@@ -150,6 +177,12 @@ class Recall(Protocol):
         ...
 
     async def recall(self, query: str, *, limit: int) -> list[RecallHit]: ...
+
+
+#: Runs a team's checks over ``files`` (each checked) with ``beside`` (its other written files, not
+#: checked) next to the earlier stages' files it reads, as the verification gate does; the reports,
+#: or None when none of its checks applies. The pipeline makes one per execution from its verifier.
+FileChecker = Callable[[Sequence[Artifact], Sequence[Artifact]], Awaitable[Sequence[CheckReport] | None]]
 
 
 def _terms(text: str) -> set[str]:
@@ -215,13 +248,24 @@ class Toolbox:
     team: Team
     recall_source: Recall
     excerpt_chars: int = 500
+    checker: FileChecker | None = None
     written: dict[str, Artifact] = field(default_factory=dict)
     _calls: set[str] = field(default_factory=set)
 
     @property
     def offered(self) -> tuple[str, ...]:
-        """The tools on offer: all of them, but ``recall`` only when there is something to search."""
-        return tuple(t for t in TOOL_NAMES if t != "recall" or self.recall_source.available())
+        """The tools on offer: ``recall`` only when there is something to search, ``check_files`` only
+        when there is a checker (the team has checks and the factory checks results)."""
+        available = {
+            "recall": self.recall_source.available(),
+            CHECK_FILES: self.checker is not None and bool(self.team.checks),
+        }
+        return tuple(t for t in _ORDER if available.get(t, True))
+
+    @property
+    def answer_chars(self) -> int:
+        """The most a tool's answer carries: what ``recall``'s excerpts may add up to."""
+        return RECALL_LIMIT * self.excerpt_chars
 
     def check(self, data: dict[str, Any]) -> AnyToolCall:
         """A valid call of an offered tool, not a verbatim repeat; else ``ToolProblem``."""
@@ -230,6 +274,8 @@ class Toolbox:
             available = ", ".join(self.offered)
             raise ToolProblem(f"{call.tool} is not available now (available: {available})", tool=call.tool)
         key = call.model_dump_json()
+        if isinstance(call, CheckFilesCall):  # checking files again after changing them is no repeat
+            key += _digest(self._to_check(call))
         if key in self._calls:
             raise ToolProblem(
                 f"{call.tool} was already called with these arguments; use its result", tool=call.tool, final=True
@@ -245,6 +291,8 @@ class Toolbox:
                 return f"recall({call.arguments.query!r}): nothing found.", None
             lines = [f"[{h.source}, score {h.score}]\n{h.excerpt[: self.excerpt_chars]}" for h in hits]
             return f"recall({call.arguments.query!r}) found {len(hits)}:\n" + "\n".join(lines), None
+        if isinstance(call, CheckFilesCall):
+            return await self._check_files(call), None
         if isinstance(call, WriteArtifactCall):
             name, content = call.arguments.name, call.arguments.content
             if name not in self.written and len(self.written) >= MAX_WRITTEN:
@@ -266,6 +314,40 @@ class Toolbox:
         )
         return f"request_clarification: asked {call.arguments.target_team}.", result
 
+    def _to_check(self, call: CheckFilesCall) -> list[Artifact]:
+        """The written files a ``check_files`` call names (all, without names), or ``ToolProblem``."""
+        if not self.written:
+            raise ToolProblem(
+                "check_files: nothing written yet; write your files with write_artifact, then check them",
+                tool=call.tool,
+            )
+        names = call.arguments.names or list(self.written)
+        unknown = [n for n in names if n not in self.written]
+        if unknown:
+            raise ToolProblem(
+                f"check_files: {', '.join(map(repr, unknown))} not written with write_artifact"
+                f" (written: {', '.join(self.written)}); name written files, or none to check them all",
+                tool=call.tool,
+            )
+        return [self.written[n] for n in dict.fromkeys(names)]
+
+    async def _check_files(self, call: CheckFilesCall) -> str:
+        """Run the team's checks over the named written files; a checker that fails is a ``ToolProblem``."""
+        assert self.checker is not None  # offered only with one
+        files = self._to_check(call)
+        chosen = {a.name for a in files}
+        beside = [a for name, a in self.written.items() if name not in chosen]
+        try:
+            reports = await self.checker(files, beside)
+        except Exception as exc:  # the checks' own failure never ends the objective: the model is told
+            log.warning("check_files of %s could not run: %r", self.team.slug, exc)
+            raise ToolProblem(
+                f"check_files: the checks could not run ({str(exc)[:DETAIL_CHARS]}); your result is still"
+                " checked after you deliver it",
+                tool=call.tool,
+            ) from exc
+        return checks_answer([a.name for a in files], reports or [], self.team.checks, self.answer_chars)
+
     def merge(self, result: TaskResult) -> TaskResult:
         """The result with the written files it does not itself carry (its own version wins)."""
         merged = list(result.artifacts)
@@ -276,3 +358,28 @@ class Toolbox:
         if len(merged) == len(result.artifacts):
             return result
         return TaskResult.model_validate({**result.model_dump(), "artifacts": merged})
+
+
+def _digest(files: Sequence[Artifact]) -> str:
+    return hashlib.sha256("\0".join(f"{a.name}\0{a.content}" for a in files).encode()).hexdigest()
+
+
+def checks_answer(names: Sequence[str], reports: Sequence[CheckReport], checks: Sequence[str], limit: int) -> str:
+    """What ``check_files`` tells the model: each check's outcome, why a check did not run, and the
+    findings of the failing ones (``verify.summary.feedback``), cut to ``limit`` characters."""
+    over = f"check_files over {', '.join(names)}"
+    if not reports:
+        return storable(f"{over}: none of your checks ({', '.join(checks)}) applies to these files.")[:limit]
+    outcomes = [(o, [r.check for r in reports if r.outcome is o]) for o in Outcome]
+    lines = [f"{over}: " + "; ".join(f"{o.value} {', '.join(c)}" for o, c in outcomes if c) + "."]
+    lines += [
+        f"- {r.check} {r.outcome.value}: {' '.join(r.detail.split())[:DETAIL_CHARS]}"
+        for r in reports
+        if r.outcome in (Outcome.ERROR, Outcome.SKIPPED) and r.detail
+    ]
+    lines.append(feedback(reports) or "Nothing to fix: no check failed.")
+    text = storable("\n".join(lines))
+    if len(text) <= limit:
+        return text
+    more = "\n[... cut: the rest of the findings are not shown]"
+    return text[: max(0, limit - len(more))] + more
