@@ -174,8 +174,9 @@ class RunView:
         )
         checked = checks_total(s.checks for s in stages)
         if checked:
-            share = f"{checked['artifacts_checked']}/{checked['artifacts_total']} of the checked stages' files"
-            text += f"\n\nVerification: {render.checks_figures(checked)} · {share} checked"
+            checked["failing"] = [render.failing_by_stage(stages)] if checked["failed"] else []
+            share = f"{checked['artifacts_checked']} of the {checked['artifacts_total']} files of checked stages"
+            text += f"\n\nVerification: {render.checks_figures(checked)} · {share} looked at"
         verify = cl.Action(name="verify_audit", payload={"run_id": self.run_id}, label="Verify audit")
         msg = cl.Message(content=text, id=self.ident("end"), elements=elements, actions=[verify])
         await _show(msg, self.known)

@@ -119,9 +119,14 @@ def stage_figures(stage: StageRecord, now: datetime | None = None) -> str:
 
 
 def checks_figures(checks: dict[str, Any]) -> str:
-    """The verification gate's figures of a stage, or a run's, in a few words."""
+    """The verification gate's figures of a stage, or a run's, in a few words (a skipped check is
+    named as such: "9/10 passed" alone reads as a failure nobody names)."""
     run, passed, failed = int(checks.get("run", 0)), int(checks.get("passed", 0)), int(checks.get("failed", 0))
-    text = f"checks {passed}/{run} passed"
+    skipped = int(checks.get("skipped", 0))
+    if run and skipped == run:
+        text = f"{run} check{'s' * (run != 1)} skipped"
+    else:
+        text = f"checks {passed}/{run} passed"
     if failed:
         text += (
             f", {failed} failed ({inert(', '.join(checks.get('failing') or []), 200)})"
@@ -130,6 +135,8 @@ def checks_figures(checks: dict[str, Any]) -> str:
         )
     if checks.get("errored"):
         text += f", {checks['errored']} could not run"
+    if skipped and skipped != run:
+        text += f", {skipped} skipped"
     tests = (int(checks.get("tests_passed", 0)), int(checks.get("tests_failed", 0)))
     if any(tests):
         text += f" · tests {tests[0]} passed, {tests[1]} failed"
@@ -241,8 +248,12 @@ def escalation_card(e: Escalation, now: datetime | None = None) -> str:
         f"\n**Question.** {inert(e.question, 2000)}",
     ]
     c = e.context
-    if c.get("reason"):
+    found = findings_section(c)
+    # A checks card's reason is its question's own words: said once, then what the checks found.
+    if c.get("reason") and not (found and str(c["reason"]) in e.question):
         lines.append(f"\n**Why it stopped.** {inert(c['reason'], 800)}")
+    if found:
+        lines.append(found)
     if c.get("reasoning"):
         lines.append(f"\n**The team's reasoning.** {inert(c['reasoning'], 1500)}")
     for label, key in (("Blockers", "blockers"), ("Assumptions", "assumptions"), ("Route", "hop_chain")):
@@ -255,6 +266,50 @@ def escalation_card(e: Escalation, now: datetime | None = None) -> str:
     else:
         lines.append(f"\n**Decided:** {decision_line(e)}")
     return "\n".join(lines)
+
+
+FINDINGS_SHOWN = 20
+
+
+def findings_section(context: dict[str, Any]) -> str:
+    """What the verification gate found, from an escalation's context (``failing_checks``,
+    ``findings`` of {check, artifact, line, message}, ``owners``): one line per finding saying which
+    check, which file and line, and its message; nothing when the context has none. Every part is a
+    team's file or a tool's words about it, so all of it is shown inert."""
+    failing = [str(name) for name in _listed(context.get("failing_checks"))]
+    found = [f for f in _listed(context.get("findings")) if isinstance(f, dict)]
+    if not failing and not found:
+        return ""
+    lines = []
+    for f in found[:FINDINGS_SHOWN]:
+        where = code(f.get("artifact"), 200) if f.get("artifact") else "no one file"
+        if isinstance(f.get("line"), int) and not isinstance(f.get("line"), bool):
+            where += f" line {f['line']}"
+        message = " ".join(str(f.get("message", "")).split())  # a tool's output on one line of the list
+        lines.append(f"- **{inert(f.get('check', '?'), 60)}** · {where}: {inert(message, 300)}")
+    if len(found) > FINDINGS_SHOWN:
+        lines.append(f"- … and {len(found) - FINDINGS_SHOWN} more")
+    named = {str(f.get("check")) for f in found}
+    for name in failing:
+        if name not in named:  # a check that failed without a finding of its own: still named
+            lines.append(f"- **{inert(name, 60)}** failed (its report is in the run's audit)")
+    owners = [str(o) for o in _listed(context.get("owners"))]
+    whose = f" in files of {inert(', '.join(owners), 200)}" if owners else ""
+    return f"\n**What the checks found{whose}**\n\n" + "\n".join(lines)
+
+
+def _listed(value: object) -> list[Any]:
+    """``value`` if it is a list (an escalation's context is stored JSON: anything may be in it)."""
+    return value if isinstance(value, list) else []
+
+
+def failing_by_stage(stages: Iterable[StageRecord]) -> str:
+    """The checks still failing in a run, stage by stage ("ruff, pytest in qa-engineering; …")."""
+    return "; ".join(
+        f"{', '.join(map(str, s.checks['failing']))} in {s.team}"
+        for s in stages
+        if s.checks and s.checks.get("failing")
+    )
 
 
 def decision_line(e: Escalation) -> str:

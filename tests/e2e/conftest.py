@@ -37,6 +37,10 @@ LAUNCH = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-n
 FAILED = ARTIFACTS.parent / "playwright"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "env(values): more environment for the `factory up` of the chat fixture")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Chromium for one test module, ended with it: a sync Playwright left running for the whole
@@ -175,7 +179,9 @@ def chat(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Chat]:
-    env = {**env, "FACTORY_WORKER_POLL_S": "0.5"}
+    # More of the factory's environment (e.g. FACTORY_VERIFY): every env marker, the closest winning.
+    extra = {k: v for m in reversed(list(request.node.iter_markers("env"))) for k, v in m.args[0].items()}
+    env = {**env, "FACTORY_WORKER_POLL_S": "0.5", **extra}
     marker = request.node.get_closest_marker("script")  # what the scripted model answers (read at start)
     Path(env["FACTORY_SCRIPTED_MODEL"]).write_text(json.dumps(marker.args[0] if marker else {}))
     running = start_chat(env, tmp_path, ARTIFACTS / request.node.name)
