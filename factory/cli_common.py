@@ -196,6 +196,12 @@ def progress(total: int) -> Any:
                 echo(f"      {label} replaced {name}, written by {whose}", err=True)
         elif event.type == "stage.checked":
             echo(f"  ..  {label} {checks_line(d)}", err=True)
+        elif event.type == "stage.sent_back":
+            echo(f"  <-  {label} runs again: checks of {d.get('by')} failed in its files", err=True)
+        elif event.type == "stage.revised":
+            echo(f"  ok  {label} revised its files; {d.get('by')} is checked again over them", err=True)
+        elif event.type == "stage.sent_back_refused":
+            echo(f"  xx  {label} revision not kept: {d.get('reason')}", err=True)
         elif event.type == "escalation.opened":
             echo(f"  !!  {label} needs you ({d['kind']}, {d['priority']}): {d['question']}", err=True)
         elif event.type == "run.failed":

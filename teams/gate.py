@@ -25,6 +25,7 @@ class Verdict(StrEnum):
     ADVANCE = "advance"
     RETRY = "retry"
     REVISE = "revise"  # the factory's checks failed: the same team revises its result
+    SEND_BACK = "send_back"  # they failed in an earlier team's files: that team revises them
     CLARIFY = "clarify"
     ESCALATE = "escalate"
 
@@ -88,10 +89,19 @@ def after_checks(
     findings: Sequence[dict[str, Any]] = (),
 ) -> GateDecision:
     """The verdict on a complete result whose checks ``failing`` failed (``revisions`` counts the
-    revisions asked so far, this one included). ``others``: the teams owning every file the failures
-    point at, when none is this team's (a revision of this team cannot fix them)."""
+    revisions asked so far, this one included). ``others``: the earlier teams owning files the failures
+    point at (a revision of this team cannot fix them): one is sent the findings, while the budget
+    lasts; several, or none left, go to the operator."""
     names = ", ".join(failing)
     context = {"failing_checks": list(failing), "findings": list(findings)}
+    within = revisions <= limits.check_revisions and executions < limits.iteration_cap
+    if len(others) == 1 and within:
+        return GateDecision(
+            Verdict.SEND_BACK,
+            f"checks {names} failed in files of {others[0]}: sent back to it, revision {revisions} of"
+            f" {limits.check_revisions}",
+            context={**context, "owners": list(others)},
+        )
     if others:
         owners = ", ".join(others)
         return GateDecision(
@@ -102,13 +112,14 @@ def after_checks(
             priority="high",
             context={**context, "owners": list(others)},
         )
-    if revisions <= limits.check_revisions and executions < limits.iteration_cap:
+    if within:
         return GateDecision(Verdict.REVISE, f"checks {names} failed, revision {revisions} of {limits.check_revisions}")
     spent = min(revisions - 1, limits.check_revisions)
+    after = f" still fail after {spent} revision{'s' if spent != 1 else ''}" if spent else " fail"
     return GateDecision(
         Verdict.ESCALATE,
-        f"checks {names} still fail after {spent} revision{'s' if spent != 1 else ''}: approve to accept the"
-        " result as it stands, or reject with guidance to run the team again",
+        f"checks {names}{after}: approve to accept the result as it stands, or reject with guidance to run"
+        " the team again",
         kind="approval",
         priority="high",
         context=context,

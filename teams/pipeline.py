@@ -35,6 +35,7 @@ from teams.records import (
     PipelineDeps,
     RunOutcome,
     StageTiming,
+    account,
     completion_entry,
     execution_entry,
     result_completion_entry,
@@ -44,6 +45,7 @@ from teams.records import (
 from teams.results import Artifact, TaskResult, TaskStatus, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
+from teams.send_back import SentBack, send_back
 from teams.slugs import TeamSlug
 from teams.snapshot import anchor_manifest, snapshot_run
 from teams.tools import ArtifactRecall, FileChecker, Recall
@@ -325,7 +327,7 @@ class PipelineEngine:
         try:
             execution, decision, model_s = await self._execute_until_decided(
                 run, stage, lease, member, context, recall, packed.text if packed else None, operator_notes,
-                taken=[p.artifact.name for p in prior],
+                taken=[p.artifact.name for p in prior], prior=prior,
             )  # fmt: skip
         except BudgetExceeded as exc:  # the operator decides: more budget, or stop the run
             execution, model_s = Execution(result=blocked(str(exc))), 0.0
@@ -368,12 +370,15 @@ class PipelineEngine:
         operator_notes: Sequence[str] = (),
         *,
         taken: Sequence[str] = (),
+        prior: list[PriorArtifact] | None = None,
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds.
 
         The iteration cap counts the executions since this stage last came back from the operator.
         ``taken``: the files earlier stages wrote (a result whose files cannot sit beside them is
-        unusable output, sent back like any other)."""
+        unusable output, sent back like any other). ``prior``: every earlier file of the run; when the
+        checks fail in one earlier team's files, that team revises them (``teams.send_back``), they are
+        replaced there, and this result is checked again without executing it again."""
         revision = f"Operator feedback on an earlier delivery (run {run.parent_run_id}): {run.feedback}"
         anchored = [*([revision] if run.feedback else []), *operator_notes]
         first_attempt = stage.attempts
@@ -383,47 +388,52 @@ class PipelineEngine:
         revisions = 0  # revisions asked because the factory's checks failed
         feedback_checks = ""
         model_s = 0.0
+        recheck: Execution | None = None  # a result to check again after an earlier team's revision
+        rechecks = 0
         while True:
             lease.check()  # the heartbeat found the run taken over: no more paid calls for it
-            objective = Objective(
-                id=f"{run.id}:{stage.index}",
-                run_id=run.id,
-                team=member.slug,
-                goal=member.goal,
-                acceptance_criteria=list(member.acceptance_criteria),
-                attempt=stage.attempts,
-            )
-            execution = await self._d.runner.execute(
-                member,
-                objective,
-                run.requirement,
-                context,
-                feedback,
-                recall,
-                packed=packed,
-                compact=self._compactor(member),
-                checker=self._checker(run, stage, member, context),
-            )
-            model_s += execution.model_s
-            self._account(stage, execution)
-            refuse_clashing_files(execution, taken)
-            failures += execution.system_blocked
-            decision = decide(
-                execution.result,
-                failures=failures,
-                executions=stage.attempts - first_attempt + 1,
-                limits=limits_of(run, self._d.limits),
-                system_blocked=execution.system_blocked,
-            )
-            if decision.verdict is Verdict.ADVANCE and self._d.verifier is not None:
-                executions = stage.attempts - first_attempt + 1
-                decision, checked = await self._check(
-                    run, stage, member, execution, context, decision, revision=revisions + 1, executions=executions
+            if recheck is None:
+                objective = Objective(
+                    id=f"{run.id}:{stage.index}",
+                    run_id=run.id,
+                    team=member.slug,
+                    goal=member.goal,
+                    acceptance_criteria=list(member.acceptance_criteria),
+                    attempt=stage.attempts,
                 )
-                revisions += decision.verdict is Verdict.REVISE
-                if checked is not None:
-                    feedback_checks = checked
+                execution = await self._d.runner.execute(
+                    member,
+                    objective,
+                    run.requirement,
+                    context,
+                    feedback,
+                    recall,
+                    packed=packed,
+                    compact=self._compactor(member),
+                    checker=self._checker(run, stage, member, context),
+                )
+                model_s += execution.model_s
+                self._account(stage, execution)
+                refuse_clashing_files(execution, taken)
+                failures += execution.system_blocked
+                decision = decide(
+                    execution.result,
+                    failures=failures,
+                    executions=stage.attempts - first_attempt + 1,
+                    limits=limits_of(run, self._d.limits),
+                    system_blocked=execution.system_blocked,
+                )
+            else:  # the same result, checked again over an earlier team's revised files
+                execution, recheck, rechecks = recheck, None, rechecks + 1
+                decision = GateDecision(Verdict.ADVANCE, "checked again over the earlier team's revised files")
+            decision, feedback_checks = await self._verified(
+                run, stage, member, execution, context, decision, revisions, stage.attempts - first_attempt + 1
+            )
+            revisions += decision.verdict in (Verdict.REVISE, Verdict.SEND_BACK)
             execution.audit = execution_entry(stage, execution, decision)
+            if rechecks:  # one execution, checked more than once: each check its own entry
+                key, kind, payload = execution.audit
+                execution.audit = (f"{key}.recheck.{rechecks}", kind, {**payload, "recheck": rechecks})
             if decision.verdict is not Verdict.ADVANCE:  # an advancing one is recorded with its commit
                 await self._d.audit.append(run.id, *execution.audit)
             if decision.verdict is Verdict.RETRY:
@@ -434,6 +444,12 @@ class PipelineEngine:
                 ]
             elif decision.verdict is Verdict.REVISE:
                 feedback = [*anchored, *answers, feedback_checks]
+            elif decision.verdict is Verdict.SEND_BACK:
+                refused = await self._send_back(run, stage, lease, member, context, prior, decision, feedback_checks)
+                if refused is not None:
+                    return execution, refused, model_s
+                recheck = execution  # checked again over the new files: no new execution, no attempt
+                continue
             elif decision.verdict is Verdict.CLARIFY:
                 outcome = await ask_team(
                     self._d.broker, self._d.store, self._d.audit, self._emit, run, stage, lease, member,
@@ -450,6 +466,69 @@ class PipelineEngine:
                 return execution, decision, model_s
             stage.attempts += 1
             await self._d.store.save_stage(stage, lease=lease)
+
+    async def _verified(
+        self,
+        run: Run,
+        stage: StageRecord,
+        member: Team,
+        execution: Execution,
+        context: Sequence[PriorArtifact],
+        decision: GateDecision,
+        revisions: int,
+        executions: int,
+    ) -> tuple[GateDecision, str]:
+        """The verification gate's verdict over the confidence gate's ``decision`` (only an advancing
+        one is checked) and the findings to send back with a revision ("" when none)."""
+        if decision.verdict is not Verdict.ADVANCE or self._d.verifier is None:
+            return decision, ""
+        checked, findings = await self._check(
+            run, stage, member, execution, context, decision, revision=revisions + 1, executions=executions
+        )
+        return checked, findings or ""
+
+    async def _send_back(
+        self,
+        run: Run,
+        stage: StageRecord,
+        lease: Lease,
+        member: Team,
+        context: list[PriorArtifact],
+        prior: list[PriorArtifact] | None,
+        decision: GateDecision,
+        findings: str,
+    ) -> GateDecision | None:
+        """SEND_BACK: the earlier team revises its files; None when they were kept (check again), else
+        the operator's escalation saying why not."""
+        owner = decision.context["owners"][0]
+        sent = (
+            await send_back(
+                self._d,
+                self._emit,
+                run,
+                lease,
+                owner,
+                findings,
+                prior,
+                limits=limits_of(run, self._d.limits),
+                hold_s=FILES_HELD_S,
+                by=member.slug,
+            )  # fmt: skip
+            if prior is not None
+            else SentBack(False, "the run's earlier files were not at hand")
+        )
+        if sent.kept:
+            wanted = set(member.reads)
+            context[:] = [p for p in (prior or []) if p.team in wanted]
+            return None
+        return GateDecision(
+            Verdict.ESCALATE,
+            f"checks failed in files of {owner}; {sent.why}: approve to accept the result as it stands, reject"
+            f" with a reason to run this team again, or revise the run from {owner} with the findings",
+            kind="approval",
+            priority="high",
+            context=decision.context,
+        )
 
     async def _check(
         self,
@@ -498,15 +577,12 @@ class PipelineEngine:
             others=others,
             findings=findings,
         )
-        return verdict, verification.feedback() if verdict.verdict is Verdict.REVISE else None
+        sent_back = verdict.verdict in (Verdict.REVISE, Verdict.SEND_BACK)
+        return verdict, verification.feedback() if sent_back else None
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
-        for response in execution.responses:
-            stage.tokens_in += response.tokens_in
-            stage.tokens_out += response.tokens_out
-            stage.cost_usd += response.cost_usd
-            stage.model = f"{response.alias} -> {response.model}"
+        account(stage, execution)
 
     def _compactor(self, member: Team) -> Compactor | None:
         memory = self._d.memory

@@ -163,3 +163,12 @@ def checks_total(figures: Iterable[dict[str, Any] | None]) -> dict[str, Any] | N
         for severity, count in (c.get("security") or {}).items():
             total["security"][severity] = total["security"].get(severity, 0) + int(count)
     return total
+
+
+def account(stage: StageRecord, execution: Execution) -> None:
+    """Add ``execution``'s model calls to ``stage``'s tokens, cost and model."""
+    for response in execution.responses:
+        stage.tokens_in += response.tokens_in
+        stage.tokens_out += response.tokens_out
+        stage.cost_usd += response.cost_usd
+        stage.model = f"{response.alias} -> {response.model}"

@@ -7,6 +7,7 @@ workspace (the code under test) — on that file, so the failure can be routed t
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -98,7 +99,7 @@ class PytestCheck(CatalogCheck):
             message = f"no tests were collected from {', '.join(artifacts)}: name test functions test_*"
             return self.report(artifacts, [self.finding(artifacts[0], message)], tests=TestCounts())
         files = [*workspace.targets, *workspace.others]
-        findings = [self._finding(c, files) for c in cases if c.outcome in ("failed", "error")]
+        findings = [self._finding(c, files, workspace.root) for c in cases if c.outcome in ("failed", "error")]
         if run.exit_code != 0 and not findings:  # pytest failed, yet its report names no failing test
             findings.append(self.finding("", f"pytest exited {run.exit_code}: {tail(run.stdout + run.stderr)}"))
         return self.report(artifacts, findings, tests=counts(cases))
@@ -113,9 +114,9 @@ class PytestCheck(CatalogCheck):
         finally:
             junit.unlink(missing_ok=True)
 
-    def _finding(self, case: Case, files: Sequence[str]) -> Finding:
+    def _finding(self, case: Case, files: Sequence[str], root: Path) -> Finding:
         test_file = case.test_id.split("::", 1)[0]
-        first = _first_error(case)
+        first = _first_error(case).replace(f"{root}/", "")  # the workspace's own names, not its scratch path
         where = last_frame(case.text, files)
         kind = "FAILED" if case.outcome == "failed" else "ERROR"
         message = f"{case.test_id} {kind}: {first[:500]}"
@@ -127,12 +128,18 @@ class PytestCheck(CatalogCheck):
         return self.finding(owner, message, line=line)
 
 
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*)?(Error|Exception|Exit|Interrupt|Warning)\b[:(]?")
+
+
 def _first_error(case: Case) -> str:
     """What went wrong, in a line: the first ``E`` line of pytest's report (the exception and its
     message), else the report's message attribute, else the report's last line."""
     lines = case.text.splitlines()
-    for line in lines:
-        if line.startswith("E ") and line[1:].strip():
-            return line[1:].strip()
+    reported = [line[1:].strip() for line in lines if line.startswith("E ") and line[1:].strip()]
+    if reported:  # the exception's own line when pytest shows more (a syntax error's source first)
+        return next((line for line in reversed(reported) if _RAISED.match(line)), reported[0])
+    raised = [line.strip() for line in lines if _RAISED.match(line.strip())]
+    if raised:  # e.g. an error in a fixture, reported as its traceback: the exception it ends with
+        return raised[-1]
     message = next((line.strip() for line in case.message.splitlines() if line.strip()), "")
     return message or next((line.strip() for line in reversed(lines) if line.strip()), "")

@@ -33,10 +33,19 @@ def report(check: str, outcome: Outcome, artifact: str = "backend/app.py") -> Ch
 
 
 class VerifierTwin:
-    """Answers each verification of ``team`` from a queue of outcomes (then: all passed)."""
+    """Answers each verification of ``team`` from a queue of outcomes (then: all passed); ``more``:
+    queues of other teams."""
 
-    def __init__(self, team: str, queue: Sequence[list[CheckReport] | Exception], owners: dict[str, str] | None = None):
-        self.team, self.queue, self.owners = team, deque(queue), owners or {}
+    def __init__(
+        self,
+        team: str,
+        queue: Sequence[list[CheckReport] | Exception],
+        owners: dict[str, str] | None = None,
+        more: dict[str, Sequence[list[CheckReport]]] | None = None,
+    ) -> None:
+        self.queues: dict[str, deque[list[CheckReport] | Exception]] = {team: deque(queue)}
+        self.queues |= {slug: deque(q) for slug, q in (more or {}).items()}
+        self.owners = owners or {}
         self.seen: list[str] = []
 
     async def verify(
@@ -44,8 +53,9 @@ class VerifierTwin:
     ) -> Verification | None:
         self.seen.append(member.slug)
         reports = [report("python-syntax", Outcome.PASSED)]
-        if member.slug == self.team and self.queue:
-            item = self.queue.popleft()
+        queue = self.queues.get(member.slug)
+        if queue:
+            item = queue.popleft()
             if isinstance(item, Exception):
                 raise item
             reports = item
@@ -93,14 +103,48 @@ async def test_checks_failing_past_the_budget_ask_the_operator_with_the_findings
     assert esc.context["findings"][0]["artifact"] == "qa/test_app.py"
 
 
-async def test_failures_in_an_earlier_teams_files_name_that_team_at_once(tmp_path: Path) -> None:
+async def test_failures_in_an_earlier_teams_files_go_back_to_that_team_and_its_fix_is_kept(tmp_path: Path) -> None:
     failing = [report("pytest", Outcome.FAILED, "backend/app.py")]
     twin = VerifierTwin("qa-engineering", [failing], owners={"backend/app.py": "backend-engineering"})
     h = harness(tmp_path, twin)
     out = await h.run()
+    assert out.run.status is RunStatus.COMPLETE and not out.escalations
+    stages = {s.team: s for s in out.stages}
+    assert stages["backend-engineering"].attempts == 2  # it ran again with the findings
+    assert stages["qa-engineering"].attempts == 1  # QA's result was checked again, not executed again
+    entries = [json.loads(e.payload) | {"kind": e.kind, "key": e.key} for e in await h.audit.entries(out.run.id)]
+    revised = [e for e in entries if e["kind"] == "stage.revised"]
+    assert (
+        len(revised) == 1 and revised[0]["team"] == "backend-engineering" and "qa-engineering" in revised[0]["because"]
+    )
+    qa = [e for e in entries if e["kind"] == "stage.execution" and e["team"] == "qa-engineering"]
+    assert [e["gate"]["verdict"] for e in qa] == ["send_back", "advance"] and qa[1]["key"].endswith(".recheck.1")
+    assert twin.seen.count("backend-engineering") == 2 and "stage.revised" in h.events
+
+
+async def test_an_earlier_teams_revision_that_fails_its_own_checks_goes_to_the_operator(tmp_path: Path) -> None:
+    failing = [report("pytest", Outcome.FAILED, "backend/app.py")]
+    twin = VerifierTwin(
+        "qa-engineering",
+        [failing],
+        owners={"backend/app.py": "backend-engineering"},
+        more={"backend-engineering": [[report("python-syntax", Outcome.PASSED)], [report("ruff", Outcome.FAILED)]]},
+    )
+    h = harness(tmp_path, twin)
+    out = await h.run()
     [esc] = out.escalations
-    assert esc.team == "qa-engineering" and "backend-engineering" in esc.question
+    assert esc.team == "qa-engineering" and "backend-engineering" in esc.question and "not kept" in esc.question
     assert esc.context["owners"] == ["backend-engineering"]
+    assert not [e for e in await h.audit.entries(out.run.id) if e.kind == "stage.revised"]
+
+
+async def test_failures_in_several_earlier_teams_files_go_to_the_operator(tmp_path: Path) -> None:
+    failing = [report("pytest", Outcome.FAILED, "backend/app.py"), report("ruff", Outcome.FAILED, "analysis/scope.md")]
+    owners = {"backend/app.py": "backend-engineering", "analysis/scope.md": "business-analysis"}
+    h = harness(tmp_path, VerifierTwin("qa-engineering", [failing], owners=owners))
+    out = await h.run()
+    [esc] = out.escalations
+    assert esc.context["owners"] == ["backend-engineering", "business-analysis"]
     assert next(s for s in out.stages if s.team == "qa-engineering").attempts == 1  # no pointless revision
 
 
