@@ -1,6 +1,7 @@
 # The factory's images for compose.yaml (README "Full stack (compose)").
 #   app     the chat, the workers and the one-shot `init`: requirements.lock, then the project with
-#           --no-deps, as `make install` does, so a container runs what the tests ran;
+#           --no-deps, as `make install` does, so a container runs what the tests ran; Mermaid's parser
+#           for the mermaid check from verify/mermaid's lock (npm ci, as `make install` does);
 #   litellm the LiteLLM proxy of proxy mode, from its own lock (its `proxy` extra cannot share the
 #           app's environment: it needs mcp>=2.2, chainlit mcp<2).
 # Base images are pinned by version (tests/unit/test_compose.py checks it).
@@ -11,7 +12,7 @@ FROM python:3.11.13-slim-bookworm AS build
 ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 ENV CMAKE_ARGS=${CMAKE_ARGS} UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake \
+ && apt-get install -y --no-install-recommends build-essential cmake nodejs npm \
  && rm -rf /var/lib/apt/lists/* \
  && pip install --no-cache-dir -q 'uv==0.13.9' \
  && python -m venv /opt/venv
@@ -19,6 +20,10 @@ WORKDIR /app
 # The lock first: this layer is rebuilt only when the lock changes, not on every source edit.
 COPY requirements.lock ./
 RUN uv pip install --python /opt/venv/bin/python -r requirements.lock
+# Mermaid's own parser (issue 19) from its lock, likewise before the sources (.dockerignore leaves a
+# local node_modules out); it has no install scripts and none are run.
+COPY verify/mermaid/package.json verify/mermaid/package-lock.json verify/mermaid/
+RUN npm ci --prefix verify/mermaid --no-audit --no-fund --ignore-scripts
 COPY . .
 # Then the project itself, without resolving anything again; and the embedded model must decode on
 # this build (the Makefile's check), not fail at the first run.
@@ -27,9 +32,10 @@ RUN uv pip install --python /opt/venv/bin/python --no-deps -e . \
 
 FROM python:3.11.13-slim-bookworm AS app
 # libgomp1: llama.cpp's OpenMP runtime, which the slim image lacks; bubblewrap: the sandbox in which the
-# verification gate runs produced code (issue 19; the container must allow unprivileged user namespaces).
+# verification gate runs produced code (issue 19; the container must allow unprivileged user namespaces);
+# nodejs: runs Mermaid's parser for the mermaid check (its node_modules come with /app).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 bubblewrap \
+ && apt-get install -y --no-install-recommends libgomp1 bubblewrap nodejs \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin factory \
  && mkdir -p /data /srv/litellm \

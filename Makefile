@@ -17,6 +17,14 @@ install: $(VENV)/.installed
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 || true; \
 	  fi; \
 	  command -v bwrap >/dev/null 2>&1 || echo "note: the sandbox of produced code needs bubblewrap: apt-get install bubblewrap"; }
+	@# The mermaid check runs Mermaid's own parser in Node.js (issue 19): verify/mermaid's lock installed
+	@# when node_modules is missing or older than the lock. Never fatal: without it only diagram types are checked.
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  if [ ! -d verify/mermaid/node_modules ] || [ verify/mermaid/package-lock.json -nt verify/mermaid/node_modules ]; then \
+	    timeout 900 npm ci --prefix verify/mermaid --no-audit --no-fund --ignore-scripts \
+	      || echo "note: npm ci --prefix verify/mermaid failed; the mermaid check only checks diagram types until it succeeds"; \
+	  fi; \
+	else echo "note: the mermaid check needs Node.js and npm for Mermaid's parser: apt-get install nodejs npm, then make install"; fi
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -24,7 +24,7 @@ from verify.base import (
 from verify.base import (
     TestCounts as Counts,
 )
-from verify.registry import catalog, checks_for
+from verify.registry import checks_for
 from verify.runner import run_checks, write_workspace
 from verify.summary import FEEDBACK_FINDINGS, FEEDBACK_MESSAGE_CHARS, Figures, feedback, figures, merge
 
@@ -317,17 +317,7 @@ async def test_bandit_maps_its_results_to_findings(tmp_path: Path) -> None:
     assert clean.outcome is Outcome.PASSED and clean.findings == []
 
 
-# ---------------------------------------------------------------- mermaid
-
-
-async def test_mermaid_is_skipped_with_the_catalog_note_unless_a_type_is_unknown(tmp_path: Path) -> None:
-    doc = "# Flows\n\n```mermaid\nflowchart TD\n  A --> B\n```\n"
-    report = await check("mermaid", tmp_path / "a", {"ux/user-flows.md": doc})
-    assert report.outcome is Outcome.SKIPPED and report.detail == catalog()["mermaid"].note
-    bad = await check("mermaid", tmp_path / "b", {"ux/user-flows.md": doc.replace("flowchart TD", "flowchat TD")})
-    assert bad.outcome is Outcome.FAILED and bad.findings[0].line == 4
-    none = await check("mermaid", tmp_path / "c", {"ux/wireframes.md": "# no diagrams\n"})
-    assert none.outcome is Outcome.SKIPPED and "no Mermaid diagrams" in none.detail
+# (mermaid: tests/unit/verify/test_mermaid.py, with Mermaid's own parser)
 
 
 # ---------------------------------------------------------------- sql-apply (a twin); code without a sandbox

@@ -41,7 +41,7 @@ def test_catalog_holds_every_tool_with_its_fields() -> None:
         assert spec.id == tool_id and spec.description and spec.inputs and spec.applies_to
         assert spec.executes == (spec.needs in ("sandbox", "database")), tool_id
     assert [t for t, s in tools.items() if s.security] == ["bandit", "secrets"]
-    assert not tools["mermaid"].available and "no maintained offline Mermaid" in tools["mermaid"].note
+    assert tools["mermaid"].available and "`make install`" in tools["mermaid"].note
     assert catalog() is tools  # read once
 
 
