@@ -114,20 +114,23 @@ def tool_env() -> dict[str, str]:
     }
 
 
-async def run_tool(argv: Sequence[str], *, cwd: Path, timeout_s: float) -> tuple[int, str, str]:
-    """Run a static tool (it only reads files) and return its exit code, stdout and stderr; a tool
-    that does not finish in ``timeout_s`` is killed with its process group and ``ToolFailed`` raised."""
+async def run_tool(
+    argv: Sequence[str], *, cwd: Path, timeout_s: float, stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    """Run a static tool (it only reads files, and ``stdin`` if given) and return its exit code,
+    stdout and stderr; a tool that does not finish in ``timeout_s`` is killed with its process group
+    and ``TimeoutError`` raised."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=tool_env(),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
     except TimeoutError:
         _kill_group(proc)
         await proc.wait()

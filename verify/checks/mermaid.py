@@ -11,17 +11,14 @@ check reports itself skipped with the sentence that says what to run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
 import shutil
-import signal
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from verify.base import CheckReport, Finding, Workspace
-from verify.checks._common import CatalogCheck, ToolFailed, read_text, tool_env
+from verify.checks._common import CatalogCheck, ToolFailed, read_text, run_tool, tool_env
 from verify.registry import ToolSpec
 
 MERMAID_DIR = Path(__file__).resolve().parent.parent / "mermaid"
@@ -196,32 +193,8 @@ def batches(items: list[Item]) -> list[list[Item]]:
 
 
 async def run_with_input(argv: Sequence[str], data: bytes, *, cwd: Path, timeout_s: float) -> tuple[int, str, str]:
-    """Run a static tool with ``data`` on its stdin (the static tools' environment, its own process
-    group); ``ToolFailed`` when it does not finish in ``timeout_s``."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=tool_env(),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    """``run_tool`` with ``data`` on the parser's stdin; ``ToolFailed`` when it does not finish in time."""
     try:
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout_s)
+        return await run_tool(argv, cwd=cwd, timeout_s=timeout_s, stdin=data)
     except TimeoutError as exc:
-        _kill_group(proc)
-        await proc.wait()
         raise ToolFailed(f"Mermaid's parser did not finish in {timeout_s:g} s") from exc
-    except BaseException:  # cancelled: the parser must not outlive its check
-        _kill_group(proc)
-        raise
-    code = proc.returncode if proc.returncode is not None else -1
-    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
