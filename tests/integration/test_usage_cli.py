@@ -224,4 +224,5 @@ def test_a_scripted_run_costs_zero_never_null(env: dict[str, str], pg_url: str) 
     assert [g["group"] for g in by_model["groups"]] == ["factory-local/scripted"]
     costs = [g["cost_usd"] for g in by_model["groups"]] + [report["total"]["cost_usd"]]
     assert costs == [0.0, 0.0] and all(type(c) is float for c in costs)  # a local model's cost is 0.0, not null
-    assert json.dumps(report).count("null") == 1  # runless_since only (one run: no calls outside runs)
+    # runless_since (one run: no calls outside runs) and checks (the verification gate is off here)
+    assert json.dumps(report).count("null") == 2 and report["checks"] is None
