@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from factory.scratch_pg import PostgresScratchDatabase
+from tests.debian import ensure_debian
 from verify.base import CheckReport, Outcome, SandboxPolicy, Workspace
 from verify.registry import checks_for
 from verify.runner import run_checks, write_workspace
@@ -160,9 +161,10 @@ def scratch() -> Iterator[Callable[[], Path]]:
 def sandbox() -> object:
     from verify.sandbox import default_sandbox, sandbox_available
 
+    ensure_debian("bwrap", "bubblewrap")  # installed here when missing (as root), else the test says what to install
     missing = sandbox_available()
     if missing:
-        pytest.skip(f"no sandbox on this machine: {missing}")
+        pytest.fail(f"bubblewrap is installed but cannot make a sandbox here: {missing}")
     return default_sandbox()
 
 
