@@ -45,7 +45,7 @@ from teams.records import (
 from teams.results import Artifact, TaskResult, TaskStatus, blocked
 from teams.roster import Team, resolve_pipeline, team
 from teams.runner import Compactor, Execution, PriorArtifact
-from teams.send_back import SentBack, send_back
+from teams.send_back import send_back
 from teams.slugs import TeamSlug
 from teams.snapshot import anchor_manifest, snapshot_run
 from teams.tools import ArtifactRecall, FileChecker, Recall
@@ -370,7 +370,7 @@ class PipelineEngine:
         operator_notes: Sequence[str] = (),
         *,
         taken: Sequence[str] = (),
-        prior: list[PriorArtifact] | None = None,
+        prior: list[PriorArtifact],
     ) -> tuple[Execution, GateDecision, float]:
         """Execute until the gate's verdict is not RETRY (the gate bounds it); also the model seconds.
 
@@ -426,9 +426,10 @@ class PipelineEngine:
             else:  # the same result, checked again over an earlier team's revised files
                 execution, recheck, rechecks = recheck, None, rechecks + 1
                 decision = GateDecision(Verdict.ADVANCE, "checked again over the earlier team's revised files")
-            decision, feedback_checks = await self._verified(
-                run, stage, member, execution, context, decision, revisions, stage.attempts - first_attempt + 1
-            )
+            decision, feedback_checks = await self._check(
+                run, stage, member, execution, context, decision,
+                revision=revisions + 1, executions=stage.attempts - first_attempt + 1,
+            )  # fmt: skip
             revisions += decision.verdict in (Verdict.REVISE, Verdict.SEND_BACK)
             execution.audit = execution_entry(stage, execution, decision)
             if rechecks:  # one execution, checked more than once: each check its own entry
@@ -467,26 +468,6 @@ class PipelineEngine:
             stage.attempts += 1
             await self._d.store.save_stage(stage, lease=lease)
 
-    async def _verified(
-        self,
-        run: Run,
-        stage: StageRecord,
-        member: Team,
-        execution: Execution,
-        context: Sequence[PriorArtifact],
-        decision: GateDecision,
-        revisions: int,
-        executions: int,
-    ) -> tuple[GateDecision, str]:
-        """The verification gate's verdict over the confidence gate's ``decision`` (only an advancing
-        one is checked) and the findings to send back with a revision ("" when none)."""
-        if decision.verdict is not Verdict.ADVANCE or self._d.verifier is None:
-            return decision, ""
-        checked, findings = await self._check(
-            run, stage, member, execution, context, decision, revision=revisions + 1, executions=executions
-        )
-        return checked, findings or ""
-
     async def _send_back(
         self,
         run: Run,
@@ -494,32 +475,20 @@ class PipelineEngine:
         lease: Lease,
         member: Team,
         context: list[PriorArtifact],
-        prior: list[PriorArtifact] | None,
+        prior: list[PriorArtifact],
         decision: GateDecision,
         findings: str,
     ) -> GateDecision | None:
         """SEND_BACK: the earlier team revises its files; None when they were kept (check again), else
         the operator's escalation saying why not."""
         owner = decision.context["owners"][0]
-        sent = (
-            await send_back(
-                self._d,
-                self._emit,
-                run,
-                lease,
-                owner,
-                findings,
-                prior,
-                limits=limits_of(run, self._d.limits),
-                hold_s=FILES_HELD_S,
-                by=member.slug,
-            )  # fmt: skip
-            if prior is not None
-            else SentBack(False, "the run's earlier files were not at hand")
-        )
+        sent = await send_back(
+            self._d, self._emit, run, lease, owner, findings, prior,
+            limits=limits_of(run, self._d.limits), hold_s=FILES_HELD_S, by=member.slug,
+        )  # fmt: skip
         if sent.kept:
             wanted = set(member.reads)
-            context[:] = [p for p in (prior or []) if p.team in wanted]
+            context[:] = [p for p in prior if p.team in wanted]
             return None
         return GateDecision(
             Verdict.ESCALATE,
@@ -541,11 +510,13 @@ class PipelineEngine:
         *,
         revision: int,
         executions: int,
-    ) -> tuple[GateDecision, str | None]:
-        """The verification gate over a result the confidence gate would advance: its verdict and,
-        for a revision, the findings to send back. The checks' reports go into the execution's audit
-        entry, their figures into the stage record; a verifier that fails is reported, never fatal."""
-        assert self._d.verifier is not None
+    ) -> tuple[GateDecision, str]:
+        """The verification gate over the confidence gate's ``decision`` (only an advancing one is
+        checked): its verdict and, for a revision or a send-back, the findings to send ("" if none).
+        The checks' reports go into the execution's audit entry, their figures into the stage record;
+        a verifier that fails is reported, never fatal."""
+        if decision.verdict is not Verdict.ADVANCE or self._d.verifier is None:
+            return decision, ""
         await self._emit("stage.checking", run.id, stage=stage.index, team=stage.team)
         try:
             verification = await self._d.verifier.verify(run, stage, member, execution.result, context)
@@ -553,16 +524,16 @@ class PipelineEngine:
             log.warning("checks of %s could not run: %s", stage.team, exc)
             execution.checks = {"error": f"the checks could not run: {exc}"}
             await self._emit("stage.checked", run.id, stage=stage.index, team=stage.team, error=str(exc))
-            return decision, None
+            return decision, ""
         if verification is None:
-            return decision, None
+            return decision, ""
         execution.checks = verification.audit()
         stage.checks = verification.brief()
         await self._emit("stage.checked", run.id, stage=stage.index, team=stage.team, **stage.checks)
         failed = verification.failed
         if not failed:
-            return decision, None
-        # Failures in files of earlier teams cannot be fixed by this team's revision: the operator decides.
+            return decision, ""
+        # Failures in earlier teams' files are theirs to fix (sent back), not this team's.
         others = sorted(verification.failing_owners() - {member.slug})
         findings = [
             {"check": f.check, "artifact": f.artifact, "line": f.line, "message": f.message[:300]}
@@ -578,7 +549,7 @@ class PipelineEngine:
             findings=findings,
         )
         sent_back = verdict.verdict in (Verdict.REVISE, Verdict.SEND_BACK)
-        return verdict, verification.feedback() if sent_back else None
+        return verdict, verification.feedback() if sent_back else ""
 
     @staticmethod
     def _account(stage: StageRecord, execution: Execution) -> None:
