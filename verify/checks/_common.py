@@ -86,6 +86,30 @@ class CatalogCheck(ABC):
         return CheckReport(check=self.name, outcome=Outcome.ERROR, artifacts=artifacts, detail=detail)
 
 
+class FileByFileCheck(CatalogCheck):
+    """A static check that reads each file alone (off the event loop): ``inspect`` gives its findings;
+    a file it cannot read (too large) is a finding of ``unreadable`` severity, the spec's by default."""
+
+    unreadable: Severity | None = None
+
+    async def check(self, workspace: Workspace, artifacts: list[str]) -> CheckReport:
+        findings = await asyncio.to_thread(self._all, workspace, artifacts)
+        return self.report(artifacts, findings)
+
+    def _all(self, workspace: Workspace, artifacts: list[str]) -> list[Finding]:
+        findings: list[Finding] = []
+        for name in artifacts:
+            try:
+                findings += self.inspect_file(name, read_text(workspace, name))
+            except ValueError as exc:
+                findings.append(self.finding(name, str(exc), severity=self.unreadable, line=getattr(exc, "line", None)))
+        return findings
+
+    @abstractmethod
+    def inspect_file(self, name: str, text: str) -> list[Finding]:
+        """The findings of one file's text (a ``ValueError`` raised here is one finding too)."""
+
+
 def read_text(workspace: Workspace, artifact: str) -> str:
     """A produced file's text (undecodable bytes replaced); ``ValueError`` when it is too large."""
     path = workspace.root / artifact

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from verify.base import CheckReport, Finding, Workspace
-from verify.checks._common import CatalogCheck, read_text
-from verify.checks.data_parse import DataParseError, parse_yaml
+from verify.base import Finding
+from verify.checks._common import FileByFileCheck
+from verify.checks.data_parse import parse_yaml
 
 GITLAB_KEYWORDS = frozenset(
     "after_script before_script cache default image include services stages variables workflow pages".split()
@@ -19,22 +19,11 @@ def _gha_on(doc: dict[object, object]) -> object:
     return doc.get("on", doc.get(True))
 
 
-class CIYamlCheck(CatalogCheck):
+class CIYamlCheck(FileByFileCheck):
     """Findings per CI file: it does not parse, is neither format, or breaks the format's rules."""
 
-    async def check(self, workspace: Workspace, artifacts: list[str]) -> CheckReport:
-        findings: list[Finding] = []
-        for name in artifacts:
-            try:
-                docs = parse_yaml(read_text(workspace, name))
-            except DataParseError as exc:
-                findings.append(self.finding(name, str(exc), line=exc.line))
-                continue
-            except ValueError as exc:
-                findings.append(self.finding(name, str(exc)))
-                continue
-            findings += self.inspect(name, docs)
-        return self.report(artifacts, findings)
+    def inspect_file(self, name: str, text: str) -> list[Finding]:
+        return self.inspect(name, parse_yaml(text))  # a DataParseError is the finding, at its line
 
     def inspect(self, name: str, docs: list[object]) -> list[Finding]:
         if len(docs) != 1 or not isinstance(docs[0], dict):

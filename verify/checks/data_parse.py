@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import tomllib
@@ -10,8 +9,8 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from verify.base import CheckReport, Finding, Workspace
-from verify.checks._common import CatalogCheck, read_text
+from verify.base import Finding
+from verify.checks._common import FileByFileCheck
 
 MAX_ALIASES = 200  # more YAML aliases than this is refused: "billion laughs" expands in memory
 _TOML_AT = re.compile(r"\(at line (\d+), column \d+\)")
@@ -67,24 +66,11 @@ def parse_data(name: str, text: str) -> object:
     return parse_yaml(text)
 
 
-class DataParseCheck(CatalogCheck):
-    """One finding per file that does not parse."""
+class DataParseCheck(FileByFileCheck):
+    """One finding per file that does not parse (its line, where the parser says)."""
 
-    async def check(self, workspace: Workspace, artifacts: list[str]) -> CheckReport:
-        findings = await asyncio.to_thread(self._parse_all, workspace, artifacts)
-        return self.report(artifacts, findings)
-
-    def _parse_all(self, workspace: Workspace, artifacts: list[str]) -> list[Finding]:
-        findings: list[Finding] = []
-        for name in artifacts:
-            try:
-                text = read_text(workspace, name)
-                if not text.strip():
-                    findings.append(self.finding(name, "the file is empty"))
-                    continue
-                parse_data(name, text)
-            except DataParseError as exc:
-                findings.append(self.finding(name, str(exc), line=exc.line))
-            except ValueError as exc:
-                findings.append(self.finding(name, str(exc)))
-        return findings
+    def inspect_file(self, name: str, text: str) -> list[Finding]:
+        if not text.strip():
+            return [self.finding(name, "the file is empty")]
+        parse_data(name, text)  # a DataParseError (a ValueError with its line) is the finding
+        return []

@@ -10,8 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from verify.base import CheckReport, Finding, Severity, Workspace
-from verify.checks._common import CatalogCheck, read_text
+from verify.base import Finding, Severity
+from verify.checks._common import FileByFileCheck
 
 INSTRUCTIONS = frozenset(
     "ADD ARG CMD COPY ENTRYPOINT ENV EXPOSE FROM HEALTHCHECK LABEL MAINTAINER ONBUILD RUN SHELL STOPSIGNAL USER "
@@ -77,17 +77,11 @@ def _substitute(value: str, args: dict[str, str]) -> str:
     return _ARG_REF.sub(lambda m: args.get(m.group(1), m.group(2) or ""), value)
 
 
-class DockerfileCheck(CatalogCheck):
+class DockerfileCheck(FileByFileCheck):
     """Findings per Dockerfile; structure problems are high, advisories low."""
 
-    async def check(self, workspace: Workspace, artifacts: list[str]) -> CheckReport:
-        findings: list[Finding] = []
-        for name in artifacts:
-            try:
-                findings += self.inspect(name, read_text(workspace, name))
-            except ValueError as exc:
-                findings.append(self.finding(name, str(exc)))
-        return self.report(artifacts, findings)
+    def inspect_file(self, name: str, text: str) -> list[Finding]:
+        return self.inspect(name, text)
 
     def inspect(self, name: str, text: str) -> list[Finding]:
         found = parse(text)

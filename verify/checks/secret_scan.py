@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from verify.base import CheckReport, Finding, Severity, Workspace
-from verify.checks._common import CatalogCheck, read_text
+from verify.base import Finding, Severity
+from verify.checks._common import FileByFileCheck
 
 MAX_PER_FILE = 50
 
@@ -129,18 +129,14 @@ def scan(name: str, text: str) -> list[tuple[int, str, Severity]]:
     return sorted(found.values())[:MAX_PER_FILE]
 
 
-class SecretsCheck(CatalogCheck):
+class SecretsCheck(FileByFileCheck):
     """One finding per secret (per line and kind)."""
 
-    async def check(self, workspace: Workspace, artifacts: list[str]) -> CheckReport:
-        findings: list[Finding] = []
+    unreadable = Severity.INFO  # a file too large to read is said, not counted as a secret
+
+    def inspect_file(self, name: str, text: str) -> list[Finding]:
         advice = ": read it from an environment variable or a secret store instead"
-        for name in artifacts:
-            try:
-                text = read_text(workspace, name)
-            except ValueError as exc:
-                findings.append(self.finding(name, str(exc), severity=Severity.INFO))
-                continue
-            for line, message, severity in scan(name, text):
-                findings.append(self.finding(name, message + advice, severity=severity, line=line))
-        return self.report(artifacts, findings)
+        return [
+            self.finding(name, message + advice, severity=severity, line=line)
+            for line, message, severity in scan(name, text)
+        ]
