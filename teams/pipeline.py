@@ -22,7 +22,7 @@ from memory.packing import PackedContext
 from observability.base import Event
 from observability.logs import bind_log_context, log_context
 from teams.asking import ask_team, broker_limits_of, unanswered
-from teams.base import Objective, Run, RunStatus, StageRecord, StageStatus
+from teams.base import Run, RunStatus, StageRecord, StageStatus
 from teams.bundle import write_artifacts
 from teams.cancel import cancel_run
 from teams.decisions import Resumption, StageDecision, stage_decision
@@ -38,6 +38,7 @@ from teams.records import (
     account,
     completion_entry,
     execution_entry,
+    objective_for,
     result_completion_entry,
     stored_artifact,
     validate_requirement,
@@ -393,14 +394,7 @@ class PipelineEngine:
         while True:
             lease.check()  # the heartbeat found the run taken over: no more paid calls for it
             if recheck is None:
-                objective = Objective(
-                    id=f"{run.id}:{stage.index}",
-                    run_id=run.id,
-                    team=member.slug,
-                    goal=member.goal,
-                    acceptance_criteria=list(member.acceptance_criteria),
-                    attempt=stage.attempts,
-                )
+                objective = objective_for(run, stage, member)
                 execution = await self._d.runner.execute(
                     member,
                     objective,

@@ -14,10 +14,11 @@ from hitl.sla import SlaPolicy
 from memory.base import AuditLog, AuditReport
 from observability.base import EventSink
 from observability.text import unstorable
-from teams.base import Run, RunStore, StageRecord, StoredArtifact
+from teams.base import Objective, Run, RunStore, StageRecord, StoredArtifact
 from teams.bundle import sha256_text
 from teams.gate import GateDecision, GateLimits
 from teams.results import Artifact
+from teams.roster import Team
 from teams.runner import Execution, TeamRunner
 from teams.stage_memory import StageMemory
 
@@ -172,3 +173,15 @@ def account(stage: StageRecord, execution: Execution) -> None:
         stage.tokens_out += response.tokens_out
         stage.cost_usd += response.cost_usd
         stage.model = f"{response.alias} -> {response.model}"
+
+
+def objective_for(run: Run, stage: StageRecord, member: Team) -> Objective:
+    """The objective of ``member``'s stage at its current attempt."""
+    return Objective(
+        id=f"{run.id}:{stage.index}",
+        run_id=run.id,
+        team=member.slug,
+        goal=member.goal,
+        acceptance_criteria=list(member.acceptance_criteria),
+        attempt=stage.attempts,
+    )

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from teams.base import Objective, Run, StageStatus
+from teams.base import Run, StageStatus
 from teams.bundle import write_artifacts
 from teams.earlier_files import refuse_clashing_files
 from teams.gate import GateDecision, GateLimits, Verdict, decide
 from teams.lease import Lease
-from teams.records import PipelineDeps, account, execution_entry, stored_artifact
+from teams.records import PipelineDeps, account, execution_entry, objective_for, stored_artifact
 from teams.roster import team
 from teams.runner import PriorArtifact
 from teams.tools import ArtifactRecall
@@ -66,14 +66,7 @@ async def send_back(
     wanted = set(member.reads)
     context = [p for p in prior if p.team in wanted and p.team != owner]
     stage.attempts += 1
-    objective = Objective(
-        id=f"{run.id}:{stage.index}",
-        run_id=run.id,
-        team=member.slug,
-        goal=member.goal,
-        acceptance_criteria=list(member.acceptance_criteria),
-        attempt=stage.attempts,
-    )
+    objective = objective_for(run, stage, member)
     note = (
         f"The checks of {by}, a later team, failed in your files. Fix your files so that they pass;"
         f" keep every other file as it was.\n{findings}"
