@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import tomllib
 from dataclasses import replace
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
     from teams.verification import Verifier
     from verify.base import SandboxPolicy
 
-log = logging.getLogger(__name__)
-
 
 def verifier(settings: Settings, database_url: str) -> Verifier | None:
     """The verification gate's checker as the settings want it; None when FACTORY_VERIFY is off.
@@ -30,16 +27,14 @@ def verifier(settings: Settings, database_url: str) -> Verifier | None:
         return None
     from factory.scratch_pg import PostgresScratchDatabase
     from teams.verification import Verifier
-    from verify.sandbox import default_sandbox, sandbox_available
+    from verify.sandbox import default_sandbox
 
-    missing = sandbox_available()
-    if missing and settings.sandbox_execute:
-        log.warning("checks that run code will be skipped: %s", missing)
     return Verifier(
         # Not under the data folder (hidden from the sandbox, and under a home other users cannot
         # enter): each check's code runs as a user of its own, who must reach its scratch folder.
         Path(tempfile.gettempdir()) / "factory-verify",
-        sandbox=None if missing else default_sandbox(hidden=[settings.data_dir, settings.config_file]),
+        # Probed on its first use (not at every start-up): without bubblewrap, that check says so.
+        sandbox=default_sandbox(hidden=[settings.data_dir, settings.config_file]),
         database=PostgresScratchDatabase(database_url),
         execute=settings.sandbox_execute,
         timeout_s=settings.verify_timeout_s,
