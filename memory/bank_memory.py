@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from memory.base import MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
+from memory.base import MERGEABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector, also_runs
 from memory.dedupe import checked, dense, unit_rows, within_batch
 
 
@@ -55,7 +55,7 @@ class InMemoryMemoryStore:
 
     def _merge(self, item_id: int, item: NewMemory, now: datetime) -> None:
         stored = self._items[item_id - 1]
-        runs = sorted({*stored.metadata.get("also_runs", []), *([item.run_id] if item.run_id else [])})
+        runs = also_runs(stored.metadata.get("also_runs", []), [item.run_id] if item.run_id else [])
         self._items[item_id - 1] = stored.model_copy(
             update={"seen": stored.seen + 1, "updated_at": now, "metadata": {**stored.metadata, "also_runs": runs}}
         )

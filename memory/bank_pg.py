@@ -19,7 +19,17 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from factory.errors import MemoryStoreError
-from memory.base import DIMENSIONS, MERGEABLE, SEARCHABLE, MemoryItem, MemoryKind, NewMemory, Retained, Vector
+from memory.base import (
+    ALSO_RUNS_KEPT,
+    DIMENSIONS,
+    MERGEABLE,
+    SEARCHABLE,
+    MemoryItem,
+    MemoryKind,
+    NewMemory,
+    Retained,
+    Vector,
+)
 from memory.dedupe import checked, within_batch
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -206,23 +216,31 @@ class PgVectorMemoryStore:
     @staticmethod
     async def _merge(conn: Any, merges: dict[int, list[int]], items: Sequence[NewMemory], now: datetime) -> None:
         """One UPDATE for every stored item that batch positions merged into: ``seen`` grows by their
-        number and ``also_runs`` gains their run ids (kept sorted, each once)."""
+        number and ``also_runs`` gains their run ids (``memory.base.also_runs``: each once, the latest
+        ``ALSO_RUNS_KEPT``, oldest first)."""
         if not merges:
             return
         await conn.execute(
             """
             UPDATE memory_items AS m SET seen = m.seen + u.times, updated_at = %s,
                 metadata = m.metadata || jsonb_build_object('also_runs', (
-                    SELECT coalesce(jsonb_agg(r ORDER BY r), '[]') FROM (
-                        SELECT jsonb_array_elements_text(coalesce(m.metadata -> 'also_runs', '[]'))
-                        UNION SELECT jsonb_array_elements_text(u.runs)
-                    ) AS known(r)
+                    SELECT coalesce(jsonb_agg(r ORDER BY at), '[]') FROM (
+                        SELECT r, max(at) AS at FROM (
+                            SELECT r, at FROM jsonb_array_elements_text(coalesce(m.metadata -> 'also_runs', '[]'))
+                                WITH ORDINALITY AS kept(r, at)
+                            UNION ALL
+                            SELECT r, 1000000 + at
+                                FROM jsonb_array_elements_text(u.runs) WITH ORDINALITY AS merged(r, at)
+                        ) AS every(r, at)
+                        GROUP BY r ORDER BY max(at) DESC LIMIT %s
+                    ) AS latest(r, at)
                 ))
             FROM unnest(%s::bigint[], %s::int[], %s::jsonb[]) AS u(id, times, runs)
             WHERE m.id = u.id
             """,
             (
                 now,
+                ALSO_RUNS_KEPT,
                 list(merges),
                 [len(positions) for positions in merges.values()],
                 [Jsonb([items[p].run_id for p in positions if items[p].run_id]) for positions in merges.values()],

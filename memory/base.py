@@ -28,6 +28,18 @@ MERGEABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_MO
 #: search: it is stored without a vector, which spares its embedding and its vector index entry.
 SEARCHABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_MODEL}
 
+#: How many run ids a merged item keeps in ``metadata["also_runs"]``: the latest ones it was merged
+#: from, oldest first (``seen`` counts them all). An item every run repeats would otherwise grow
+#: without bound, and every merge would rewrite the whole list.
+ALSO_RUNS_KEPT = 20
+
+
+def also_runs(kept: Sequence[str], merged: Sequence[str], *, keep: int = ALSO_RUNS_KEPT) -> list[str]:
+    """``kept`` followed by the ``merged`` run ids, each once at its latest place, the last ``keep``."""
+    latest = {run: at for at, run in enumerate([*kept, *merged])}
+    return sorted(latest, key=latest.__getitem__)[-keep:]
+
+
 #: One item's vector; ``None`` for an item of a kind that is not ``SEARCHABLE``.
 Vector = Sequence[float] | None
 

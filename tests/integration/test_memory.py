@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from factory.migrations import migrate
 from memory.bank_memory import InMemoryMemoryStore
 from memory.bank_pg import WRITER_MIN_ROWS, PgVectorMemoryStore
-from memory.base import DIMENSIONS, SHARED_BANK, MemoryKind, MemoryStore, NewMemory
+from memory.base import ALSO_RUNS_KEPT, DIMENSIONS, SHARED_BANK, MemoryKind, MemoryStore, NewMemory
 from memory.gateway import MemoryGateway, approx_tokens
 from memory.packing import PackedContext, compact, over_threshold, pack
 from memory.qa import ProjectQA
@@ -134,7 +134,22 @@ async def test_merges_over_several_retains_keep_every_run(store: MemoryStore) ->
         outcome = await store.retain([fact(NEEDLE, run=r) for r in runs], [vector] * len(runs), dedupe_at=0.92)
         assert all(r.merged and r.item_id == first.item_id for r in outcome)
     [(item, _)] = await store.search([TEAM], vector, limit=1)
-    assert item.seen == 6 and item.metadata["also_runs"] == ["run-2", "run-3", "run-4"]
+    # each run once, at the place of its latest merge (run-2 merged again after run-3)
+    assert item.seen == 6 and item.metadata["also_runs"] == ["run-3", "run-2", "run-4"]
+
+
+async def test_an_item_every_run_repeats_keeps_only_its_latest_runs(store: MemoryStore) -> None:
+    """``seen`` counts every merge; ``also_runs`` stays bounded (the latest ``ALSO_RUNS_KEPT``),
+    however many runs repeat the item."""
+    vector = [1.0] + [0.0] * (DIMENSIONS - 1)
+    [first] = await store.retain([fact(NEEDLE, run="run-00")], [vector], dedupe_at=0.92)
+    for batch in range(6):  # 30 more runs, five to a retain
+        runs = [f"run-{batch * 5 + i + 1:02d}" for i in range(5)]
+        outcome = await store.retain([fact(NEEDLE, run=r) for r in runs], [vector] * 5, dedupe_at=0.92)
+        assert all(r.merged and r.item_id == first.item_id for r in outcome)
+    [(item, _)] = await store.search([TEAM], vector, limit=1)
+    assert item.seen == 31
+    assert item.metadata["also_runs"] == [f"run-{n:02d}" for n in range(31 - ALSO_RUNS_KEPT, 31)]
 
 
 async def test_duplicates_within_one_batch_are_merged(store: MemoryStore, embedder: LocalEmbedder) -> None:
