@@ -140,7 +140,7 @@ class Worker:
 
     async def _waiting(self) -> list[str]:
         """Runs still waiting on an open escalation: never claimed (nothing to do until it is decided)."""
-        return sorted({e.run_id for e in await self._f.escalations.list_open()})
+        return sorted({e.run_id for e in await self._f.escalations.list_open(brief=True)})  # no contexts
 
     async def claim(self, exclude: Sequence[str] = ()) -> Lease | None:
         """The next run nobody drives, claimed for this worker (its lease), or None."""

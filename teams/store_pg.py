@@ -153,6 +153,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE stages ADD COLUMN IF NOT EXISTS checks jsonb;
         """,
     ),
+    (
+        "0008_run_queue_index",
+        """
+        -- The run queue (claim, runs held by the dead) reads the movable runs oldest first: through
+        -- this index it touches only them, not every run ever made (a sequential scan of the whole
+        -- table at each claim, which grew with the factory's history).
+        CREATE INDEX IF NOT EXISTS runs_status_updated ON runs (status, updated_at);
+        """,
+    ),
 ]
 
 LEASE_LOST = "FL001"  # the SQLSTATE run_lease_held raises
