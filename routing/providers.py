@@ -35,6 +35,15 @@ def _pick(table: dict[str, T], model: str, what: str) -> T:
     return table[name]
 
 
+def _free(response: ModelResponse | EmbeddingResponse) -> None:
+    """A model of this machine costs nothing, said on its response: LiteLLM takes a response's own
+    cost as is instead of pricing it again from its price map at each call (see
+    ``LiteLLMRouter._import``, which also puts these models in the map)."""
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        hidden["response_cost"] = 0.0
+
+
 class InProcessProvider(CustomLLM):
     """Serves ``<provider>/<model>`` deployments from backends living in this process."""
 
@@ -55,6 +64,7 @@ class InProcessProvider(CustomLLM):
             completion_tokens=done.tokens_out,
             total_tokens=done.tokens_in + done.tokens_out,
         )
+        _free(model_response)
         return model_response
 
     def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
@@ -77,6 +87,7 @@ class InProcessProvider(CustomLLM):
         response.data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         tokens = sum(len(t.split()) for t in texts)
         response.usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
+        _free(response)
         return response
 
     def embedding(self, model: str, input: list[Any], *args: Any, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002

@@ -191,12 +191,24 @@ class LiteLLMRouter:
             if name.endswith(_KEY_VARIABLES):
                 register_secret(value)
 
-        from routing.providers import InProcessProvider
+        from routing.providers import Backend, EmbedBackend, InProcessProvider
 
-        provider = InProcessProvider(
-            {"smollm2": self._backend_embedded, "scripted": self._backend_scripted}, {"minilm": self._embed_local}
-        )
+        chat: dict[str, Backend] = {"smollm2": self._backend_embedded, "scripted": self._backend_scripted}
+        embedders: dict[str, EmbedBackend] = {"minilm": self._embed_local}
+        provider = InProcessProvider(chat, embedders)
         litellm.custom_provider_map = [{"provider": LOCAL_PROVIDER, "custom_handler": provider}]
+        # The models of this machine are in LiteLLM's price map, free (their responses say so too,
+        # ``routing.providers``): LiteLLM looks up a call's price and, for a cost of 0, diagnoses why;
+        # for a model the map lacked, both searched its fallbacks at every call. Together ~30% of a
+        # scripted call's CPU in LiteLLM (2.9 -> 2.1 ms a completion, 2.2 -> 1.4 ms an embedding).
+        free = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "cache_creation_input_token_cost": 0.0,
+                "cache_read_input_token_cost": 0.0, "litellm_provider": LOCAL_PROVIDER}  # fmt: skip
+        litellm.register_model(
+            {
+                **{f"{LOCAL_PROVIDER}/{name}": {**free, "mode": "chat"} for name in chat},
+                **{f"{LOCAL_PROVIDER}/{name}": {**free, "mode": "embedding"} for name in embedders},
+            }
+        )
         litellm.suppress_debug_info = True
         litellm.drop_params = True  # a provider that lacks a parameter (temperature, ...) is not failed for it
         return litellm

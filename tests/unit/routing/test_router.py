@@ -126,3 +126,21 @@ async def test_a_call_that_fell_back_is_told_at_once_even_when_nothing_answered(
 
     response = await RecordingModel(Answering([hop]), ledger, on_fallback=broken).complete(request(), timeout_s=1)
     assert response.model == "openai/y"  # an event that cannot be sent never fails the call
+
+
+async def test_local_models_are_free_in_litellms_own_accounting() -> None:
+    """LiteLLM prices every call itself: the models of this machine are in its price map at 0 and
+    their responses carry their cost, so it never searches its map for them (routing.providers)."""
+    router = LiteLLMRouter(routing(Deployment(model=SCRIPTED)), scripted=ScriptedModel())
+    litellm = await router.ready()
+    for model in (SCRIPTED, EMBEDDED):
+        info = litellm.get_model_info(model)
+        assert (info["input_cost_per_token"], info["output_cost_per_token"], info["mode"]) == (0.0, 0.0, "chat")
+    assert litellm.get_model_info("factory-local/minilm")["mode"] == "embedding"
+    response = await router.complete(request(), timeout_s=20)
+    assert response.model == SCRIPTED and response.cost_usd == 0.0
+    reply = await litellm.acompletion(
+        model=SCRIPTED, messages=[{"role": "user", "content": "hi"}], metadata={"factory_request": request()}
+    )
+    assert reply._hidden_params["response_cost"] == 0.0
+    assert len(await router.embed(["a text"], timeout_s=20)) == 1
