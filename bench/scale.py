@@ -5,12 +5,15 @@ through PgBouncer in transaction mode; and what tracing costs a stage. Prints JS
 
 Each configuration starts its workers (real processes, the scripted model with zero think time and,
 for memory, hashed embeddings instead of MiniLM inference; ``--minilm`` adds the same with the real
-embedding model; embedded PostgreSQL with pgvector and embedded Redis), waits until they announce themselves, then
-queues the runs at once (``engine.submit``, as `factory run --detach` does) and times until the last
-one completes (after an untimed warm-up run per worker slot). Throughput is runs per second from the
-first submit to the last completion; 1 worker and 2 alternate ``--repeat`` times, and the ratio is
-of their medians, measured in the same bench run. Every run is then checked: each
-stage complete, and the gate advanced exactly one execution per stage (none ran twice to completion).
+embedding model; embedded PostgreSQL with pgvector and embedded Redis), waits until they announce
+themselves, then queues the runs back to back (``engine.submit`` and a wake-up each, as
+`factory run --detach` does) and times until the last one completes (after an untimed warm-up run
+per worker slot). Throughput is runs per second from the first submit to the last completion; 1
+worker and 2 alternate ``--repeat`` times, and the ratio is of their medians, measured in the same
+bench run. Every run is then checked: each stage complete, and the gate advanced exactly one
+execution per stage (none ran twice to completion). Beside each figure, the CPU each part of the
+machine spent per run (the workers, PostgreSQL, Redis, PgBouncer, this process): on 2 cores the
+ratio is bounded by what the workers share with PostgreSQL.
 
 Tracing: the same Phase-1 run, driven in this process, alternately with Langfuse tracing on
 (exporting to a local OTLP/HTTP sink that only counts what it receives) and off; the overhead is
@@ -79,6 +82,46 @@ async def _wait_workers(redis_url: str, prefix: str, n: int, timeout_s: float = 
         await client.aclose()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(workers: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every live process, by part: the workers, PostgreSQL,
+    Redis, PgBouncer and this bench process (which queues and polls)."""
+    parts: dict[str, float] = {"workers": 0.0, "postgres": 0.0, "redis": 0.0, "pgbouncer": 0.0, "bench": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        if comm == "postgres":  # and its children that ended (autovacuum workers, backends): the postmaster's
+            seconds += (int(fields[13]) + int(fields[14])) / _TICK  # cutime, cstime
+            if os.environ.get("BENCH_PG_DETAIL"):
+                try:
+                    title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
+                except OSError:
+                    title = "?"
+                key = "pg:" + " ".join(w for w in title.split()[1:3] if not w[0].isdigit())
+                parts[key] = parts.get(key, 0.0) + seconds
+        if pid in workers:
+            parts["workers"] += seconds
+        elif pid == os.getpid():
+            parts["bench"] += seconds
+        elif comm == "postgres":
+            parts["postgres"] += seconds
+        elif comm.startswith("redis-server"):
+            parts["redis"] += seconds
+        elif comm == "pgbouncer":
+            parts["pgbouncer"] += seconds
+    return parts
+
+
 def _check(database_url: str, run_ids: list[str]) -> dict[str, int]:
     """Runs complete, stages complete, and executions the gate advanced per stage."""
     with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
@@ -104,10 +147,14 @@ def _check(database_url: str, run_ids: list[str]) -> dict[str, int]:
 
 
 async def _queue_and_wait(factory: Factory, prefix: str, runs: int, tag: str) -> tuple[list[str], float]:
-    """Queue ``runs`` Phase-1 runs at once, wake the workers, wait until none is running: (ids, submit time)."""
+    """Queue ``runs`` Phase-1 runs back to back, each waking the workers as the front doors do
+    (`factory run --detach`, the API): they start on the first while the rest are still being
+    submitted. Wait until none is running: (ids, submit time)."""
     started = time.perf_counter()
-    ids = [(await factory.engine.submit(REQ, "phase1")).id for _ in range(runs)]
-    await wake_workers(factory.redis, prefix, ids[-1])
+    ids = []
+    for _ in range(runs):
+        ids.append((await factory.engine.submit(REQ, "phase1")).id)
+        await wake_workers(factory.redis, prefix, ids[-1])
     submitted = time.perf_counter() - started
     deadline = time.monotonic() + 600
     while True:
@@ -155,9 +202,12 @@ async def _scale(
         async with open_factory(local) as factory:
             # Warm-up: a run for every slot of every worker (first calls load what they load), untimed.
             await _queue_and_wait(factory, prefix, workers * worker_runs, tag)
+            pids = [proc.pid for proc in procs]
+            cpu_before = _cpu_seconds(pids)
             started = time.perf_counter()
             ids, submitted = await _queue_and_wait(factory, prefix, runs, tag)
             elapsed = time.perf_counter() - started
+            cpu_after = _cpu_seconds(pids)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -179,6 +229,7 @@ async def _scale(
         "elapsed_s": round(elapsed, 3),
         "runs_per_s": round(runs / elapsed, 3),
         "stages_per_s": round(runs * 5 / elapsed, 2),
+        "cpu_ms_per_run": {k: round((cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / runs, 1) for k in cpu_after},
         **_check(database_url, ids),
     }
 
@@ -210,7 +261,12 @@ async def _pair(
         summary[name] = {
             "runs_per_s_median": round(statistics.median(a["runs_per_s"] for a in done), 3),
             "runs_per_s_each": [a["runs_per_s"] for a in done],
+            "submit_s_each": [a["submit_s"] for a in done],
             "stages_per_s_median": round(statistics.median(a["stages_per_s"] for a in done), 2),
+            "cpu_ms_per_run_median": {
+                part: round(statistics.median(a["cpu_ms_per_run"][part] for a in done), 1)
+                for part in done[0]["cpu_ms_per_run"]
+            },
             **{k: sum(a[k] for a in done) for k in CHECKS},
         }
     summary["throughput_ratio"] = round(
