@@ -86,8 +86,9 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(workers: list[int]) -> dict[str, float]:
-    """CPU seconds (user + system) so far of every live process, by part: the workers, PostgreSQL,
-    Redis, PgBouncer and this bench process (which queues and polls)."""
+    """CPU seconds (user + system) so far of every live process, by part: the workers, PostgreSQL
+    (every server on the machine; the bench's embedded one does the work), Redis, PgBouncer and this
+    bench process (which queues and polls)."""
     parts: dict[str, float] = {"workers": 0.0, "postgres": 0.0, "redis": 0.0, "pgbouncer": 0.0, "bench": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -102,13 +103,6 @@ def _cpu_seconds(workers: list[int]) -> dict[str, float]:
         seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
         if comm == "postgres":  # and its children that ended (autovacuum workers, backends): the postmaster's
             seconds += (int(fields[13]) + int(fields[14])) / _TICK  # cutime, cstime
-            if os.environ.get("BENCH_PG_DETAIL"):
-                try:
-                    title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
-                except OSError:
-                    title = "?"
-                key = "pg:" + " ".join(w for w in title.split()[1:3] if not w[0].isdigit())
-                parts[key] = parts.get(key, 0.0) + seconds
         if pid in workers:
             parts["workers"] += seconds
         elif pid == os.getpid():
