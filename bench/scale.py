@@ -175,8 +175,11 @@ async def _scale(
     prefix = f"bench:scale:{tag}:{os.getpid()}:"
     script = settings.data_dir / f"script-{tag}.json"
     script.write_text(json.dumps({"embeddings": "hashed"} if embeddings == "hashed" else {}))
+    # Each worker's local models (MiniLM, with --minilm) get their share of the cores, as README says.
+    threads = max(1, (os.cpu_count() or 1) // workers)
     env = _env({"FACTORY_WORKER_RUNS": str(worker_runs), "FACTORY_WORKER_POLL_S": "0.5",
-                "FACTORY_DATA_DIR": str(settings.data_dir)}, database_url, redis_url, prefix, script)  # fmt: skip
+                "FACTORY_LOCAL_MODEL_THREADS": str(threads), "FACTORY_DATA_DIR": str(settings.data_dir)},
+               database_url, redis_url, prefix, script)  # fmt: skip
     procs = [
         subprocess.Popen(  # noqa: ASYNC220  (started once, before the clock)
             [FACTORY, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

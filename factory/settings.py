@@ -172,7 +172,9 @@ class Settings(BaseSettings):
     # Models
     model_timeout_s: float = Field(default=300.0, gt=0)
     local_model_ctx: int = Field(default=8192, ge=512)
-    local_model_threads: int = Field(default=0, ge=0)  # 0: one per core
+    #: CPU threads of each local model (the embedded chat model, the embedding model); 0: every core.
+    #: Several workers on one machine: cores / workers, else each one's models use every core.
+    local_model_threads: int = Field(default=0, ge=0)
     local_model_seed: int = Field(default=42, ge=0)  # fixed, so a run on the embedded model is reproducible
     local_max_tokens: int = Field(default=700, ge=64)
     context_budget_chars: int = Field(default=6000, ge=500)

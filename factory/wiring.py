@@ -50,6 +50,7 @@ from routing.budget import BudgetedModel, BudgetLimits
 from routing.config import RoutingConfig
 from routing.cooldowns import Cooldowns
 from routing.embedded import EmbeddedModel
+from routing.embeddings import EmbeddedEmbedder
 from routing.ledger import ObservedLedger, OnFallback, RecordingModel
 from routing.router import LiteLLMRouter
 from routing.scripted import ScriptedModel
@@ -297,6 +298,7 @@ async def build_model(
         keys=keys,
         cooldowns=Cooldowns(on_cool=routing.cooled, on_clear=routing.recovered),
         embedded=embedded,
+        embedder=EmbeddedEmbedder(threads=settings.local_model_threads),  # loaded on its first call only
         scripted=scripted,
         local_max_tokens=settings.local_max_tokens,
     )

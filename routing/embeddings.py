@@ -30,6 +30,11 @@ class EmbeddedEmbedder:
         self._lock = threading.Lock()
         self._pad_id = 0
 
+    @property
+    def threads(self) -> int:
+        """The CPU threads its inference uses (0: every core)."""
+        return self._threads
+
     def _load(self) -> tuple[Any, Any]:
         if self._session is None:
             try:

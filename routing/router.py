@@ -130,6 +130,11 @@ class LiteLLMRouter:
         """The routing this router was built with (the current one when it was opened)."""
         return self._routing
 
+    @property
+    def embedder(self) -> EmbeddedEmbedder:
+        """The embedding model of ``local/embed``."""
+        return self._embedder
+
     # -- in-process backends (LiteLLM custom provider) -------------------------------------------
 
     def _backend_embedded(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:

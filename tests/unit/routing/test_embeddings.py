@@ -65,3 +65,11 @@ async def test_local_embed_alias_routes_through_litellm(embedder: EmbeddedEmbedd
     assert len(vectors) == 2 and len(vectors[0]) == DIMENSIONS
     assert cosine(vectors[0], embedder.embed(["hello world"])[0]) > 0.9999
     assert await router.embed([], timeout_s=30) == []
+
+
+def test_its_threads_are_what_it_is_given() -> None:
+    """With several workers on one machine each one's model gets its share of the cores
+    (FACTORY_LOCAL_MODEL_THREADS), not every core."""
+    one = EmbeddedEmbedder(threads=1)
+    assert one.threads == 1 and len(one.embed(["a sentence"])[0]) == DIMENSIONS
+    assert one._session.get_session_options().intra_op_num_threads == 1
