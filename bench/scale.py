@@ -1,7 +1,7 @@
 """Scaling out: 50 concurrent Phase-1 runs on 1 and on 2 `factory worker` processes, directly and
 through PgBouncer in transaction mode; and what tracing costs a stage. Prints JSON.
 
-    python -m bench.scale [--runs 50] [--worker-runs 4] [--repeat 3] [--trace-runs 12] [--minilm] [--no-pgbouncer]
+    python -m bench.scale [--runs 50] [--worker-runs 4] [--repeat 5] [--trace-runs 40] [--minilm] [--no-pgbouncer]
 
 Each configuration starts its workers (real processes, the scripted model with zero think time and,
 for memory, hashed embeddings instead of MiniLM inference; ``--minilm`` adds the same with the real
@@ -352,7 +352,7 @@ async def main() -> None:
     parser.add_argument("--worker-runs", type=int, default=4, help="runs one worker drives at once")
     parser.add_argument("--trace-runs", type=int, default=40)
     parser.add_argument("--tracing-only", action="store_true", help="only the tracing on/off figure")
-    parser.add_argument("--repeat", type=int, default=3, help="1-then-2-worker measurements per configuration")
+    parser.add_argument("--repeat", type=int, default=5, help="1-then-2-worker measurements per configuration")
     parser.add_argument("--no-pgbouncer", action="store_true")
     parser.add_argument("--minilm", action="store_true", help="also with real embeddings (CPU inference per stage)")
     args = parser.parse_args()
