@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -222,15 +223,20 @@ class Discussion:
         written = _Written(self._d, self._s.id, seq)
         for client in clients.values():
             client.failure = None
+        # Closed here, not when collected: AutoGen marks the team idle only in the stream's own
+        # ``finally`` (after its runtime stops), and a next turn started before that was refused
+        # ("The team is already running"), which a loaded machine showed now and then.
+        stream = chat.run_stream(task=task, cancellation_token=token, output_task_messages=False)
         try:
-            async for item in chat.run_stream(task=task, cancellation_token=token, output_task_messages=False):
-                if isinstance(item, ModelClientStreamingChunkEvent):
-                    await written.add(self._agents.get(item.source, item.source), item.content)
-                elif isinstance(item, TextMessage) and item.source in self._agents:
-                    await written.flush()
-                    turn.message = item
-                elif isinstance(item, TaskResult):
-                    break
+            async with aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, ModelClientStreamingChunkEvent):
+                        await written.add(self._agents.get(item.source, item.source), item.content)
+                    elif isinstance(item, TextMessage) and item.source in self._agents:
+                        await written.flush()
+                        turn.message = item
+                    elif isinstance(item, TaskResult):
+                        break
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not token.is_cancelled() or (current is not None and current.cancelling()):
