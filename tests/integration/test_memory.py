@@ -28,6 +28,7 @@ from teams.pipeline import PipelineEngine
 from teams.results import TaskResult
 from teams.roster import Team
 from teams.stage_memory import StageMemory
+from tests.integration.pools import migrated_pool
 from tests.unit.teams.test_gate import PHASE1, Harness
 
 pytestmark = pytest.mark.integration
@@ -68,16 +69,8 @@ async def store(request: pytest.FixtureRequest, pg_url: str) -> AsyncIterator[Me
     if request.param == "memory":
         yield InMemoryMemoryStore()
         return
-    with psycopg.connect(pg_url, autocommit=True):
-        pass
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        await migrate(conn)
-    pool = AsyncConnectionPool(pg_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-    await pool.open(wait=True)
-    try:
+    async with migrated_pool(pg_url) as pool:
         yield PgVectorMemoryStore(pool)
-    finally:
-        await pool.close()
 
 
 def fact(text: str, bank: str = TEAM, run: str = "run-1") -> NewMemory:

@@ -10,11 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
-from factory.migrations import migrate
 from teams.base import RunStatus
 from teams.store_pg import _CLAIM, PostgresRunStore
+from tests.integration.pools import migrated_pool
 
 pytestmark = pytest.mark.integration
 HISTORY = 5000  # finished runs
@@ -22,14 +21,8 @@ HISTORY = 5000  # finished runs
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[PostgresRunStore]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-        await migrate(conn)
-    pool = AsyncConnectionPool(pg_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-    await pool.open(wait=True)
-    try:
+    async with migrated_pool(pg_url) as pool:
         yield PostgresRunStore(pool)
-    finally:
-        await pool.close()
 
 
 def _runs(pg_url: str, rows: list[tuple[str, str, datetime]]) -> None:
