@@ -42,9 +42,7 @@ SUMMARY = {
     ],
 }
 SCRIPT = {
-    # each message streams in over 4 s: the discussion is still going when we act, with room to spare
-    # on a loaded machine (at 2.5 s the interjection's turn order failed once during a full suite)
-    "latency_s": 4.0,
+    "latency_s": 2.5,  # each message streams in over 2.5 s: the discussion is still going when we act
     "purposes": {"groupchat_select": [SEC, QA, ARCH, SEC, QA, ARCH], "groupchat_summary": [SUMMARY]},
     "teams": {t: [said(t, n) for n in range(1, 4)] for t in (ARCH, SEC, QA)},
 }
