@@ -100,19 +100,19 @@ def _cpu_seconds(workers: list[int]) -> dict[str, float]:
         pid = int(entry.name)
         comm = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-        if comm == "postgres":  # and its children that ended (autovacuum workers, backends): the postmaster's
-            seconds += (int(fields[13]) + int(fields[14])) / _TICK  # cutime, cstime
         if pid in workers:
-            parts["workers"] += seconds
+            part = "workers"
         elif pid == os.getpid():
-            parts["bench"] += seconds
-        elif comm == "postgres":
-            parts["postgres"] += seconds
+            part = "bench"
         elif comm.startswith("redis-server"):
-            parts["redis"] += seconds
-        elif comm == "pgbouncer":
-            parts["pgbouncer"] += seconds
+            part = "redis"
+        elif comm in ("postgres", "pgbouncer"):
+            part = comm
+        else:
+            continue
+        parts[part] += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        if part == "postgres":  # and its children that ended (autovacuum workers, backends): the postmaster's
+            parts[part] += (int(fields[13]) + int(fields[14])) / _TICK  # cutime, cstime
     return parts
 
 
@@ -226,7 +226,7 @@ async def _scale(
         "elapsed_s": round(elapsed, 3),
         "runs_per_s": round(runs / elapsed, 3),
         "stages_per_s": round(runs * 5 / elapsed, 2),
-        "cpu_ms_per_run": {k: round((cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / runs, 1) for k in cpu_after},
+        "cpu_ms_per_run": {k: round((cpu_after[k] - cpu_before[k]) * 1000 / runs, 1) for k in cpu_after},
         **_check(database_url, ids),
     }
 

@@ -34,10 +34,10 @@ SEARCHABLE: frozenset[MemoryKind] = frozenset(MemoryKind) - {MemoryKind.MENTAL_M
 ALSO_RUNS_KEPT = 20
 
 
-def also_runs(kept: Sequence[str], merged: Sequence[str], *, keep: int = ALSO_RUNS_KEPT) -> list[str]:
-    """``kept`` followed by the ``merged`` run ids, each once at its latest place, the last ``keep``."""
+def also_runs(kept: Sequence[str], merged: Sequence[str]) -> list[str]:
+    """``kept`` followed by the ``merged`` run ids, each once at its latest place, the last ``ALSO_RUNS_KEPT``."""
     latest = {run: at for at, run in enumerate([*kept, *merged])}
-    return sorted(latest, key=latest.__getitem__)[-keep:]
+    return sorted(latest, key=latest.__getitem__)[-ALSO_RUNS_KEPT:]
 
 
 #: One item's vector; ``None`` for an item of a kind that is not ``SEARCHABLE``.
